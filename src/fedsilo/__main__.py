@@ -1,0 +1,3 @@
+from fedsilo.cli import main
+
+main()

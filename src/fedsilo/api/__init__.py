@@ -1,0 +1,36 @@
+"""The orchestrator's REST API as its callers see it: wire messages and the HTTPS client.
+
+Kept apart from :mod:`fedsilo.orchestrator` so that silo agents and submitters import
+neither the server nor numpy.
+"""
+
+from fedsilo.api._client import OrchestratorClient, client_ssl_context
+from fedsilo.api._messages import (
+    CheckReport,
+    JobInfo,
+    JobState,
+    RoundInfo,
+    SiloCheck,
+    SiloStatus,
+    StatusReport,
+    SubmitRequest,
+    TaskKind,
+    TaskMessage,
+    TaskResult,
+)
+
+__all__ = [
+    "CheckReport",
+    "JobInfo",
+    "JobState",
+    "OrchestratorClient",
+    "RoundInfo",
+    "SiloCheck",
+    "SiloStatus",
+    "StatusReport",
+    "SubmitRequest",
+    "TaskKind",
+    "TaskMessage",
+    "TaskResult",
+    "client_ssl_context",
+]

@@ -1,0 +1,221 @@
+"""The HTTPS client every participant uses to talk to the orchestrator.
+
+It presents the kit's certificate (mutual TLS), checks the orchestrator's against the
+federation CA, and turns transport failures into errors that say what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fedsilo.config import Kit
+from fedsilo.errors import (
+    CertificateRefused,
+    FedsiloError,
+    OrchestratorUnavailable,
+    TransportError,
+)
+from fedsilo.jobs import JobSpec, pack_bundle
+from fedsilo.api._messages import (
+    CheckReport,
+    JobInfo,
+    StatusReport,
+    SubmitRequest,
+    TaskMessage,
+    TaskResult,
+)
+
+__all__ = ["OrchestratorClient", "client_ssl_context"]
+
+UPLOAD_ATTEMPTS = 3
+
+
+def client_ssl_context(kit: Kit) -> ssl.SSLContext:
+    """TLS 1.3 client context: trusts only the federation CA, presents the kit's certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(kit.ca_file))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(certfile=str(kit.cert_file), keyfile=str(kit.key_file))
+    return ctx
+
+
+class OrchestratorClient:
+    """Calls the orchestrator's REST API as the kit's participant."""
+
+    def __init__(self, kit: Kit, *, timeout: float = 30.0) -> None:
+        self.kit = kit
+        self.url = kit.orchestrator_url
+        self._http = httpx.Client(
+            base_url=self.url,
+            verify=client_ssl_context(kit),
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            http2=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OrchestratorClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            text = str(exc)
+            if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+                raise CertificateRefused(
+                    f"the server at {self.url} does not hold a certificate of this kit's "
+                    "federation CA; check the kit's orchestrator address"
+                ) from exc
+            raise OrchestratorUnavailable(
+                f"no orchestrator answers at {self.url} ({text or 'connection refused'}); "
+                "start the federation with `fedsilo up WORKSPACE`, or the orchestrator alone "
+                "with `fedsilo orchestrator start KIT`"
+            ) from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise CertificateRefused(
+                f"the orchestrator at {self.url} closed the connection: it refused this kit's "
+                f"certificate ('{self.kit.name}'), or is shutting down. Is this kit from the "
+                "same federation (fedsilo provision)?"
+            ) from exc
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"the orchestrator at {self.url} did not answer in time") from exc
+        if response.status_code >= 400:
+            try:
+                message = str(response.json().get("error") or response.text)
+            except ValueError:
+                message = response.text
+            if response.status_code == 403:
+                raise CertificateRefused(f"the orchestrator refused '{self.kit.name}': {message}")
+            raise FedsiloError(message)
+        return response
+
+    def _upload(self, path: str, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        last = ""
+        for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+            try:
+                self._request("PUT", f"{path}/{digest}", content=self._body(data, attempt))
+                return digest
+            except FedsiloError as exc:
+                if "does not match its digest" not in str(exc):
+                    raise
+                last = str(exc)
+                time.sleep(0.1 * attempt)
+        raise TransportError(f"upload refused {UPLOAD_ATTEMPTS} times: {last}")
+
+    def _body(self, data: bytes, attempt: int) -> bytes:
+        """The bytes sent on attempt ``attempt`` (a seam for tests that corrupt a transfer)."""
+        return data
+
+    def _download(self, path: str, dest: Path, digest: str | None = None) -> str:
+        response = self._request("GET", path)
+        data = response.content
+        actual = hashlib.sha256(data).hexdigest()
+        expected = digest or response.headers.get("x-fedsilo-sha256")
+        if expected and actual != expected:
+            raise TransportError(f"download of {path} was corrupted (sha256 {actual})")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".dl-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, dest)
+        return actual
+
+    # -- everyone ---------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, str]:
+        """Who the orchestrator takes this kit to be."""
+        result: dict[str, str] = self._request("GET", "/v1/whoami").json()
+        return result
+
+    # -- submitters -------------------------------------------------------------------------
+
+    def submit(self, spec: JobSpec, code_dir: Path) -> str:
+        """Pack ``code_dir``, upload it, submit the job; return the job id."""
+        bundle, manifest = pack_bundle(code_dir)
+        digest = self._upload("/v1/uploads", bundle)
+        request = SubmitRequest(spec=spec, bundle_digest=digest, manifest_digest=manifest.digest)
+        job_id: str = self._request("POST", "/v1/jobs", content=request.model_dump_json(),
+                                    headers={"content-type": "application/json"}).json()["id"]
+        return job_id
+
+    def job(self, job_id: str) -> JobInfo:
+        return JobInfo.model_validate_json(self._request("GET", f"/v1/jobs/{job_id}").content)
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        on_update: Callable[[JobInfo], None] | None = None,
+        poll: float = 0.25,
+        timeout: float | None = None,
+    ) -> JobInfo:
+        """Poll until the job finishes; ``on_update`` sees every state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            info = self.job(job_id)
+            if on_update is not None:
+                on_update(info)
+            if info.state.finished:
+                return info
+            if deadline is not None and time.monotonic() > deadline:
+                raise TransportError(f"job {job_id} did not finish within {timeout:g} s")
+            time.sleep(poll)
+
+    def cancel(self, job_id: str) -> bool:
+        return bool(self._request("POST", f"/v1/jobs/{job_id}/cancel").json()["cancelled"])
+
+    def download_model(self, job_id: str, dest: Path) -> str:
+        """Fetch a finished job's global model to ``dest`` (safetensors); return its sha256."""
+        return self._download(f"/v1/jobs/{job_id}/model", dest)
+
+    def status(self) -> StatusReport:
+        return StatusReport.model_validate_json(self._request("GET", "/v1/status").content)
+
+    def check(self, timeout: float = 15.0) -> CheckReport:
+        response = self._request("POST", "/v1/check", params={"timeout": timeout},
+                                 timeout=timeout + 10)
+        return CheckReport.model_validate_json(response.content)
+
+    # -- silo agents ------------------------------------------------------------------------
+
+    def next_task(self, wait: float) -> TaskMessage | None:
+        """Long-poll for this silo's next task."""
+        response = self._request("GET", "/v1/agent/task", params={"wait": wait},
+                                 timeout=wait + 15)
+        if response.status_code == 204:
+            return None
+        return TaskMessage.model_validate_json(response.content)
+
+    def heartbeat(self, *, busy: bool) -> None:
+        self._request("POST", "/v1/agent/heartbeat", params={"busy": busy})
+
+    def send_result(self, task_id: str, result: TaskResult) -> None:
+        self._request("POST", f"/v1/agent/tasks/{task_id}/result",
+                      content=result.model_dump_json(),
+                      headers={"content-type": "application/json"})
+
+    def upload_params(self, path: Path) -> str:
+        """Upload a parameters file; idempotent, verified by content hash, retried."""
+        return self._upload("/v1/agent/uploads", path.read_bytes())
+
+    def download_bundle(self, job_id: str) -> bytes:
+        return self._request("GET", f"/v1/agent/jobs/{job_id}/bundle").content
+
+    def download_params(self, job_id: str, digest: str, dest: Path) -> None:
+        self._download(f"/v1/agent/jobs/{job_id}/params/{digest}", dest, digest)

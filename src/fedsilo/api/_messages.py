@@ -1,0 +1,149 @@
+"""What crosses the wire between submitters, the orchestrator and silo agents (JSON)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsilo.jobs import JobSpec
+
+__all__ = [
+    "CheckReport",
+    "JobInfo",
+    "JobState",
+    "RoundInfo",
+    "SiloCheck",
+    "SiloStatus",
+    "StatusReport",
+    "SubmitRequest",
+    "TaskKind",
+    "TaskMessage",
+    "TaskResult",
+]
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TaskKind(str, Enum):
+    """What an agent is asked to do."""
+
+    PING = "ping"  # start a worker that does nothing: the connectivity check
+    PREPARE = "prepare"  # fetch and verify the bundle, resolve inputs, preprocess, init model
+    FIT = "fit"  # (evaluate the previous global model, then) train one round
+    EVALUATE = "evaluate"  # evaluate the final global model
+    RELEASE = "release"  # the job is over: stop its worker
+
+
+class JobState(str, Enum):
+    """Lifecycle of an FL job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class TaskMessage(_Msg):
+    """One task offered to one silo's agent."""
+
+    task_id: str
+    kind: TaskKind
+    job_id: str | None = None
+    job_name: str | None = None
+    round: int = 0
+    bundle_digest: str | None = None
+    entrypoint: str | None = None
+    inputs: dict[str, str] = Field(default_factory=dict)
+    hyperparameters: dict[str, object] = Field(default_factory=dict)
+    params_digest: str | None = None
+    evaluate_first: bool = False
+    config: dict[str, float] = Field(default_factory=dict)
+
+
+class TaskResult(_Msg):
+    """An agent's answer to a task."""
+
+    ok: bool
+    error: str | None = None
+    params_digest: str | None = None
+    train_metrics: dict[str, float] | None = None
+    eval_metrics: dict[str, float] | None = None
+    seconds: float = 0.0
+
+
+class SubmitRequest(_Msg):
+    """A job submission: the spec and the digest of its already uploaded bundle."""
+
+    spec: JobSpec
+    bundle_digest: str
+    manifest_digest: str
+
+
+class RoundInfo(_Msg):
+    """One round of a job: per-silo metrics and their sample-weighted aggregate."""
+
+    round: int
+    seconds: float | None = None
+    train: dict[str, dict[str, float]] = Field(default_factory=dict)
+    evaluate: dict[str, dict[str, float]] = Field(default_factory=dict)
+    evaluate_aggregate: dict[str, float] = Field(default_factory=dict)
+
+
+class JobInfo(_Msg):
+    """A job as the orchestrator sees it."""
+
+    id: str
+    name: str
+    submitter: str
+    state: JobState
+    silos: list[str]
+    rounds: int
+    current_round: int
+    error: str | None = None
+    detail: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    history: list[RoundInfo] = Field(default_factory=list)
+    has_model: bool = False
+
+
+class SiloStatus(_Msg):
+    """Whether a silo's agent is connected."""
+
+    name: str
+    online: bool
+    last_seen: float | None = None
+    busy: bool = False
+
+
+class StatusReport(_Msg):
+    """The federation at a glance."""
+
+    federation: str
+    silos: list[SiloStatus]
+    jobs: list[JobInfo]
+
+
+class SiloCheck(_Msg):
+    """One silo's line of ``fedsilo check``."""
+
+    silo: str
+    reachable: bool
+    ran: bool
+    round_trip_seconds: float | None = None
+    error: str | None = None
+
+
+class CheckReport(_Msg):
+    """The result of a no-op job sent through every silo."""
+
+    silos: list[SiloCheck]

@@ -1,0 +1,222 @@
+"""``fedsilo submit | job | model | sim``: FL jobs from the submitter's side."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedsilo.api import JobInfo, JobState, OrchestratorClient, RoundInfo
+from fedsilo.cli._common import KitOption, WorkspaceOption, console, submitter_kit
+from fedsilo.jobs import load_job
+
+job_app = typer.Typer(name="job", help="Look at and control FL jobs.", no_args_is_help=True)
+model_app = typer.Typer(name="model", help="Fetch trained models.", no_args_is_help=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def progress_bar() -> Progress:
+    """The progress display used while waiting for a job."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def follow(client: OrchestratorClient, job_id: str, *, show: bool) -> JobInfo:
+    """Wait for a job, with a progress bar of its rounds when ``show``."""
+    if not show:
+        return client.wait(job_id)
+    with progress_bar() as bar:
+        task = bar.add_task(job_id, total=None, detail="")
+
+        def update(info: JobInfo) -> None:
+            done = sum(1 for r in info.history if r.round >= 1 and r.evaluate)
+            acc = info.history[-1].evaluate_aggregate.get("accuracy") if info.history else None
+            detail = info.detail or info.state.value
+            if acc is not None:
+                detail += f"  accuracy {acc:.3f}"
+            bar.update(task, total=info.rounds, completed=done, detail=detail)
+
+        return client.wait(job_id, on_update=update)
+
+
+def submit(
+    job_file: Annotated[Path, typer.Argument(help="The job spec (YAML).")],
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Pack the job's code with a sha256 manifest and submit it to the orchestrator."""
+    spec, code_dir = load_job(job_file)
+    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
+        job_id = client.submit(spec, code_dir)
+        if not wait:
+            if as_json:
+                typer.echo(json.dumps({"id": job_id, "state": "queued"}))
+            else:
+                console.print(f"submitted job [bold]{job_id}[/]; follow it with: "
+                              f"fedsilo job show {job_id} --wait")
+            return
+        info = follow(client, job_id, show=not as_json)
+    _render(info, as_json)
+    if info.state is not JobState.SUCCEEDED:
+        raise typer.Exit(1)
+
+
+def _round_table(history: list[RoundInfo]) -> Table:
+    silos = sorted({s for r in history for s in (*r.evaluate, *r.train)})
+    metrics = sorted({k for r in history for m in r.evaluate.values() for k in m} - {"num_samples"})
+    table = Table(title="evaluation of the global model after each round")
+    table.add_column("round", justify="right")
+    table.add_column("silo")
+    for name in metrics:
+        table.add_column(name, justify="right")
+    table.add_column("train loss", justify="right")
+    for r in history:
+        for silo in silos:
+            ev = r.evaluate.get(silo, {})
+            loss = r.train.get(silo, {}).get("loss")
+            table.add_row(str(r.round), silo, *(_num(ev.get(m)) for m in metrics), _num(loss))
+        table.add_row(str(r.round), "[bold]all[/]",
+                      *(f"[bold]{_num(r.evaluate_aggregate.get(m))}[/]" for m in metrics), "",
+                      end_section=True)
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _render(info: JobInfo, as_json: bool) -> None:
+    if as_json:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    console.print(f"job [bold]{info.id}[/] ({info.name}) by {info.submitter}: "
+                  f"[bold]{info.state.value}[/], round {info.current_round}/{info.rounds}, "
+                  f"silos {', '.join(info.silos)}")
+    if info.error:
+        console.print(f"[red]error:[/] {info.error}", highlight=False)
+    elif info.detail and not info.state.finished:
+        console.print(info.detail)
+    if info.history:
+        console.print(_round_table(info.history))
+
+
+def show(
+    job_id: Annotated[str, typer.Argument(help="The job's id, as submit printed it.")],
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish.")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """A job's state and its per-round, per-silo metrics."""
+    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
+        info = follow(client, job_id, show=not as_json) if wait else client.job(job_id)
+    _render(info, as_json)
+
+
+def list_jobs(
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The federation's recent jobs."""
+    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
+        jobs = client.status().jobs
+    if as_json:
+        typer.echo(json.dumps([j.model_dump(mode="json", exclude={"history"}) for j in jobs]))
+        return
+    table = Table(title="jobs")
+    for column in ("job", "state", "round", "error"):
+        table.add_column(column, overflow="fold")
+    for j in jobs:
+        table.add_row(j.id, j.state.value, f"{j.current_round}/{j.rounds}", j.error or "")
+    console.print(table)
+
+
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+) -> None:
+    """Cancel a running job."""
+    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
+        cancelled = client.cancel(job_id)
+    console.print(f"job {job_id}: " + ("cancelled" if cancelled else "was not running"))
+
+
+def model_get(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write it.")] = Path(
+        "model.safetensors"
+    ),
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+) -> None:
+    """Fetch a finished job's final global model as a safetensors file."""
+    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
+        digest = client.download_model(job_id, output)
+    console.print(f"wrote {output} (sha256 {digest})")
+
+
+def sim(
+    job_file: Annotated[Path, typer.Argument(help="The job spec (YAML).")],
+    workspace: WorkspaceOption = Path("."),
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the final model here.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the job in this one process, no servers: each silo's data from its catalog."""
+    from fedsilo.pipelines import simulate, workspace_inputs
+    from fedsilo.tensors import save_parameters
+
+    spec, code_dir = load_job(job_file)
+    inputs = workspace_inputs(workspace, spec)
+    with tempfile.TemporaryDirectory(prefix="fedsilo-sim-") as tmp:
+        def on_round(info: RoundInfo) -> None:
+            if not as_json:
+                agg = ", ".join(f"{k} {v:.4f}" for k, v in info.evaluate_aggregate.items()
+                                if k != "num_samples")
+                console.print(f"round {info.round}: {agg}")
+
+        result = simulate(spec, code_dir, inputs, work_root=Path(tmp), on_round=on_round)
+    if output is not None:
+        save_parameters(result.parameters, output)
+    if as_json:
+        typer.echo(json.dumps({
+            "rounds": [r.model_dump(mode="json") for r in result.history],
+            "final": result.final_metrics,
+            "seconds": result.seconds,
+        }, indent=2))
+    else:
+        console.print(_round_table(result.history))
+        console.print(f"simulated {spec.rounds} rounds over {len(spec.silos)} silos "
+                      f"in {result.seconds:.1f} s" + (f"; model in {output}" if output else ""))
+
+
+job_app.command("show")(show)
+job_app.command("list")(list_jobs)
+job_app.command("cancel")(cancel)
+model_app.command("get")(model_get)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the job commands to the root app."""
+    app.command()(submit)
+    app.command()(sim)
+    app.add_typer(job_app)
+    app.add_typer(model_app)

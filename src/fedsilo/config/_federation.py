@@ -1,0 +1,252 @@
+"""The federation spec: one YAML file naming the orchestrator, the silos and the submitters.
+
+It is parsed once into frozen models. Every rule that keeps silos apart is checked here,
+before anything is provisioned: no two participants share a name, a storage root (or one
+inside another) or a compute, and every word is one the spec knows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from enum import Enum
+from pathlib import Path, PurePosixPath
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
+from fedsilo.errors import ConfigError
+
+__all__ = [
+    "ORCHESTRATOR_NAME",
+    "Classification",
+    "ComputeSpec",
+    "DatasetSpec",
+    "FederationSpec",
+    "OrchestratorSpec",
+    "SiloSpec",
+    "StorageSpec",
+    "load_federation",
+]
+
+ORCHESTRATOR_NAME = "orchestrator"
+"""The participant name (and kit folder) of the orchestrator."""
+
+PARTICIPANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+ParticipantName = Annotated[str, Field(pattern=PARTICIPANT_PATTERN)]
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class Classification(str, Enum):  # noqa: UP042 - a str mixin keeps `== "sensitive"` working
+    """How far data may travel: ``sensitive`` stays in its silo, ``eyes_on`` goes anywhere.
+
+    In strictness ``sensitive`` > ``intermediate`` > ``eyes_on``; :attr:`rank` orders them.
+    """
+
+    SENSITIVE = "sensitive"
+    INTERMEDIATE = "intermediate"
+    EYES_ON = "eyes_on"
+
+    @property
+    def rank(self) -> int:
+        """Strictness: ``eyes_on`` 0, ``intermediate`` 1, ``sensitive`` 2."""
+        return _RANKS[self]
+
+    @classmethod
+    def highest(cls, items: Iterable[Classification]) -> Classification:
+        """The strictest of ``items``; ``eyes_on`` (the least strict) when there are none."""
+        return max(items, key=lambda item: item.rank, default=cls.EYES_ON)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_RANKS = {
+    Classification.EYES_ON: 0,
+    Classification.INTERMEDIATE: 1,
+    Classification.SENSITIVE: 2,
+}
+
+
+class StorageSpec(BaseModel):
+    """Where a participant's data lives; a relative ``root`` is relative to the workspace."""
+
+    model_config = _FROZEN
+
+    root: Annotated[str, Field(min_length=1)]
+
+
+class ComputeSpec(BaseModel):
+    """What runs a participant's code, by name (unique in the federation)."""
+
+    model_config = _FROZEN
+
+    name: Annotated[str, Field(min_length=1)]
+
+
+class DatasetSpec(BaseModel):
+    """A dataset a silo declares, with the lowest classification it may be registered at."""
+
+    model_config = _FROZEN
+
+    name: Annotated[str, Field(pattern=DATASET_PATTERN)]
+    classification: Classification
+
+
+class OrchestratorSpec(BaseModel):
+    """The orchestrator's address, its storage (model parameters only) and its compute."""
+
+    model_config = _FROZEN
+
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8443
+    storage: StorageSpec
+    compute: ComputeSpec
+
+
+class SiloSpec(BaseModel):
+    """One silo: its storage, its compute and the datasets it declares."""
+
+    model_config = _FROZEN
+
+    name: ParticipantName
+    storage: StorageSpec
+    compute: ComputeSpec
+    datasets: tuple[DatasetSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_datasets(self) -> SiloSpec:
+        seen: set[str] = set()
+        for position, dataset in enumerate(self.datasets):
+            if dataset.name in seen:
+                raise FieldIssue(
+                    ("datasets", position, "name"),
+                    f"silo '{self.name}' declares dataset '{dataset.name}' twice",
+                )
+            seen.add(dataset.name)
+        return self
+
+    def dataset(self, name: str) -> DatasetSpec | None:
+        """The declared dataset called ``name``, or ``None`` when the silo does not declare it."""
+        return next((d for d in self.datasets if d.name == name), None)
+
+
+class FederationSpec(BaseModel):
+    """A whole federation: the orchestrator, at least one silo, and the submitters."""
+
+    model_config = _FROZEN
+
+    name: Annotated[str, Field(pattern=DATASET_PATTERN)]
+    orchestrator: OrchestratorSpec
+    silos: Annotated[tuple[SiloSpec, ...], Field(min_length=1)]
+    submitters: tuple[ParticipantName, ...] = ("submitter",)
+
+    @model_validator(mode="after")
+    def _silos_apart(self) -> FederationSpec:
+        self._check_names()
+        self._check_computes()
+        self.check_storage_roots(PurePosixPath("/workspace"))
+        return self
+
+    def _check_names(self) -> None:
+        silo_names: dict[str, int] = {}
+        for position, silo in enumerate(self.silos):
+            if silo.name in silo_names:
+                raise FieldIssue(
+                    ("silos", position, "name"),
+                    f"duplicate silo name '{silo.name}' (also silos.{silo_names[silo.name]})",
+                )
+            if silo.name == ORCHESTRATOR_NAME:
+                raise FieldIssue(
+                    ("silos", position, "name"),
+                    f"participant name '{silo.name}' is reserved for the orchestrator",
+                )
+            silo_names[silo.name] = position
+        taken = {name: f"silos.{position}" for name, position in silo_names.items()}
+        taken[ORCHESTRATOR_NAME] = "the orchestrator"
+        for position, submitter in enumerate(self.submitters):
+            if submitter in taken:
+                raise FieldIssue(
+                    ("submitters", position),
+                    f"participant name '{submitter}' is used twice (also {taken[submitter]})",
+                )
+            taken[submitter] = f"submitters.{position}"
+
+    def _check_computes(self) -> None:
+        computes = {self.orchestrator.compute.name: "the orchestrator"}
+        for position, silo in enumerate(self.silos):
+            name = silo.compute.name
+            if name in computes:
+                raise FieldIssue(
+                    ("silos", position, "compute", "name"),
+                    f"silo '{silo.name}' shares compute '{name}' with {computes[name]}; "
+                    "each silo needs its own compute",
+                )
+            computes[name] = f"silo '{silo.name}'"
+
+    def storage_roots(self, workspace: PurePosixPath | Path) -> dict[str, PurePosixPath | Path]:
+        """Each participant's normalised storage root, relative ones placed under ``workspace``."""
+        roots: dict[str, PurePosixPath | Path] = {
+            ORCHESTRATOR_NAME: _place(self.orchestrator.storage.root, workspace)
+        }
+        for silo in self.silos:
+            roots[silo.name] = _place(silo.storage.root, workspace)
+        return roots
+
+    def check_storage_roots(self, workspace: PurePosixPath | Path) -> None:
+        """Raise :class:`FieldIssue` if two storage roots are equal or one holds another."""
+        roots = self.storage_roots(workspace)
+        written = {ORCHESTRATOR_NAME: self.orchestrator.storage.root}
+        written |= {silo.name: silo.storage.root for silo in self.silos}
+        owners: list[tuple[str, tuple[str | int, ...]]] = [
+            (ORCHESTRATOR_NAME, ("orchestrator", "storage", "root"))
+        ]
+        owners += [(s.name, ("silos", i, "storage", "root")) for i, s in enumerate(self.silos)]
+        for later in range(1, len(owners)):
+            name, loc = owners[later]
+            for other, _ in owners[:later]:
+                a, b = roots[name], roots[other]
+                if a == b or _inside(a, b) or _inside(b, a):
+                    how = "is the same folder as" if a == b else "is nested with"
+                    who = "the orchestrator" if other == ORCHESTRATOR_NAME else f"silo '{other}'"
+                    raise FieldIssue(
+                        loc,
+                        f"the storage root of silo '{name}' ({written[name]!r}) {how} the "
+                        f"storage root of {who} ({written[other]!r}); every participant "
+                        "needs its own storage",
+                    )
+
+    def silo(self, name: str) -> SiloSpec:
+        """The silo called ``name``; :class:`ConfigError` listing the known silos otherwise."""
+        for silo in self.silos:
+            if silo.name == name:
+                return silo
+        known = ", ".join(s.name for s in self.silos)
+        raise ConfigError(f"federation '{self.name}' has no silo '{name}'; its silos: {known}")
+
+    @property
+    def silo_names(self) -> tuple[str, ...]:
+        """The silos' names, in the order of the spec."""
+        return tuple(s.name for s in self.silos)
+
+
+def _place(root: str, workspace: PurePosixPath | Path) -> PurePosixPath | Path:
+    expanded = os.path.expanduser(root)
+    if isinstance(workspace, Path):
+        return (workspace / expanded).resolve()
+    return PurePosixPath(os.path.normpath(str(workspace / expanded)))
+
+
+def _inside(child: PurePosixPath | Path, parent: PurePosixPath | Path) -> bool:
+    return child != parent and child.is_relative_to(parent)
+
+
+def load_federation(path: str | Path) -> FederationSpec:
+    """Read and check a federation spec; any problem is a :class:`ConfigError` with its line."""
+    file = Path(path)
+    data, index = load_yaml_mapping(file)
+    return validate_model(FederationSpec, data, file, index)

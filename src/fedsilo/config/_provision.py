@@ -1,0 +1,387 @@
+"""Provisioning: one federation spec in, a CA and one kit per participant out.
+
+The workspace is laid out as::
+
+    OUT/federation.yaml        a copy of the spec
+    OUT/ca/ca.crt, ca.key      the federation CA (its key is in no kit)
+    OUT/kits/<name>/           cert.pem, key.pem (0600), ca.crt, kit.yaml
+
+The CA and kits are built in a temporary folder beside OUT and moved into place at the
+end, so a failure leaves nothing half written. Storage roots are created (mode 0700) and
+never emptied, not even with ``force``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedsilo.config._federation import ORCHESTRATOR_NAME, FederationSpec, load_federation
+from fedsilo.config._kit import (
+    CA_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    Kit,
+    ParticipantInfo,
+    Role,
+    SiloInfo,
+    cert_fingerprint,
+    load_kit,
+    write_kit,
+)
+from fedsilo.config._yamlio import FieldIssue, issue_error, load_yaml_mapping
+from fedsilo.errors import ConfigError, ProvisioningError, WorkspaceError
+
+__all__ = ["Workspace", "open_workspace", "provision"]
+
+FEDERATION_FILE = "federation.yaml"
+_CA_YEARS = 10
+_CERT_YEARS = 2
+_PLACED = (FEDERATION_FILE, "ca", "kits")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A provisioned workspace: the spec, the CA and every participant's kit, under ``root``."""
+
+    root: Path
+    federation: FederationSpec
+
+    @property
+    def participant_names(self) -> tuple[str, ...]:
+        """Every participant: the orchestrator, the silos, then the submitters."""
+        return (ORCHESTRATOR_NAME, *self.silo_names, *self.federation.submitters)
+
+    @property
+    def silo_names(self) -> tuple[str, ...]:
+        """The silos' names, in the order of the spec."""
+        return self.federation.silo_names
+
+    @property
+    def submitter_name(self) -> str:
+        """The first submitter, the one the CLI acts as by default."""
+        return self.federation.submitters[0]
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where the local processes of ``fedsilo up`` write their logs."""
+        return self.root / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the local processes of ``fedsilo up`` keep pid files and sockets."""
+        return self.root / "run"
+
+    @property
+    def ca_file(self) -> Path:
+        """The federation CA certificate."""
+        return self.root / "ca" / "ca.crt"
+
+    def kit_dir(self, name: str) -> Path:
+        """The kit folder of participant ``name`` (:class:`ConfigError` if unknown)."""
+        if name not in self.participant_names:
+            known = ", ".join(self.participant_names)
+            raise ConfigError(
+                f"federation '{self.federation.name}' has no participant '{name}'; "
+                f"its participants: {known}"
+            )
+        return self.root / "kits" / name
+
+    def kit(self, name: str) -> Kit:
+        """The loaded kit of participant ``name`` (:class:`ConfigError` if unknown)."""
+        return load_kit(self.kit_dir(name))
+
+
+def open_workspace(root: Path) -> Workspace:
+    """Open the workspace provisioned at ``root``; :class:`WorkspaceError` if there is none."""
+    folder = Path(root).expanduser().resolve()
+    if not (folder / FEDERATION_FILE).is_file() or not (folder / "kits").is_dir():
+        raise WorkspaceError(
+            f"{folder} is not a provisioned workspace; create one with: "
+            "fedsilo provision federation.yaml --out DIR"
+        )
+    return Workspace(root=folder, federation=load_federation(folder / FEDERATION_FILE))
+
+
+def provision(spec_path: Path, out: Path, *, force: bool = False) -> Workspace:
+    """Create the federation CA and one kit per participant of ``spec_path`` under ``out``.
+
+    Refuses (:class:`ProvisioningError`) when ``out`` already holds a workspace, unless
+    ``force``: then the CA, the kits and the spec copy are replaced and storage is kept.
+    """
+    spec_path = Path(spec_path)
+    spec = load_federation(spec_path)
+    out = Path(out).expanduser().resolve()
+    existing = [name for name in _PLACED if (out / name).exists()]
+    if existing and not force:
+        raise ProvisioningError(
+            f"{out} already holds a workspace ({', '.join(existing)}); pass --force to "
+            "replace its CA and kits (storage data is kept)"
+        )
+    roots = _storage_roots(spec, spec_path, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _staging(out.parent) as stage:
+            _build(spec, spec_path, stage, roots)
+            _create_storage(roots, out, stage)
+            _place(stage, out)
+    except OSError as exc:
+        raise ProvisioningError(f"cannot provision into {out}: {exc}") from exc
+    return Workspace(root=out, federation=spec)
+
+
+def _storage_roots(spec: FederationSpec, spec_path: Path, out: Path) -> dict[str, Path]:
+    try:
+        spec.check_storage_roots(out)
+    except FieldIssue as issue:
+        _, index = load_yaml_mapping(spec_path)
+        raise issue_error(issue, spec_path, index) from None
+    roots = {name: Path(root) for name, root in spec.storage_roots(out).items()}
+    for name, root in roots.items():
+        if (
+            out == root
+            or out.is_relative_to(root)
+            or any(root.is_relative_to(out / part) for part in _PLACED)
+        ):
+            raise ConfigError(
+                f"the storage root of '{name}' ({root}) overlaps the workspace's own files "
+                f"in {out}; put it in a folder of its own",
+                file=str(spec_path),
+            )
+    return roots
+
+
+@contextmanager
+def _staging(parent: Path) -> Iterator[Path]:
+    stage = Path(tempfile.mkdtemp(prefix=".fedsilo-provision-", dir=parent))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, Path]) -> None:
+    build = stage / "new"
+    (build / "kits").mkdir(parents=True)
+    shutil.copyfile(spec_path, build / FEDERATION_FILE)
+    ca_key, ca_cert = _make_ca(spec.name)
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    ca_dir = build / "ca"
+    ca_dir.mkdir(mode=0o700)
+    (ca_dir / CA_FILE).write_bytes(ca_pem)
+    _write_private(ca_dir / "ca.key", ca_key)
+
+    people = [(ORCHESTRATOR_NAME, Role.ORCHESTRATOR)]
+    people += [(silo.name, Role.SILO) for silo in spec.silos]
+    people += [(name, Role.SUBMITTER) for name in spec.submitters]
+    participants: list[ParticipantInfo] = []
+    for name, role in people:
+        kit_dir = build / "kits" / name
+        kit_dir.mkdir(mode=0o700)
+        key, cert = _make_cert(spec, name, role, ca_key, ca_cert)
+        (kit_dir / CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(kit_dir / KEY_FILE, key)
+        (kit_dir / CA_FILE).write_bytes(ca_pem)
+        der = cert.public_bytes(serialization.Encoding.DER)
+        participants.append(
+            ParticipantInfo(name=name, role=role, fingerprint=cert_fingerprint(der))
+        )
+
+    kits = build / "kits"
+    silo_infos = tuple(SiloInfo(name=s.name, compute=s.compute.name) for s in spec.silos)
+    orchestrator_root = str(roots[ORCHESTRATOR_NAME])
+    _write(
+        spec,
+        kits,
+        Role.ORCHESTRATOR,
+        ORCHESTRATOR_NAME,
+        storage_root=orchestrator_root,
+        silos=silo_infos,
+        participants=tuple(participants),
+    )
+    for silo in spec.silos:
+        root = str(roots[silo.name])
+        own = silo.model_copy(update={"storage": silo.storage.model_copy(update={"root": root})})
+        _write(spec, kits, Role.SILO, silo.name, storage_root=root, silo=own)
+    for name in spec.submitters:
+        _write(spec, kits, Role.SUBMITTER, name)
+
+
+def _write(spec: FederationSpec, kits: Path, role: Role, name: str, **fields: Any) -> None:
+    kit = Kit.model_validate(
+        {
+            "federation": spec.name,
+            "role": role,
+            "name": name,
+            "orchestrator_host": spec.orchestrator.host,
+            "orchestrator_port": spec.orchestrator.port,
+            **fields,
+        }
+    )
+    write_kit(kit, kits / name)
+
+
+def _create_storage(roots: dict[str, Path], out: Path, stage: Path) -> None:
+    """Create missing storage roots: those inside a not yet existing ``out`` in the stage."""
+    for root in roots.values():
+        target = root
+        if not out.exists() and root.is_relative_to(out):
+            target = stage / "new" / root.relative_to(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.mkdir(mode=0o700)
+
+
+def _place(stage: Path, out: Path) -> None:
+    """Move the staged CA, kits and spec into ``out``, restoring the old ones on failure."""
+    new = stage / "new"
+    if not out.exists():
+        new.rename(out)
+        return
+    old = stage / "old"
+    old.mkdir()
+    placed: list[str] = []
+    try:
+        for name in _PLACED:
+            if (out / name).exists():
+                (out / name).rename(old / name)
+            (new / name).rename(out / name)
+            placed.append(name)
+    except OSError:
+        for name in _PLACED:
+            if name in placed:
+                _remove(out / name)
+            if (old / name).exists():
+                (old / name).rename(out / name)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(pem)
+    os.chmod(path, 0o600)
+
+
+def _name(spec: FederationSpec, common_name: str, unit: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, spec.name),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+        ]
+    )
+
+
+def _make_ca(federation: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{federation} federation CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365 * _CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _make_cert(
+    spec: FederationSpec,
+    name: str,
+    role: Role,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if role is Role.ORCHESTRATOR:
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(spec, name, role.value))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365 * _CERT_YEARS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+    )
+    if role is Role.ORCHESTRATOR:
+        builder = builder.add_extension(_orchestrator_san(spec.orchestrator.host), critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def _orchestrator_san(host: str) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    try:
+        extra: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        extra = x509.DNSName(host)
+    if extra not in names:
+        names.append(extra)
+    return x509.SubjectAlternativeName(names)
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )

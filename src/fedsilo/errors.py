@@ -1,0 +1,139 @@
+"""The one exception tree of fedsilo.
+
+Every error fedsilo raises on purpose derives from :class:`FedsiloError`; errors of the
+libraries underneath (pydantic, httpx, cryptography, SQLAlchemy) are wrapped where they
+enter, so callers catch one family::
+
+    FedsiloError
+    ├── ConfigError              a file or field of a spec, kit or workspace is wrong
+    │   └── DatasetNotFound      a silo's catalog lacks a dataset a job names
+    ├── WorkspaceError           a workspace is missing, already running, or not running
+    ├── ProvisioningError        identities or kits could not be created
+    ├── SignatureError           a bundle's files do not match its manifest
+    ├── ClassificationError      data would move against its classification
+    ├── TransportError           talking to the orchestrator failed
+    │   ├── OrchestratorUnavailable   nothing answers at the orchestrator's address
+    │   └── CertificateRefused        the peer refused this kit's certificate
+    ├── SiloUnavailable          a silo is offline or disconnected mid-round
+    ├── TaskFailed               task code raised inside a silo
+    ├── JobFailed                an FL job ended in failure
+    └── AggregationError         results could not be aggregated
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AggregationError",
+    "CertificateRefused",
+    "ClassificationError",
+    "ConfigError",
+    "DatasetNotFound",
+    "FedsiloError",
+    "JobFailed",
+    "OrchestratorUnavailable",
+    "ProvisioningError",
+    "SignatureError",
+    "SiloUnavailable",
+    "TaskFailed",
+    "TransportError",
+    "WorkspaceError",
+]
+
+
+class FedsiloError(Exception):
+    """Root of every error fedsilo raises on purpose."""
+
+
+class ConfigError(FedsiloError):
+    """A spec, kit or workspace file is invalid.
+
+    ``file`` and ``field`` say where (``field`` is a dotted path such as
+    ``silos.1.storage.root``); ``line`` is the 1-based line in ``file`` when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        field: str | None = None,
+        line: int | None = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.field = field
+        self.line = line
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file if self.line is None else f"{self.file}:{self.line}"
+        if self.field:
+            where = f"{where}: field '{self.field}'" if where else f"field '{self.field}'"
+        return f"{where}: {self.message}" if where else self.message
+
+
+class DatasetNotFound(ConfigError):
+    """A silo's catalog has no dataset of the given name."""
+
+    def __init__(self, silo: str, dataset: str) -> None:
+        self.silo = silo
+        self.dataset = dataset
+        super().__init__(
+            f"silo '{silo}' has no dataset '{dataset}' in its catalog; "
+            f"add it with: fedsilo data add --silo {silo} --name {dataset} "
+            "--classification sensitive PATH"
+        )
+
+
+class WorkspaceError(FedsiloError):
+    """A workspace is missing, incomplete, already running or not running."""
+
+
+class ProvisioningError(FedsiloError):
+    """Identities or kits could not be created."""
+
+
+class SignatureError(FedsiloError):
+    """A bundle's files do not match its manifest, or its signature does not verify."""
+
+
+class ClassificationError(FedsiloError):
+    """Data would move or be relabelled against its classification."""
+
+
+class TransportError(FedsiloError):
+    """Talking to the orchestrator failed."""
+
+
+class OrchestratorUnavailable(TransportError):
+    """Nothing answers at the orchestrator's address."""
+
+
+class CertificateRefused(TransportError):
+    """The peer closed the TLS connection: it does not accept this kit's certificate."""
+
+
+class SiloUnavailable(FedsiloError):
+    """A silo is offline, or disconnected while a job needed it."""
+
+    def __init__(self, silo: str, detail: str) -> None:
+        self.silo = silo
+        super().__init__(f"silo '{silo}' {detail}")
+
+
+class TaskFailed(FedsiloError):
+    """Task code raised inside a silo (its message and traceback tail are included)."""
+
+    def __init__(self, silo: str, detail: str) -> None:
+        self.silo = silo
+        super().__init__(f"task failed in silo '{silo}': {detail}")
+
+
+class JobFailed(FedsiloError):
+    """An FL job ended in failure; the message names the job and the cause."""
+
+
+class AggregationError(FedsiloError):
+    """Results of a round could not be aggregated (shape mismatch, no results, bad weights)."""

@@ -1,0 +1,155 @@
+"""Job bundles: a code folder packed with a manifest of every file's sha256.
+
+The bundle is a deterministic gzip'd tar holding the code files and ``MANIFEST.json``.
+The manifest's own sha256 is the bundle's identity (``Manifest.digest``): it is what a
+signature covers and what a silo checks every unpacked file against.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from pydantic import BaseModel, ConfigDict
+
+from fedsilo.errors import ConfigError, SignatureError
+
+__all__ = ["MAX_BUNDLE_BYTES", "Manifest", "pack_bundle", "unpack_bundle"]
+
+MANIFEST_NAME = "MANIFEST.json"
+MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+_SKIP_DIRS = {"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+class Manifest(BaseModel):
+    """Every file of a bundle with its sha256, keyed by POSIX relative path."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    files: dict[str, str]
+
+    def canonical(self) -> bytes:
+        """The exact bytes the digest is computed over (sorted keys, no spaces)."""
+        return json.dumps(self.files, sort_keys=True, separators=(",", ":")).encode()
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical manifest: the bundle's identity."""
+        return hashlib.sha256(self.canonical()).hexdigest()
+
+
+def _code_files(code_dir: Path) -> list[Path]:
+    files: list[Path] = []
+    for root, dirs, names in os.walk(code_dir):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        for name in sorted(names):
+            path = Path(root) / name
+            if name.endswith(_SKIP_SUFFIXES) or name == MANIFEST_NAME:
+                continue
+            if path.is_symlink():
+                raise ConfigError(
+                    "symbolic links cannot be bundled; copy the file into the code folder",
+                    file=str(path),
+                )
+            files.append(path)
+    return files
+
+
+def pack_bundle(code_dir: Path) -> tuple[bytes, Manifest]:
+    """Pack ``code_dir`` into bundle bytes and return them with the manifest.
+
+    The archive is deterministic (sorted entries, zeroed times and owners), so the same
+    code always gives the same bytes and digest.
+    """
+    if not code_dir.is_dir():
+        raise ConfigError("the job's code folder does not exist", file=str(code_dir))
+    files = _code_files(code_dir)
+    if not files:
+        raise ConfigError("the job's code folder holds no files", file=str(code_dir))
+    contents = {p.relative_to(code_dir).as_posix(): p.read_bytes() for p in files}
+    manifest = Manifest(files={k: hashlib.sha256(v).hexdigest() for k, v in contents.items()})
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [(MANIFEST_NAME, manifest.canonical()), *sorted(contents.items())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    packed = gzip.compress(raw.getvalue(), mtime=0)
+    if len(packed) > MAX_BUNDLE_BYTES:
+        raise ConfigError(
+            f"the packed code is {len(packed)} bytes, over the {MAX_BUNDLE_BYTES} byte limit; "
+            "keep data and weights out of the code folder",
+            file=str(code_dir),
+        )
+    return packed, manifest
+
+
+def _safe_member_path(name: str) -> PurePosixPath:
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise SignatureError(f"bundle entry '{name}' escapes the bundle folder")
+    return path
+
+
+def unpack_bundle(data: bytes, dest: Path) -> Manifest:
+    """Unpack bundle bytes into ``dest`` and check every file against the manifest.
+
+    Any file that is modified, added or missing relative to the manifest raises
+    :class:`SignatureError`; ``dest`` is then left absent, never half-written.
+    """
+    try:
+        raw = gzip.decompress(data)
+        tar = tarfile.open(fileobj=io.BytesIO(raw), mode="r")
+    except (OSError, EOFError, tarfile.TarError) as exc:
+        raise SignatureError(f"the bundle is not a valid archive: {exc}") from exc
+    contents: dict[str, bytes] = {}
+    with tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                raise SignatureError(f"bundle entry '{member.name}' is not a regular file")
+            path = _safe_member_path(member.name)
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            contents[path.as_posix()] = extracted.read()
+    if MANIFEST_NAME not in contents:
+        raise SignatureError("the bundle has no manifest")
+    try:
+        manifest = Manifest(files=json.loads(contents.pop(MANIFEST_NAME)))
+    except ValueError as exc:
+        raise SignatureError(f"the bundle's manifest is malformed: {exc}") from exc
+    added = sorted(set(contents) - set(manifest.files))
+    missing = sorted(set(manifest.files) - set(contents))
+    changed = sorted(
+        name
+        for name, blob in contents.items()
+        if name in manifest.files and hashlib.sha256(blob).hexdigest() != manifest.files[name]
+    )
+    problems = [f"added: {', '.join(added)}"] if added else []
+    problems += [f"missing: {', '.join(missing)}"] if missing else []
+    problems += [f"modified: {', '.join(changed)}"] if changed else []
+    if problems:
+        raise SignatureError("the bundle does not match its manifest (" + "; ".join(problems) + ")")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".bundle-"))
+    try:
+        for name, blob in contents.items():
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blob)
+        (staging / MANIFEST_NAME).write_bytes(manifest.canonical())
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

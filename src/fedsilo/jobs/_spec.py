@@ -1,0 +1,128 @@
+"""The job spec: which code runs in which silos on which inputs, for how many rounds.
+
+A job spec is YAML parsed once into frozen models; unknown keys, bad values and
+inconsistent choices are :class:`~fedsilo.errors.ConfigError` naming the file and field.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedsilo.config._yamlio import load_yaml_mapping, validate_model
+from fedsilo.errors import ConfigError
+
+__all__ = ["Hyperparameters", "JobSpec", "StrategySpec", "Weighting", "load_job"]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Weighting(str, Enum):
+    """How FedAvg weighs each silo's parameters."""
+
+    SAMPLES = "samples"
+    UNIFORM = "uniform"
+    EXPLICIT = "explicit"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StrategySpec(_Frozen):
+    """The aggregation strategy and its typed parameters."""
+
+    name: Literal["fedavg"] = "fedavg"
+    weighting: Weighting = Weighting.SAMPLES
+    weights: dict[str, float] | None = None
+
+    @model_validator(mode="after")
+    def _weights_match_weighting(self) -> StrategySpec:
+        if self.weighting is Weighting.EXPLICIT:
+            if not self.weights:
+                raise ValueError("weighting 'explicit' needs 'weights': a weight per silo")
+            bad = [silo for silo, w in self.weights.items() if not w >= 0]
+            if bad:
+                raise ValueError(f"weights must be >= 0 (silo {', '.join(bad)})")
+            if sum(self.weights.values()) <= 0:
+                raise ValueError("weights must not all be zero")
+        elif self.weights is not None:
+            raise ValueError("'weights' is only used with weighting: explicit")
+        return self
+
+
+class Hyperparameters(_Frozen):
+    """Training hyperparameters handed to the task's code in every silo."""
+
+    lr: float = Field(default=0.01, gt=0)
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    seed: int = Field(default=0, ge=0, lt=2**31)
+    extra: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+class JobSpec(_Frozen):
+    """An FL job: a code folder, the silos it runs in, their inputs, rounds and strategy.
+
+    ``inputs`` maps a role the task code asks for (``train``, ``test``) to a dataset name
+    in every silo's catalog; ``silo_inputs`` overrides that per silo.
+    """
+
+    name: str = Field(pattern=_NAME)
+    code: str
+    entrypoint: str = Field(default="task", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    silos: tuple[str, ...] = Field(min_length=1)
+    inputs: dict[str, str] = Field(default_factory=dict)
+    silo_inputs: dict[str, dict[str, str]] = Field(default_factory=dict)
+    rounds: int = Field(ge=1, le=100_000)
+    strategy: StrategySpec = StrategySpec()
+    hyperparameters: Hyperparameters = Hyperparameters()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        seen: set[str] = set()
+        for silo in self.silos:
+            if silo in seen:
+                raise ValueError(f"silo '{silo}' is listed twice in 'silos'")
+            seen.add(silo)
+        unknown = sorted(set(self.silo_inputs) - seen)
+        if unknown:
+            raise ValueError(f"silo_inputs names silos not in 'silos': {', '.join(unknown)}")
+        weights = self.strategy.weights
+        if weights is not None and set(weights) != seen:
+            raise ValueError(
+                "strategy weights must name exactly the job's silos "
+                f"(missing: {', '.join(sorted(seen - set(weights))) or '-'}; "
+                f"unknown: {', '.join(sorted(set(weights) - seen)) or '-'})"
+            )
+        return self
+
+    def inputs_for(self, silo: str) -> dict[str, str]:
+        """The role → dataset map the job uses in ``silo``."""
+        return {**self.inputs, **self.silo_inputs.get(silo, {})}
+
+
+def load_job(path: str | Path) -> tuple[JobSpec, Path]:
+    """Parse a job spec file; return the spec and its code folder resolved to an absolute path."""
+    path = Path(path)
+    data, index = load_yaml_mapping(path)
+    spec = validate_model(JobSpec, data, path, index)
+    code_dir = (path.parent / spec.code).resolve()
+    if not code_dir.is_dir():
+        raise ConfigError(
+            f"the code folder '{spec.code}' does not exist (looked in {code_dir})",
+            file=str(path),
+            field="code",
+            line=index.line_of(("code",)),
+        )
+    if not (code_dir / f"{spec.entrypoint}.py").is_file():
+        raise ConfigError(
+            f"the entrypoint module '{spec.entrypoint}.py' is not in the code folder {code_dir}",
+            file=str(path),
+            field="entrypoint",
+            line=index.line_of(("entrypoint",)),
+        )
+    return spec, code_dir

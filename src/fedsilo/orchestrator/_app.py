@@ -1,0 +1,200 @@
+"""The orchestrator's REST API (FastAPI). Identity comes from the client certificate only."""
+
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from fedsilo.config import Role
+from fedsilo.errors import FedsiloError
+from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
+from fedsilo.orchestrator._core import Orchestrator
+from fedsilo.api._messages import (
+    CheckReport,
+    JobInfo,
+    StatusReport,
+    SubmitRequest,
+    TaskResult,
+)
+from fedsilo.orchestrator._tls import peer_fingerprint
+
+__all__ = ["Participant", "create_app"]
+
+log = logging.getLogger("fedsilo.orchestrator")
+
+MAX_BUNDLE_UPLOAD = 64 * 1024 * 1024
+MAX_PARAMS_UPLOAD = 4 * 1024 * 1024 * 1024
+LONG_POLL_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class Participant:
+    """A caller, as recognised by its certificate's fingerprint."""
+
+    name: str
+    role: Role
+
+
+def create_app(
+    orchestrator: Orchestrator,
+    participants: dict[str, Participant],
+    *,
+    on_startup: Callable[[], None] | None = None,
+) -> FastAPI:
+    """Build the API over ``orchestrator``; ``participants`` maps fingerprints to identities."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if on_startup is not None:
+            on_startup()
+        yield
+
+    app = FastAPI(title="fedsilo orchestrator", lifespan=lifespan, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(FedsiloError)
+    async def _fedsilo_error(_request: Request, exc: FedsiloError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+
+    def caller(request: Request) -> Participant:
+        fingerprint = peer_fingerprint(request.scope)
+        who = participants.get(fingerprint or "")
+        if who is None:
+            raise HTTPException(403, "this certificate is not a participant of the federation")
+        return who
+
+    def silo(who: Annotated[Participant, Depends(caller)]) -> str:
+        if who.role is not Role.SILO:
+            raise HTTPException(403, f"'{who.name}' is a {who.role.value}, not a silo agent")
+        return who.name
+
+    def submitter(who: Annotated[Participant, Depends(caller)]) -> str:
+        if who.role is not Role.SUBMITTER:
+            raise HTTPException(403, f"'{who.name}' is a {who.role.value}, not a submitter")
+        return who.name
+
+    async def receive_blob(request: Request, digest: str, owner: str, limit: int) -> Response:
+        if not valid_digest(digest):
+            raise HTTPException(400, "the upload's name must be its sha256 in hex")
+        if orchestrator.blobs.has(digest):
+            return Response(status_code=200)
+        try:
+            size = await orchestrator.blobs.receive(digest, request.stream(), limit)
+        except DigestMismatch as exc:
+            log.warning("upload from %s refused: %s", owner, exc)
+            raise HTTPException(422, f"content does not match its digest: {exc}") from exc
+        except TooLarge as exc:
+            raise HTTPException(413, str(exc)) from exc
+        orchestrator.store.add_blob(digest, size, owner)
+        return Response(status_code=201)
+
+    # -- everyone ---------------------------------------------------------------------------
+
+    @app.get("/v1/whoami")
+    async def whoami(who: Annotated[Participant, Depends(caller)]) -> dict[str, str]:
+        return {"name": who.name, "role": who.role.value, "federation": orchestrator.federation}
+
+    # -- silo agents ------------------------------------------------------------------------
+
+    @app.get("/v1/agent/task")
+    async def next_task(
+        name: Annotated[str, Depends(silo)],
+        wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 20.0,
+    ) -> Response:
+        task = await orchestrator.next_task(name, wait)
+        if task is None:
+            return Response(status_code=204)
+        return Response(task.model_dump_json(), media_type="application/json")
+
+    @app.post("/v1/agent/heartbeat", status_code=204)
+    async def heartbeat(name: Annotated[str, Depends(silo)], busy: bool = False) -> None:
+        orchestrator.seen(name, busy=busy)
+
+    @app.post("/v1/agent/tasks/{task_id}/result", status_code=204)
+    async def task_result(
+        task_id: str, result: TaskResult, name: Annotated[str, Depends(silo)]
+    ) -> None:
+        orchestrator.seen(name)
+        if not orchestrator.deliver(name, task_id, result):
+            raise HTTPException(409, f"task {task_id} is not open for silo '{name}'")
+
+    @app.put("/v1/agent/uploads/{digest}")
+    async def agent_upload(
+        digest: str, request: Request, name: Annotated[str, Depends(silo)]
+    ) -> Response:
+        orchestrator.seen(name)
+        return await receive_blob(request, digest, name, MAX_PARAMS_UPLOAD)
+
+    @app.get("/v1/agent/jobs/{job_id}/bundle")
+    async def job_bundle(job_id: str, name: Annotated[str, Depends(silo)]) -> FileResponse:
+        job = orchestrator.silo_in_job(name, job_id)
+        if job is None:
+            raise HTTPException(404, f"silo '{name}' takes no part in job {job_id}")
+        return FileResponse(orchestrator.blobs.path(job.bundle_digest))
+
+    @app.get("/v1/agent/jobs/{job_id}/params/{digest}")
+    async def job_params(
+        job_id: str, digest: str, name: Annotated[str, Depends(silo)]
+    ) -> FileResponse:
+        if not valid_digest(digest) or not orchestrator.may_read_params(name, job_id, digest):
+            raise HTTPException(404, f"no global model {digest[:12]} of job {job_id} for '{name}'")
+        return FileResponse(orchestrator.blobs.path(digest))
+
+    # -- submitters -------------------------------------------------------------------------
+
+    @app.put("/v1/uploads/{digest}")
+    async def submitter_upload(
+        digest: str, request: Request, name: Annotated[str, Depends(submitter)]
+    ) -> Response:
+        return await receive_blob(request, digest, name, MAX_BUNDLE_UPLOAD)
+
+    @app.post("/v1/jobs", status_code=201)
+    async def submit(
+        body: SubmitRequest, name: Annotated[str, Depends(submitter)]
+    ) -> dict[str, str]:
+        return {"id": orchestrator.submit(name, body)}
+
+    @app.get("/v1/jobs/{job_id}")
+    async def job(job_id: str, _: Annotated[str, Depends(submitter)]) -> JobInfo:
+        info = orchestrator.job_info(job_id)
+        if info is None:
+            raise HTTPException(404, f"no job '{job_id}'")
+        return info
+
+    @app.post("/v1/jobs/{job_id}/cancel", status_code=202)
+    async def cancel(job_id: str, _: Annotated[str, Depends(submitter)]) -> dict[str, bool]:
+        return {"cancelled": orchestrator.cancel(job_id)}
+
+    @app.get("/v1/jobs/{job_id}/model")
+    async def model(job_id: str, _: Annotated[str, Depends(submitter)]) -> FileResponse:
+        row = orchestrator.store.job(job_id)
+        if row is None:
+            raise HTTPException(404, f"no job '{job_id}'")
+        if row.model_digest is None:
+            raise HTTPException(409, f"job '{job_id}' has no final model (state: {row.state})")
+        return FileResponse(
+            orchestrator.blobs.path(row.model_digest),
+            media_type="application/octet-stream",
+            headers={"x-fedsilo-sha256": row.model_digest},
+        )
+
+    @app.get("/v1/status")
+    async def status(_: Annotated[str, Depends(submitter)]) -> StatusReport:
+        return orchestrator.status()
+
+    @app.post("/v1/check")
+    async def check(
+        _: Annotated[str, Depends(submitter)],
+        timeout: Annotated[float, Query(gt=0, le=120)] = 15.0,
+    ) -> CheckReport:
+        return await orchestrator.check(timeout)
+
+    return app

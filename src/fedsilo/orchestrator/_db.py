@@ -1,0 +1,264 @@
+"""The orchestrator's state in SQL: jobs, tasks, rounds, metrics and blobs.
+
+SQLite in the orchestrator's storage by default; any SQLAlchemy URL (PostgreSQL in
+production) by changing one setting. Every method is one short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+__all__ = ["BlobRow", "JobRow", "MetricRow", "RoundRow", "Store", "TaskRow"]
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class JobRow(_Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    submitter: Mapped[str] = mapped_column(String(64))
+    spec_json: Mapped[str] = mapped_column(Text)
+    bundle_digest: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    current_round: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class TaskRow(_Base):
+    __tablename__ = "tasks"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), nullable=True, index=True)
+    silo: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # pending, assigned, done, failed
+    message_json: Mapped[str] = mapped_column(Text)
+    result_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    assigned_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class RoundRow(_Base):
+    __tablename__ = "rounds"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    global_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[float] = mapped_column(Float)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class MetricRow(_Base):
+    __tablename__ = "metrics"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    silo: Mapped[str] = mapped_column(String(64), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16), primary_key=True)  # train, evaluate
+    metrics_json: Mapped[str] = mapped_column(Text)
+
+
+class BlobRow(_Base):
+    __tablename__ = "blobs"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    owner: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Store:
+    """Persistence for the orchestrator; one instance per process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        _Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on error."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def add_job(self, row: JobRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def job(self, job_id: str) -> JobRow | None:
+        with self.session() as s:
+            return s.get(JobRow, job_id)
+
+    def jobs(self, limit: int = 50) -> list[JobRow]:
+        with self.session() as s:
+            rows = s.scalars(select(JobRow).order_by(JobRow.created_at.desc()).limit(limit))
+            return list(rows)
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        with self.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+
+    def fail_unfinished_jobs(self, reason: str) -> int:
+        """Mark jobs left running by an earlier process as failed (at start-up)."""
+        with self.session() as s:
+            result = s.execute(
+                update(JobRow)
+                .where(JobRow.state.in_(("queued", "running")))
+                .values(state="failed", error=reason, finished_at=time.time())
+            )
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.state.in_(("pending", "assigned")))
+                .values(state="failed", finished_at=time.time())
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def add_task(self, row: TaskRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def claim_task(self, silo: str) -> TaskRow | None:
+        """The oldest pending task of ``silo``, marked assigned; None when there is none."""
+        with self.session() as s:
+            row = s.scalars(
+                select(TaskRow)
+                .where(TaskRow.silo == silo, TaskRow.state == "pending")
+                .order_by(TaskRow.created_at)
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            row.state = "assigned"
+            row.assigned_at = time.time()
+            return row
+
+    def task(self, task_id: str) -> TaskRow | None:
+        with self.session() as s:
+            return s.get(TaskRow, task_id)
+
+    def finish_task(self, task_id: str, *, ok: bool, result_json: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id)
+                .values(
+                    state="done" if ok else "failed",
+                    result_json=result_json,
+                    finished_at=time.time(),
+                )
+            )
+
+    def cancel_pending_tasks(self, job_id: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.job_id == job_id, TaskRow.state.in_(("pending", "assigned")))
+                .values(state="failed", finished_at=time.time())
+            )
+
+    def open_tasks(self, silo: str) -> list[TaskRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(TaskRow).where(
+                        TaskRow.silo == silo, TaskRow.state.in_(("pending", "assigned"))
+                    )
+                )
+            )
+
+    # -- rounds and metrics -----------------------------------------------------------------
+
+    def start_round(self, job_id: str, round_: int) -> None:
+        with self.session() as s:
+            s.merge(RoundRow(job_id=job_id, round=round_, started_at=time.time()))
+
+    def finish_round(self, job_id: str, round_: int, global_digest: str | None) -> None:
+        with self.session() as s:
+            s.execute(
+                update(RoundRow)
+                .where(RoundRow.job_id == job_id, RoundRow.round == round_)
+                .values(global_digest=global_digest, finished_at=time.time())
+            )
+
+    def rounds(self, job_id: str) -> list[RoundRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(select(RoundRow).where(RoundRow.job_id == job_id).order_by(RoundRow.round))
+            )
+
+    def add_metrics(
+        self, job_id: str, round_: int, silo: str, phase: str, metrics: dict[str, float]
+    ) -> None:
+        with self.session() as s:
+            s.merge(
+                MetricRow(
+                    job_id=job_id,
+                    round=round_,
+                    silo=silo,
+                    phase=phase,
+                    metrics_json=json.dumps(metrics),
+                )
+            )
+
+    def metrics(self, job_id: str) -> list[MetricRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(MetricRow)
+                    .where(MetricRow.job_id == job_id)
+                    .order_by(MetricRow.round, MetricRow.silo)
+                )
+            )
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def add_blob(self, digest: str, size: int, owner: str) -> None:
+        with self.session() as s:
+            if s.get(BlobRow, digest) is None:
+                s.add(BlobRow(digest=digest, size=size, owner=owner, created_at=time.time()))
+
+    def blob(self, digest: str) -> BlobRow | None:
+        with self.session() as s:
+            return s.get(BlobRow, digest)

@@ -1,0 +1,81 @@
+"""Running the orchestrator: its kit, its storage, uvicorn with mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from fedsilo.config import Kit, Role, load_kit
+from fedsilo.errors import ConfigError
+from fedsilo.orchestrator._app import Participant, create_app
+from fedsilo.orchestrator._blobs import BlobStore
+from fedsilo.orchestrator._core import Orchestrator
+from fedsilo.orchestrator._db import Store
+from fedsilo.orchestrator._tls import MutualTLSProtocol, server_ssl_context
+
+__all__ = ["build", "serve"]
+
+log = logging.getLogger("fedsilo.orchestrator")
+
+
+def default_database_url(kit: Kit) -> str:
+    """SQLite in the orchestrator's storage root."""
+    return f"sqlite:///{kit.storage_path / 'orchestrator.db'}"
+
+
+def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrator]:
+    """The ASGI app and its engine for an orchestrator kit (no socket opened)."""
+    if kit.role is not Role.ORCHESTRATOR:
+        raise ConfigError(
+            f"kit '{kit.name}' belongs to a {kit.role}, not the orchestrator", file=str(kit.kit_dir)
+        )
+    store = Store(database_url or default_database_url(kit))
+    blobs = BlobStore(kit.storage_path / "blobs")
+    engine = Orchestrator(
+        federation=kit.federation, silos=[s.name for s in kit.silos], store=store, blobs=blobs
+    )
+    participants = {
+        p.fingerprint: Participant(p.name, Role(p.role))
+        for p in kit.participants
+        if p.role in (Role.SILO, Role.SUBMITTER)
+    }
+
+    def on_startup() -> None:
+        stale = store.fail_unfinished_jobs("the orchestrator stopped while the job ran")
+        if stale:
+            log.warning("%d job(s) left running by an earlier orchestrator marked failed", stale)
+
+    return create_app(engine, participants, on_startup=on_startup), engine
+
+
+def serve(kit_dir: Path, *, database_url: str | None = None, log_level: str = "info") -> None:
+    """Serve the orchestrator of ``kit_dir`` until interrupted (SIGINT or SIGTERM)."""
+    kit = load_kit(kit_dir)
+    app, _engine = build(kit, database_url=database_url)
+    context = server_ssl_context(
+        cert_file=str(kit.cert_file), key_file=str(kit.key_file), ca_file=str(kit.ca_file)
+    )
+
+    def ssl_factory(_config: uvicorn.Config, _default: Any) -> ssl.SSLContext:
+        return context
+
+    config = uvicorn.Config(
+        app,
+        host=kit.orchestrator_host,
+        port=kit.orchestrator_port,
+        http=MutualTLSProtocol,
+        ws="none",
+        lifespan="on",
+        ssl_context_factory=ssl_factory,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=60,
+        timeout_graceful_shutdown=3,
+    )
+    log.info("orchestrator of federation '%s' on %s", kit.federation, kit.orchestrator_url)
+    asyncio.run(uvicorn.Server(config).serve())

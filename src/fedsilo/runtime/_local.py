@@ -1,0 +1,199 @@
+"""The embedded deployment: orchestrator and one agent per silo as local processes.
+
+``up`` starts each participant as its own OS process with only its own kit, logging to
+``WORKSPACE/logs/<name>.log``; the process table lives in ``WORKSPACE/run/processes.json``
+so that ``down`` and ``status`` work from any shell.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fedsilo.api import OrchestratorClient, StatusReport
+from fedsilo.config import Workspace, open_workspace
+from fedsilo.errors import FedsiloError, WorkspaceError
+
+__all__ = ["ProcessInfo", "down", "processes", "up"]
+
+STATE_FILE = "processes.json"
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """One process of a local federation."""
+
+    name: str
+    role: str
+    pid: int
+    log: str
+    alive: bool = True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a pid reused by an unrelated program is not ours
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    if b"fedsilo" not in cmdline:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def processes(workspace: Path) -> list[ProcessInfo]:
+    """The processes ``up`` started in this workspace, each marked alive or not."""
+    ws = open_workspace(workspace)
+    state = ws.run_dir / STATE_FILE
+    if not state.exists():
+        return []
+    entries = json.loads(state.read_text())
+    return [ProcessInfo(**{**e, "alive": _alive(int(e["pid"]))}) for e in entries]
+
+
+@contextmanager
+def _locked(ws: Workspace) -> Iterator[None]:
+    ws.run_dir.mkdir(parents=True, exist_ok=True)
+    with (ws.run_dir / "lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkspaceError(
+                f"another fedsilo command is starting or stopping {ws.root}; try again"
+            ) from None
+        yield
+
+
+def _spawn(ws: Workspace, name: str, role: str, args: list[str]) -> ProcessInfo:
+    ws.logs_dir.mkdir(parents=True, exist_ok=True)
+    log = ws.logs_dir / f"{name}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSILO_KIT")}
+    env["PYTHONUNBUFFERED"] = "1"
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fedsilo", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=ws.root,
+        )
+    return ProcessInfo(name=name, role=role, pid=proc.pid, log=str(log))
+
+
+def _tail(path: str, lines: int = 12) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def up(workspace: Path, *, timeout: float = 60.0) -> StatusReport:
+    """Start the orchestrator and every silo's agent; return once all silos are online."""
+    ws = open_workspace(workspace)
+    with _locked(ws):
+        running = [p for p in processes(workspace) if p.alive]
+        if running:
+            raise WorkspaceError(
+                f"the federation in {ws.root} is already running "
+                f"({', '.join(f'{p.name} pid {p.pid}' for p in running)}); "
+                f"stop it first with: fedsilo down {ws.root}"
+            )
+        started = [
+            _spawn(ws, "orchestrator", "orchestrator",
+                   ["orchestrator", "start", "--kit", str(ws.kit_dir("orchestrator"))])
+        ]
+        for silo in ws.silo_names:
+            started.append(_spawn(ws, silo, "silo", ["silo", "start", "--kit", str(ws.kit_dir(silo))]))
+        state = ws.run_dir / STATE_FILE
+        tmp = state.with_suffix(".tmp")
+        tmp.write_text(json.dumps([asdict(p) for p in started], indent=2))
+        os.replace(tmp, state)
+    try:
+        return _wait_ready(ws, started, timeout)
+    except BaseException:
+        down(workspace)
+        raise
+
+
+def _wait_ready(ws: Workspace, started: list[ProcessInfo], timeout: float) -> StatusReport:
+    deadline = time.monotonic() + timeout
+    kit = ws.kit(ws.submitter_name)
+    last_error = "not started"
+    with OrchestratorClient(kit, timeout=5) as client:
+        while time.monotonic() < deadline:
+            dead = [p for p in started if not _alive(p.pid)]
+            if dead:
+                p = dead[0]
+                raise WorkspaceError(
+                    f"{p.name} exited during start-up; the end of {p.log}:\n{_tail(p.log)}"
+                )
+            try:
+                report = client.status()
+            except FedsiloError as exc:
+                last_error = str(exc)
+            else:
+                offline = [s.name for s in report.silos if not s.online]
+                if not offline:
+                    return report
+                last_error = f"silos not yet online: {', '.join(offline)}"
+            time.sleep(0.2)
+    raise WorkspaceError(
+        f"the federation did not come up within {timeout:g} s ({last_error}); "
+        f"see the logs in {ws.logs_dir}"
+    )
+
+
+def down(workspace: Path, *, timeout: float = 10.0) -> list[ProcessInfo]:
+    """Stop every process ``up`` started (SIGTERM, then SIGKILL); return what was stopped."""
+    ws = open_workspace(workspace)
+    procs = [p for p in processes(workspace) if p.alive]
+    silos_first = sorted(procs, key=lambda p: p.role == "orchestrator")
+    for p in silos_first:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p.pid) for p in procs):
+        _reap()
+        time.sleep(0.05)
+    for p in procs:
+        if _alive(p.pid):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    _reap()
+    (ws.run_dir / STATE_FILE).unlink(missing_ok=True)
+    return procs
+
+
+def _reap() -> None:
+    """Collect exited children of this process (when ``up`` ran in the same process)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

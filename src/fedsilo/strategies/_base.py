@@ -1,0 +1,55 @@
+"""The strategy interface: configure a round, aggregate its results. No I/O, no mutation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fedsilo.tensors import Parameters
+
+__all__ = ["Aggregation", "Strategy", "weighted_metrics"]
+
+
+class Aggregation(Protocol):
+    """One round's aggregation, fed silo by silo as results arrive.
+
+    Implementations keep memory proportional to the model, never to the number of silos.
+    """
+
+    def add(self, silo: str, params: Parameters, num_samples: int) -> None:
+        """Fold in one silo's parameters; ``params`` is read, never modified or kept."""
+        ...
+
+    def finish(self, failures: Sequence[str] = ()) -> dict[str, npt.NDArray[np.generic]]:
+        """The aggregated parameters; ``failures`` names silos whose result never came."""
+        ...
+
+
+class Strategy(Protocol):
+    """A federated strategy: pure configuration and aggregation."""
+
+    def configure_round(self, round_: int, silos: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Per-silo configuration sent with the round's task (may be empty)."""
+        ...
+
+    def begin_aggregation(self, round_: int, current: Parameters | None) -> Aggregation:
+        """A fresh aggregation for ``round_``, given the current global parameters."""
+        ...
+
+
+def weighted_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Sample-weighted mean of each metric over silos (``num_samples`` is summed)."""
+    total = sum(float(m.get("num_samples", 0)) for m in results.values())
+    keys = sorted({k for m in results.values() for k in m if k != "num_samples"})
+    out: dict[str, float] = {}
+    for key in keys:
+        pairs = [(float(m[key]), float(m.get("num_samples", 0))) for m in results.values() if key in m]
+        weight = sum(w for _, w in pairs)
+        out[key] = (
+            sum(v * w for v, w in pairs) / weight if weight > 0 else sum(v for v, _ in pairs) / len(pairs)
+        )
+    out["num_samples"] = total
+    return out

@@ -1,0 +1,249 @@
+"""The task API: the one module a data scientist writes.
+
+A task module is a plain Python file in the job's code folder that defines::
+
+    def model(ctx: Context) -> torch.nn.Module            # a fresh, untrained model
+    def train(model, ctx: Context) -> dict[str, float]    # local training; must report num_samples
+    def evaluate(model, ctx: Context) -> dict[str, float] # on this silo's data; num_samples too
+    def preprocess(ctx: Context) -> None                  # optional, once per silo per job
+
+The same module runs unchanged in ``fedsilo sim`` (one process), in the local
+multi-process federation and across machines: fedsilo seeds every generator the same way
+in each, so the same job gives the same model to float tolerance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import math
+import random
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedsilo.errors import ConfigError, TaskFailed
+from fedsilo.jobs import Hyperparameters
+from fedsilo.tensors import Parameters
+
+__all__ = [
+    "Context",
+    "SiloRunner",
+    "TaskModule",
+    "derive_seed",
+    "load_task",
+    "parameters_of",
+    "seed_everything",
+]
+
+_REQUIRED = ("model", "train", "evaluate")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the task's code may know and touch in one silo.
+
+    ``inputs`` maps each role of the job spec (``train``, ``test``...) to the path of the
+    silo's dataset; ``work_dir`` is the job's private, writable folder in this silo, kept
+    across rounds (``preprocess`` writes there, ``train`` may read it back).
+    """
+
+    silo: str
+    inputs: Mapping[str, Path]
+    work_dir: Path
+    hyperparameters: Hyperparameters
+    round: int = 0
+    seed: int = 0
+    config: Mapping[str, float] = field(default_factory=dict)
+
+    def input(self, role: str) -> Path:
+        """The path of the input for ``role``; a clear error when the job spec lacks it."""
+        try:
+            return self.inputs[role]
+        except KeyError:
+            raise ConfigError(
+                f"the task asked for input '{role}' but the job spec's inputs for silo "
+                f"'{self.silo}' are: {', '.join(sorted(self.inputs)) or 'none'}",
+                field="inputs",
+            ) from None
+
+
+@dataclass(frozen=True)
+class TaskModule:
+    """The functions of a loaded task module."""
+
+    name: str
+    model: Callable[[Context], torch.nn.Module]
+    train: Callable[[torch.nn.Module, Context], Mapping[str, Any]]
+    evaluate: Callable[[torch.nn.Module, Context], Mapping[str, Any]]
+    preprocess: Callable[[Context], None] | None
+
+
+def load_task(code_dir: Path, entrypoint: str) -> TaskModule:
+    """Import ``entrypoint`` from ``code_dir`` (which goes first on ``sys.path``)."""
+    file = code_dir / f"{entrypoint}.py"
+    if not file.is_file():
+        raise ConfigError(f"the task module {file} does not exist", file=str(file))
+    if str(code_dir) not in sys.path:
+        sys.path.insert(0, str(code_dir))
+    module: ModuleType
+    existing = sys.modules.get(entrypoint)
+    if existing is not None and Path(getattr(existing, "__file__", "") or "") == file:
+        module = existing
+    else:
+        sys.modules.pop(entrypoint, None)
+        module = importlib.import_module(entrypoint)
+    missing = [name for name in _REQUIRED if not callable(getattr(module, name, None))]
+    if missing:
+        raise ConfigError(
+            f"the task module must define {', '.join(missing)}(...); see docs/task-api.md",
+            file=str(file),
+        )
+    preprocess = getattr(module, "preprocess", None)
+    return TaskModule(
+        name=entrypoint,
+        model=module.model,
+        train=module.train,
+        evaluate=module.evaluate,
+        preprocess=preprocess if callable(preprocess) else None,
+    )
+
+
+def derive_seed(seed: int, silo: str, round_: int) -> int:
+    """A per-silo, per-round seed from the job's seed, identical in every runtime."""
+    digest = hashlib.sha256(f"{seed}:{silo}:{round_}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (task code may use any of them)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    """Run torch on one thread: reproducible sums, and no oversubscription of cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def parameters_of(model: torch.nn.Module) -> dict[str, np.ndarray[Any, Any]]:
+    """A model's state dict as numpy arrays (copies, detached from the model)."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _check_metrics(silo: str, where: str, metrics: object) -> dict[str, float]:
+    if not isinstance(metrics, Mapping):
+        raise TaskFailed(silo, f"{where}() must return a dict of metrics, got {type(metrics)}")
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(
+            value, int | float | np.number
+        ):
+            raise TaskFailed(silo, f"{where}() returned metric {key!r}={value!r}; numbers only")
+        number = float(value)
+        if not math.isfinite(number):
+            raise TaskFailed(silo, f"{where}() returned metric {key!r}={value!r}; not finite")
+        out[key] = number
+    if "num_samples" not in out or out["num_samples"] < 0:
+        raise TaskFailed(silo, f"{where}() must report num_samples (how many examples it used)")
+    return out
+
+
+class SiloRunner:
+    """Runs one silo's side of an FL job: preprocess, then fit and evaluate each round.
+
+    Used by the silo's job worker and by the in-process simulation alike, so both give the
+    same results from the same seeds.
+    """
+
+    def __init__(
+        self,
+        task: TaskModule,
+        *,
+        silo: str,
+        inputs: Mapping[str, Path],
+        work_dir: Path,
+        hyperparameters: Hyperparameters,
+    ) -> None:
+        self.task = task
+        self.silo = silo
+        self.inputs = dict(inputs)
+        self.work_dir = work_dir
+        self.hp = hyperparameters
+        self._model: torch.nn.Module | None = None
+
+    def _context(self, round_: int, config: Mapping[str, float] | None = None) -> Context:
+        return Context(
+            silo=self.silo,
+            inputs=self.inputs,
+            work_dir=self.work_dir,
+            hyperparameters=self.hp,
+            round=round_,
+            seed=derive_seed(self.hp.seed, self.silo, round_),
+            config=dict(config or {}),
+        )
+
+    def prepare(self) -> dict[str, np.ndarray[Any, Any]]:
+        """Run ``preprocess`` (if defined), build the model; return its initial parameters.
+
+        The model is built from the job's seed alone, so every silo starts identical.
+        """
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        with _single_thread():
+            if self.task.preprocess is not None:
+                ctx = self._context(0)
+                seed_everything(ctx.seed)
+                self.task.preprocess(ctx)
+            seed_everything(self.hp.seed)
+            model = self.task.model(self._context(0))
+            if not isinstance(model, torch.nn.Module):
+                raise TaskFailed(self.silo, f"model() must return a torch.nn.Module, not {model!r}")
+            self._model = model
+            return parameters_of(model)
+
+    def _load(self, params: Parameters) -> torch.nn.Module:
+        if self._model is None:
+            self.prepare()
+        assert self._model is not None
+        state = {k: torch.from_numpy(np.array(v, copy=True)) for k, v in params.items()}
+        try:
+            self._model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise TaskFailed(self.silo, f"the global parameters do not fit model(): {exc}") from exc
+        return self._model
+
+    def fit(
+        self, round_: int, params: Parameters, config: Mapping[str, float] | None = None
+    ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, float]]:
+        """Train from ``params`` for one round; return new parameters and train metrics."""
+        model = self._load(params)
+        ctx = self._context(round_, config)
+        with _single_thread():
+            seed_everything(ctx.seed)
+            model.train()
+            metrics = _check_metrics(self.silo, "train", self.task.train(model, ctx))
+        return parameters_of(model), metrics
+
+    def evaluate(self, round_: int, params: Parameters) -> dict[str, float]:
+        """Evaluate ``params`` on this silo's data."""
+        model = self._load(params)
+        ctx = self._context(round_)
+        with _single_thread(), torch.no_grad():
+            seed_everything(ctx.seed)
+            model.eval()
+            return _check_metrics(self.silo, "evaluate", self.task.evaluate(model, ctx))
