@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,3 +207,18 @@ def test_not_a_workspace(app: typer.Typer, tmp_path: Path) -> None:
     result = _invoke(app, "data", "list", "--silo", "silo-a", "-w", str(tmp_path))
     assert isinstance(result.exception, WorkspaceError)
     assert "fedsilo provision federation.yaml --out DIR" in str(result.exception)
+
+
+def test_the_fedsilo_command_prints_errors_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SPEC.replace("classification: sensitive", "classification: secret"))
+    done = subprocess.run(
+        [sys.executable, "-m", "fedsilo", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "300", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 1
+    assert f"error: {bad}:10: field 'silos.0.datasets.0.classification'" in done.stderr
+    assert "'secret' is not a classification" in done.stderr

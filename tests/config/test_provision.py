@@ -305,3 +305,24 @@ def test_storage_roots_that_meet_through_a_symlink(tmp_path: Path) -> None:
         provision(spec, tmp_path / "ws")
     marked = next(i for i, line in enumerate(text.splitlines(), 1) if "#!" in line)
     assert (caught.value.field, caught.value.line) == ("silos.1.storage.root", marked)
+
+
+def test_a_failure_while_moving_into_place_restores_the_old_workspace(
+    demo_spec: Path, workspace_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old_key = (workspace_dir / "kits" / "silo-a" / "key.pem").read_bytes()
+    old_ca = (workspace_dir / "ca" / "ca.crt").read_bytes()
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Path) -> Path:
+        if self.parent.name == "new" and self.name == "kits":
+            raise OSError("device busy")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(ProvisioningError, match="device busy"):
+        provision(demo_spec, workspace_dir, force=True)
+    monkeypatch.undo()
+    assert (workspace_dir / "kits" / "silo-a" / "key.pem").read_bytes() == old_key
+    assert (workspace_dir / "ca" / "ca.crt").read_bytes() == old_ca
+    assert open_workspace(workspace_dir).kit("silo-a").name == "silo-a"

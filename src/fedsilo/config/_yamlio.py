@@ -176,14 +176,19 @@ def _describe(model_cls: type[BaseModel], error: Any, loc: Loc) -> str:
         return f"missing required key '{name}'"
     if kind == "enum":
         choices = ", ".join(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
-        return f"{error['input']!r} is not a {name.replace('_', ' ')}; use one of: {choices}"
+        return f"{_short(error['input'])} is not a {name.replace('_', ' ')}; use one of: {choices}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind == "too_short":
         return f"'{name}' needs at least {ctx.get('min_length')} entry"
     if kind == "string_pattern_mismatch":
-        return f"{error['input']!r} is not a valid {name}: it must match {ctx.get('pattern')}"
-    return f"{error['msg']} (got {error['input']!r})"
+        return f"{_short(error['input'])} is not a valid {name}: it must match {ctx.get('pattern')}"
+    return f"{error['msg']} (got {_short(error['input'])})"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _model_at(model_cls: type[BaseModel], loc: Loc) -> type[BaseModel] | None:

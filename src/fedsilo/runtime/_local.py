@@ -27,6 +27,10 @@ __all__ = ["ProcessInfo", "down", "processes", "up"]
 
 STATE_FILE = "processes.json"
 
+# Processes started by this Python process, kept so they can be reaped (no zombies, no
+# "still running" warnings) when ``down`` runs in the same process as ``up``.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 @dataclass(frozen=True)
 class ProcessInfo:
@@ -97,6 +101,7 @@ def _spawn(ws: Workspace, name: str, role: str, args: list[str]) -> ProcessInfo:
             env=env,
             cwd=ws.root,
         )
+    _children[proc.pid] = proc
     return ProcessInfo(name=name, role=role, pid=proc.pid, log=str(log))
 
 
@@ -189,11 +194,7 @@ def down(workspace: Path, *, timeout: float = 10.0) -> list[ProcessInfo]:
 
 
 def _reap() -> None:
-    """Collect exited children of this process (when ``up`` ran in the same process)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+    """Collect children of this process that have exited."""
+    for pid, proc in list(_children.items()):
+        if proc.poll() is not None:
+            del _children[pid]
