@@ -151,8 +151,10 @@ def _check_metrics(silo: str, where: str, metrics: object) -> dict[str, float]:
         raise TaskFailed(silo, f"{where}() must return a dict of metrics, got {type(metrics)}")
     out: dict[str, float] = {}
     for key, value in metrics.items():
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(
-            value, int | float | np.number
+        if (
+            not isinstance(key, str)
+            or isinstance(value, bool)
+            or not isinstance(value, int | float | np.number)
         ):
             raise TaskFailed(silo, f"{where}() returned metric {key!r}={value!r}; numbers only")
         number = float(value)

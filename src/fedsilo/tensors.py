@@ -38,7 +38,7 @@ _CHUNK = 1 << 20
 
 def parameters_to_bytes(params: Parameters) -> bytes:
     """Serialise parameters to safetensors bytes (tensors are matched by name, not order)."""
-    return bytes(_st_save({k: np.ascontiguousarray(v) for k, v in params.items()}))
+    return bytes(_st_save({k: np.asarray(v, order="C") for k, v in params.items()}))
 
 
 def parameters_from_bytes(data: bytes) -> dict[str, npt.NDArray[np.generic]]:
@@ -76,7 +76,7 @@ def load_parameters(path: Path) -> dict[str, npt.NDArray[np.generic]]:
 def tensor_names(path: Path) -> list[str]:
     """Names of the tensors stored in a safetensors file, without loading them."""
     with safe_open(str(path), framework="numpy") as fh:
-        return list(fh.keys())  # noqa: SIM118
+        return list(fh.keys())
 
 
 def sha256_file(path: Path) -> str:

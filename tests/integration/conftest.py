@@ -117,8 +117,9 @@ def make_federation(tmp: Path, name: str = "itest") -> Federation:
     shards = _split_digits(tmp / f"{name}-data")
     for silo in SILOS:
         for role in ("train", "test"):
-            add_dataset(ws.kit(silo), f"digits-{role}", shards[silo][role],
-                        Classification.SENSITIVE)
+            add_dataset(
+                ws.kit(silo), f"digits-{role}", shards[silo][role], Classification.SENSITIVE
+            )
     scratch = tmp / f"{name}-scratch"
     scratch.mkdir()
     return Federation(root=root, workspace=ws, scratch=scratch)

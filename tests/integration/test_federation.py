@@ -46,8 +46,9 @@ def test_fl_job_gives_the_model_the_simulation_gives(running: Federation) -> Non
         assert set(r.train) == set(SILOS)
         assert 0.0 <= r.evaluate_aggregate["accuracy"] <= 1.0
 
-    sim = simulate(spec, code_dir, workspace_inputs(running.root, spec),
-                   work_root=running.scratch / "sim")
+    sim = simulate(
+        spec, code_dir, workspace_inputs(running.root, spec), work_root=running.scratch / "sim"
+    )
     federated = load_parameters(model)
     assert set(federated) == set(sim.parameters)
     for name, value in sim.parameters.items():
@@ -85,9 +86,7 @@ def test_a_second_up_refuses(running: Federation) -> None:
 
 
 def test_a_dataset_a_silo_lacks_fails_before_round_one(running: Federation) -> None:
-    job_file = write_job(
-        running.scratch / "missing", silo_inputs="{silo-b: {train: no-such-data}}"
-    )
+    job_file = write_job(running.scratch / "missing", silo_inputs="{silo-b: {train: no-such-data}}")
     spec, code_dir = load_job(job_file)
     with OrchestratorClient(running.submitter) as client:
         info = client.wait(client.submit(spec, code_dir), timeout=60)
@@ -100,8 +99,11 @@ def test_task_code_errors_reach_the_submitter(running: Federation) -> None:
     folder = running.scratch / "broken"
     write_job(folder)
     task = folder / "task" / "task.py"
-    task.write_text(task.read_text().replace('return {"num_samples": len(x)}',
-                                             'raise ValueError("bad batch in train")'))
+    task.write_text(
+        task.read_text().replace(
+            'return {"num_samples": len(x)}', 'raise ValueError("bad batch in train")'
+        )
+    )
     spec, code_dir = load_job(folder / "job.yaml")
     with OrchestratorClient(running.submitter) as client:
         info = client.wait(client.submit(spec, code_dir), timeout=60)
@@ -158,8 +160,9 @@ def test_a_corrupted_upload_is_refused_and_retried(running: Federation) -> None:
 
 def test_cli_status_and_job_show(running: Federation) -> None:
     fedsilo = [sys.executable, "-m", "fedsilo"]
-    out = subprocess.run([*fedsilo, "status", str(running.root)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [*fedsilo, "status", str(running.root)], capture_output=True, text=True, check=True
+    ).stdout
     for silo in SILOS:
         assert silo in out
     assert "online" in out and "offline" not in out
@@ -174,8 +177,17 @@ def test_submit_while_the_orchestrator_is_down_says_how_to_start_it(tmp_path: Pa
         with pytest.raises(OrchestratorUnavailable, match="fedsilo up"):
             client.submit(spec, code_dir)
     done = subprocess.run(
-        [sys.executable, "-m", "fedsilo", "submit", str(fed.scratch / "job" / "job.yaml"),
-         "-w", str(fed.root)], capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fedsilo",
+            "submit",
+            str(fed.scratch / "job" / "job.yaml"),
+            "-w",
+            str(fed.root),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 1
     assert "fedsilo up" in done.stderr and "Traceback" not in done.stderr
@@ -183,7 +195,9 @@ def test_submit_while_the_orchestrator_is_down_says_how_to_start_it(tmp_path: Pa
 
 def test_a_silo_that_disconnects_mid_round_is_named(fresh: Federation) -> None:
     up(fresh.root)
-    spec, code_dir = load_job(write_job(fresh.scratch / "slow", rounds=2, extra=", extra: {sleep: 3}"))
+    spec, code_dir = load_job(
+        write_job(fresh.scratch / "slow", rounds=2, extra=", extra: {sleep: 3}")
+    )
     with OrchestratorClient(fresh.submitter) as client:
         job_id = client.submit(spec, code_dir)
         deadline = time.monotonic() + 60

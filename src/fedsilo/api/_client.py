@@ -17,14 +17,6 @@ from typing import Any
 
 import httpx
 
-from fedsilo.config import Kit
-from fedsilo.errors import (
-    CertificateRefused,
-    FedsiloError,
-    OrchestratorUnavailable,
-    TransportError,
-)
-from fedsilo.jobs import JobSpec, pack_bundle
 from fedsilo.api._messages import (
     CheckReport,
     JobInfo,
@@ -33,6 +25,14 @@ from fedsilo.api._messages import (
     TaskMessage,
     TaskResult,
 )
+from fedsilo.config import Kit
+from fedsilo.errors import (
+    CertificateRefused,
+    FedsiloError,
+    OrchestratorUnavailable,
+    TransportError,
+)
+from fedsilo.jobs import JobSpec, pack_bundle
 
 __all__ = ["OrchestratorClient", "client_ssl_context"]
 
@@ -150,8 +150,12 @@ class OrchestratorClient:
         bundle, manifest = pack_bundle(code_dir)
         digest = self._upload("/v1/uploads", bundle)
         request = SubmitRequest(spec=spec, bundle_digest=digest, manifest_digest=manifest.digest)
-        job_id: str = self._request("POST", "/v1/jobs", content=request.model_dump_json(),
-                                    headers={"content-type": "application/json"}).json()["id"]
+        job_id: str = self._request(
+            "POST",
+            "/v1/jobs",
+            content=request.model_dump_json(),
+            headers={"content-type": "application/json"},
+        ).json()["id"]
         return job_id
 
     def job(self, job_id: str) -> JobInfo:
@@ -188,16 +192,16 @@ class OrchestratorClient:
         return StatusReport.model_validate_json(self._request("GET", "/v1/status").content)
 
     def check(self, timeout: float = 15.0) -> CheckReport:
-        response = self._request("POST", "/v1/check", params={"timeout": timeout},
-                                 timeout=timeout + 10)
+        response = self._request(
+            "POST", "/v1/check", params={"timeout": timeout}, timeout=timeout + 10
+        )
         return CheckReport.model_validate_json(response.content)
 
     # -- silo agents ------------------------------------------------------------------------
 
     def next_task(self, wait: float) -> TaskMessage | None:
         """Long-poll for this silo's next task."""
-        response = self._request("GET", "/v1/agent/task", params={"wait": wait},
-                                 timeout=wait + 15)
+        response = self._request("GET", "/v1/agent/task", params={"wait": wait}, timeout=wait + 15)
         if response.status_code == 204:
             return None
         return TaskMessage.model_validate_json(response.content)
@@ -206,9 +210,12 @@ class OrchestratorClient:
         self._request("POST", "/v1/agent/heartbeat", params={"busy": busy})
 
     def send_result(self, task_id: str, result: TaskResult) -> None:
-        self._request("POST", f"/v1/agent/tasks/{task_id}/result",
-                      content=result.model_dump_json(),
-                      headers={"content-type": "application/json"})
+        self._request(
+            "POST",
+            f"/v1/agent/tasks/{task_id}/result",
+            content=result.model_dump_json(),
+            headers={"content-type": "application/json"},
+        )
 
     def upload_params(self, path: Path) -> str:
         """Upload a parameters file; idempotent, verified by content hash, retried."""

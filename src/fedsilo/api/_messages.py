@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,7 +27,7 @@ class _Msg(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class TaskKind(str, Enum):
+class TaskKind(StrEnum):
     """What an agent is asked to do."""
 
     PING = "ping"  # start a worker that does nothing: the connectivity check
@@ -37,7 +37,7 @@ class TaskKind(str, Enum):
     RELEASE = "release"  # the job is over: stop its worker
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """Lifecycle of an FL job."""
 
     QUEUED = "queued"

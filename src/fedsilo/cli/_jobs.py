@@ -67,8 +67,10 @@ def submit(
             if as_json:
                 typer.echo(json.dumps({"id": job_id, "state": "queued"}))
             else:
-                console.print(f"submitted job [bold]{job_id}[/]; follow it with: "
-                              f"fedsilo job show {job_id} --wait")
+                console.print(
+                    f"submitted job [bold]{job_id}[/]; follow it with: "
+                    f"fedsilo job show {job_id} --wait"
+                )
             return
         info = follow(client, job_id, show=not as_json)
     _render(info, as_json)
@@ -90,9 +92,13 @@ def _round_table(history: list[RoundInfo]) -> Table:
             ev = r.evaluate.get(silo, {})
             loss = r.train.get(silo, {}).get("loss")
             table.add_row(str(r.round), silo, *(_num(ev.get(m)) for m in metrics), _num(loss))
-        table.add_row(str(r.round), "[bold]all[/]",
-                      *(f"[bold]{_num(r.evaluate_aggregate.get(m))}[/]" for m in metrics), "",
-                      end_section=True)
+        table.add_row(
+            str(r.round),
+            "[bold]all[/]",
+            *(f"[bold]{_num(r.evaluate_aggregate.get(m))}[/]" for m in metrics),
+            "",
+            end_section=True,
+        )
     return table
 
 
@@ -104,9 +110,11 @@ def _render(info: JobInfo, as_json: bool) -> None:
     if as_json:
         typer.echo(info.model_dump_json(indent=2))
         return
-    console.print(f"job [bold]{info.id}[/] ({info.name}) by {info.submitter}: "
-                  f"[bold]{info.state.value}[/], round {info.current_round}/{info.rounds}, "
-                  f"silos {', '.join(info.silos)}")
+    console.print(
+        f"job [bold]{info.id}[/] ({info.name}) by {info.submitter}: "
+        f"[bold]{info.state.value}[/], round {info.current_round}/{info.rounds}, "
+        f"silos {', '.join(info.silos)}"
+    )
     if info.error:
         console.print(f"[red]error:[/] {info.error}", highlight=False)
     elif info.detail and not info.state.finished:
@@ -187,25 +195,34 @@ def sim(
     spec, code_dir = load_job(job_file)
     inputs = workspace_inputs(workspace, spec)
     with tempfile.TemporaryDirectory(prefix="fedsilo-sim-") as tmp:
+
         def on_round(info: RoundInfo) -> None:
             if not as_json:
-                agg = ", ".join(f"{k} {v:.4f}" for k, v in info.evaluate_aggregate.items()
-                                if k != "num_samples")
+                agg = ", ".join(
+                    f"{k} {v:.4f}" for k, v in info.evaluate_aggregate.items() if k != "num_samples"
+                )
                 console.print(f"round {info.round}: {agg}")
 
         result = simulate(spec, code_dir, inputs, work_root=Path(tmp), on_round=on_round)
     if output is not None:
         save_parameters(result.parameters, output)
     if as_json:
-        typer.echo(json.dumps({
-            "rounds": [r.model_dump(mode="json") for r in result.history],
-            "final": result.final_metrics,
-            "seconds": result.seconds,
-        }, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "rounds": [r.model_dump(mode="json") for r in result.history],
+                    "final": result.final_metrics,
+                    "seconds": result.seconds,
+                },
+                indent=2,
+            )
+        )
     else:
         console.print(_round_table(result.history))
-        console.print(f"simulated {spec.rounds} rounds over {len(spec.silos)} silos "
-                      f"in {result.seconds:.1f} s" + (f"; model in {output}" if output else ""))
+        console.print(
+            f"simulated {spec.rounds} rounds over {len(spec.silos)} silos "
+            f"in {result.seconds:.1f} s" + (f"; model in {output}" if output else "")
+        )
 
 
 job_app.command("show")(show)

@@ -40,8 +40,13 @@ def quickstart(
             detail = f"accuracy {acc:.3f}" if acc is not None else (info.detail or "")
             bar.update(task, completed=done, detail=detail, visible=not as_json)
 
-        result = run_quickstart(workspace, rounds=rounds, keep_running=keep_running,
-                                on_stage=on_stage, on_update=on_update)
+        result = run_quickstart(
+            workspace,
+            rounds=rounds,
+            keep_running=keep_running,
+            on_stage=on_stage,
+            on_update=on_update,
+        )
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
         return
@@ -49,15 +54,23 @@ def quickstart(
     table.add_column("model")
     table.add_column("trained on")
     table.add_column("accuracy", justify="right")
-    table.add_row("FL (FedAvg)", f"3 silos, data never left them, {result.rounds} rounds",
-                  f"{result.fl_accuracy:.4f}")
-    table.add_row("Central-all", "all data pooled (not possible across real silos)",
-                  f"{result.central_accuracy:.4f}")
+    table.add_row(
+        "FL (FedAvg)",
+        f"3 silos, data never left them, {result.rounds} rounds",
+        f"{result.fl_accuracy:.4f}",
+    )
+    table.add_row(
+        "Central-all",
+        "all data pooled (not possible across real silos)",
+        f"{result.central_accuracy:.4f}",
+    )
     table.add_row("Central-1/3", "silo-a's data alone", f"{result.single_silo_accuracy:.4f}")
     log.print(table)
-    log.print(f"done in {result.seconds:.1f} s (the FL job took {result.fl_seconds:.1f} s). "
-              f"The workspace is {result.workspace}; the job spec to submit again is "
-              f"{result.workspace}/job/job.yaml and the model {result.workspace}/model.safetensors")
+    log.print(
+        f"done in {result.seconds:.1f} s (the FL job took {result.fl_seconds:.1f} s). "
+        f"The workspace is {result.workspace}; the job spec to submit again is "
+        f"{result.workspace}/job/job.yaml and the model {result.workspace}/model.safetensors"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -15,8 +15,9 @@ from fedsilo.api import OrchestratorClient
 from fedsilo.cli._common import KitOption, WorkspaceArgument, console, submitter_kit
 from fedsilo.errors import OrchestratorUnavailable
 
-orchestrator_app = typer.Typer(name="orchestrator", help="Run the orchestrator.",
-                               no_args_is_help=True)
+orchestrator_app = typer.Typer(
+    name="orchestrator", help="Run the orchestrator.", no_args_is_help=True
+)
 silo_app = typer.Typer(name="silo", help="Run a silo's agent.", no_args_is_help=True)
 
 KitDir = Annotated[Path, typer.Option("--kit", help="The participant's kit folder.")]
@@ -86,8 +87,9 @@ def status(
         for column in ("job", "state", "round", "detail"):
             jobs.add_column(column, overflow="fold")
         for j in report.jobs:
-            jobs.add_row(j.id, j.state.value, f"{j.current_round}/{j.rounds}",
-                         j.error or j.detail or "")
+            jobs.add_row(
+                j.id, j.state.value, f"{j.current_round}/{j.rounds}", j.error or j.detail or ""
+            )
         console.print(jobs)
 
 
@@ -106,7 +108,9 @@ def check(
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
-        console.print(f"orchestrator {client.url}: reachable, mutual TLS ok ({connect * 1000:.0f} ms)")
+        console.print(
+            f"orchestrator {client.url}: reachable, mutual TLS ok ({connect * 1000:.0f} ms)"
+        )
         table = Table(title="silos")
         for column in ("silo", "reachable", "job ran", "round trip", "problem"):
             table.add_column(column, overflow="fold")
@@ -126,8 +130,11 @@ def orchestrator_start(
     kit: KitDir,
     database_url: Annotated[
         str | None,
-        typer.Option("--database-url", envvar="FEDSILO_DATABASE_URL",
-                     help="SQLAlchemy URL of the state database (default: SQLite in storage)."),
+        typer.Option(
+            "--database-url",
+            envvar="FEDSILO_DATABASE_URL",
+            help="SQLAlchemy URL of the state database (default: SQLite in storage).",
+        ),
     ] = None,
 ) -> None:
     """Serve the orchestrator of KIT in the foreground."""

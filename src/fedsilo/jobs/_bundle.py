@@ -106,20 +106,18 @@ def unpack_bundle(data: bytes, dest: Path) -> Manifest:
     Any file that is modified, added or missing relative to the manifest raises
     :class:`SignatureError`; ``dest`` is then left absent, never half-written.
     """
+    contents: dict[str, bytes] = {}
     try:
-        raw = gzip.decompress(data)
-        tar = tarfile.open(fileobj=io.BytesIO(raw), mode="r")
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data)), mode="r") as tar:
+            for member in tar.getmembers():
+                if not member.isfile():
+                    raise SignatureError(f"bundle entry '{member.name}' is not a regular file")
+                path = _safe_member_path(member.name)
+                extracted = tar.extractfile(member)
+                assert extracted is not None
+                contents[path.as_posix()] = extracted.read()
     except (OSError, EOFError, tarfile.TarError) as exc:
         raise SignatureError(f"the bundle is not a valid archive: {exc}") from exc
-    contents: dict[str, bytes] = {}
-    with tar:
-        for member in tar.getmembers():
-            if not member.isfile():
-                raise SignatureError(f"bundle entry '{member.name}' is not a regular file")
-            path = _safe_member_path(member.name)
-            extracted = tar.extractfile(member)
-            assert extracted is not None
-            contents[path.as_posix()] = extracted.read()
     if MANIFEST_NAME not in contents:
         raise SignatureError("the bundle has no manifest")
     try:

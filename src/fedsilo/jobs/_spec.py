@@ -6,7 +6,7 @@ inconsistent choices are :class:`~fedsilo.errors.ConfigError` naming the file an
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +20,7 @@ __all__ = ["Hyperparameters", "JobSpec", "StrategySpec", "Weighting", "load_job"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-class Weighting(str, Enum):
+class Weighting(StrEnum):
     """How FedAvg weighs each silo's parameters."""
 
     SAMPLES = "samples"

@@ -1,6 +1,5 @@
 """The orchestrator's REST API (FastAPI). Identity comes from the client certificate only."""
 
-
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -10,10 +9,6 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
-from fedsilo.config import Role
-from fedsilo.errors import FedsiloError
-from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
-from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.api._messages import (
     CheckReport,
     JobInfo,
@@ -21,6 +16,10 @@ from fedsilo.api._messages import (
     SubmitRequest,
     TaskResult,
 )
+from fedsilo.config import Role
+from fedsilo.errors import FedsiloError
+from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
+from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._tls import peer_fingerprint
 
 __all__ = ["Participant", "create_app"]

@@ -7,6 +7,7 @@ agents chose to upload (parameters and metrics).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -15,11 +16,8 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, TaskFailed
-from fedsilo.jobs import JobSpec, unpack_bundle
-from fedsilo.orchestrator._blobs import BlobStore
-from fedsilo.orchestrator._db import JobRow, Store, TaskRow
 from fedsilo.api._messages import (
     CheckReport,
     JobInfo,
@@ -33,7 +31,11 @@ from fedsilo.api._messages import (
     TaskMessage,
     TaskResult,
 )
-from fedsilo.strategies import build_strategy, weighted_metrics
+from fedsilo.errors import FedsiloError, SiloUnavailable, TaskFailed
+from fedsilo.jobs import JobSpec, unpack_bundle
+from fedsilo.orchestrator._blobs import BlobStore
+from fedsilo.orchestrator._db import JobRow, Store, TaskRow
+from fedsilo.strategies import Aggregation, build_strategy, weighted_metrics
 from fedsilo.tensors import load_parameters, parameters_to_bytes
 
 __all__ = ["HEARTBEAT_SECONDS", "OFFLINE_AFTER_SECONDS", "Orchestrator"]
@@ -50,6 +52,10 @@ class _Outcome:
     silo: str
     task_id: str
     result: TaskResult
+
+
+def _fold(aggregation: Aggregation, silo: str, path: Path, num_samples: int) -> None:
+    aggregation.add(silo, load_parameters(path), num_samples)
 
 
 class Orchestrator:
@@ -104,10 +110,8 @@ class Orchestrator:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, HEARTBEAT_SECONDS * 2))
-            except TimeoutError:
-                pass
 
     def deliver(self, silo: str, task_id: str, result: TaskResult) -> bool:
         """Record a task's result; False when the task is unknown, not the silo's, or closed."""
@@ -273,10 +277,10 @@ class Orchestrator:
     # -- the FL job loop --------------------------------------------------------------------
 
     def _offer(
-        self, silo: str, job_id: str | None, kind: TaskKind, *, wait: bool = True, **fields: object
+        self, silo: str, job_id: str | None, kind: TaskKind, *, wait: bool = True, **fields: Any
     ) -> str:
         task_id = uuid.uuid4().hex
-        message = TaskMessage(task_id=task_id, kind=kind, job_id=job_id, **fields)  # type: ignore[arg-type]
+        message = TaskMessage(task_id=task_id, kind=kind, job_id=job_id, **fields)
         self.store.add_task(
             TaskRow(
                 id=task_id,
@@ -327,7 +331,7 @@ class Orchestrator:
 
     async def _run_job(self, job_id: str, spec: JobSpec, bundle_digest: str) -> None:
         self.store.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
-        common = {
+        common: dict[str, Any] = {
             "job_name": spec.name,
             "bundle_digest": bundle_digest,
             "entrypoint": spec.entrypoint,
@@ -362,11 +366,7 @@ class Orchestrator:
                     self._record(job_id, round_, out.silo, out.result)
                     path = self._checked_params(out.silo, out.result.params_digest)
                     samples = int((out.result.train_metrics or {}).get("num_samples", 0))
-                    await asyncio.to_thread(
-                        lambda p=path, s=out.silo, n=samples: aggregation.add(
-                            s, load_parameters(p), n
-                        )
-                    )
+                    await asyncio.to_thread(_fold, aggregation, out.silo, path, samples)
                 new_params = await asyncio.to_thread(aggregation.finish)
                 global_digest = self.blobs.put_bytes(parameters_to_bytes(new_params))
                 self.store.finish_round(job_id, round_, global_digest)
@@ -417,7 +417,6 @@ class Orchestrator:
                 error=f"internal error in the orchestrator: {exc!r}",
                 detail=None,
             )
-            raise JobFailed(str(exc)) from exc
         finally:
             self.store.cancel_pending_tasks(job_id)
             for silo in spec.silos:
@@ -430,9 +429,9 @@ class Orchestrator:
         spec: JobSpec,
         kind: TaskKind,
         phase: str,
-        common: dict[str, object],
+        common: dict[str, Any],
         config: dict[str, dict[str, float]] | None = None,
-        **fields: object,
+        **fields: Any,
     ) -> AsyncIterator[_Outcome]:
         """Offer one task per silo of the job; yield results as they arrive.
 

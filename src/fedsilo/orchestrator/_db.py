@@ -225,7 +225,9 @@ class Store:
     def rounds(self, job_id: str) -> list[RoundRow]:
         with self.session() as s:
             return list(
-                s.scalars(select(RoundRow).where(RoundRow.job_id == job_id).order_by(RoundRow.round))
+                s.scalars(
+                    select(RoundRow).where(RoundRow.job_id == job_id).order_by(RoundRow.round)
+                )
             )
 
     def add_metrics(

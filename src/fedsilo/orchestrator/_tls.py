@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -41,14 +42,17 @@ class MutualTLSProtocol(H11Protocol):
         async def with_tls(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] in ("http", "websocket"):
                 extensions = dict(scope.get("extensions") or {})
-                extensions["tls"] = {"client_cert_chain": [der] if der else [], "tls_version": 0x0304}
+                extensions["tls"] = {
+                    "client_cert_chain": [der] if der else [],
+                    "tls_version": 0x0304,
+                }
                 scope = {**scope, "extensions": extensions}
             await inner(scope, receive, send)
 
         self.app = with_tls
 
 
-def peer_fingerprint(scope: dict[str, Any]) -> str | None:
+def peer_fingerprint(scope: Mapping[str, Any]) -> str | None:
     """SHA-256 (hex) of the DER client certificate on this request, if any."""
     tls = (scope.get("extensions") or {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []

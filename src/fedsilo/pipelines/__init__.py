@@ -3,4 +3,10 @@
 from fedsilo.pipelines._baseline import BaselineResult, train_centralized
 from fedsilo.pipelines._simulation import SimulationResult, simulate, workspace_inputs
 
-__all__ = ["BaselineResult", "SimulationResult", "simulate", "train_centralized", "workspace_inputs"]
+__all__ = [
+    "BaselineResult",
+    "SimulationResult",
+    "simulate",
+    "train_centralized",
+    "workspace_inputs",
+]

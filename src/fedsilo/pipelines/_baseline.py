@@ -36,8 +36,9 @@ def train_centralized(
     baseline sees the same number of local epochs as each silo does in the FL job.
     """
     started = time.perf_counter()
-    runner = SiloRunner(task, silo=name, inputs=inputs, work_dir=work_dir,
-                        hyperparameters=hyperparameters)
+    runner = SiloRunner(
+        task, silo=name, inputs=inputs, work_dir=work_dir, hyperparameters=hyperparameters
+    )
     params = runner.prepare()
     for round_ in range(1, rounds + 1):
         params, _ = runner.fit(round_, params)

@@ -56,7 +56,9 @@ def workspace_inputs(workspace: Path, spec: JobSpec) -> dict[str, dict[str, Path
                 field="silos",
             )
         with Catalog(ws.kit(silo).storage_path, silo=silo) as catalog:
-            out[silo] = {role: catalog.path_of(name) for role, name in spec.inputs_for(silo).items()}
+            out[silo] = {
+                role: catalog.path_of(name) for role, name in spec.inputs_for(silo).items()
+            }
     return out
 
 
@@ -83,10 +85,10 @@ def simulate(
         for silo in spec.silos
     }
 
-    def timed(silo: str, fn: Callable[[], Any]) -> Any:
+    def timed(silo: str, fn: Callable[..., Any], *args: Any) -> Any:
         t0 = time.perf_counter()
         try:
-            return fn()
+            return fn(*args)
         finally:
             silo_seconds[silo] += time.perf_counter() - t0
 
@@ -99,7 +101,7 @@ def simulate(
         evaluate: dict[str, dict[str, float]] = {}
         if round_ > 1:
             for silo, runner in runners.items():
-                evaluate[silo] = timed(silo, lambda r=runner: r.evaluate(round_ - 1, current))
+                evaluate[silo] = timed(silo, runner.evaluate, round_ - 1, current)
             info = RoundInfo(
                 round=round_ - 1,
                 train=train,
@@ -115,9 +117,7 @@ def simulate(
         config = strategy.configure_round(round_, spec.silos)
         train = {}
         for silo, runner in runners.items():
-            params, metrics = timed(
-                silo, lambda r=runner, s=silo: r.fit(round_, current, config.get(s))
-            )
+            params, metrics = timed(silo, runner.fit, round_, current, config.get(silo))
             train[silo] = metrics
             aggregation.add(silo, params, int(metrics["num_samples"]))
         current = aggregation.finish()

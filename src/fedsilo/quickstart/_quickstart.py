@@ -168,8 +168,9 @@ def run_quickstart(
         (job_dir / "task" / "task.py").write_text(source.read_text())
         job_file = job_dir / "job.yaml"
         job_file.write_text(
-            _JOB.format(job_file=job_file, workspace=workspace, silos=", ".join(SILOS),
-                        rounds=rounds)
+            _JOB.format(
+                job_file=job_file, workspace=workspace, silos=", ".join(SILOS), rounds=rounds
+            )
         )
         spec, code_dir = load_job(job_file)
 
@@ -193,13 +194,19 @@ def run_quickstart(
         task = load_task(code_dir, spec.entrypoint)
         pooled_test = shards["pooled"]["test"]
         central = train_centralized(
-            task, shards["pooled"], hyperparameters=spec.hyperparameters, rounds=spec.rounds,
+            task,
+            shards["pooled"],
+            hyperparameters=spec.hyperparameters,
+            rounds=spec.rounds,
             work_dir=Path(tmp) / "central",
         )
         single = train_centralized(
-            task, {"train": shards[SILOS[0]]["train"], "test": pooled_test},
-            hyperparameters=spec.hyperparameters, rounds=spec.rounds,
-            work_dir=Path(tmp) / "single", name=SILOS[0],
+            task,
+            {"train": shards[SILOS[0]]["train"], "test": pooled_test},
+            hyperparameters=spec.hyperparameters,
+            rounds=spec.rounds,
+            work_dir=Path(tmp) / "single",
+            name=SILOS[0],
         )
     final = info.history[-1].evaluate_aggregate
     return QuickstartResult(

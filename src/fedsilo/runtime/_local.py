@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,11 +124,17 @@ def up(workspace: Path, *, timeout: float = 60.0) -> StatusReport:
                 f"stop it first with: fedsilo down {ws.root}"
             )
         started = [
-            _spawn(ws, "orchestrator", "orchestrator",
-                   ["orchestrator", "start", "--kit", str(ws.kit_dir("orchestrator"))])
+            _spawn(
+                ws,
+                "orchestrator",
+                "orchestrator",
+                ["orchestrator", "start", "--kit", str(ws.kit_dir("orchestrator"))],
+            )
         ]
         for silo in ws.silo_names:
-            started.append(_spawn(ws, silo, "silo", ["silo", "start", "--kit", str(ws.kit_dir(silo))]))
+            started.append(
+                _spawn(ws, silo, "silo", ["silo", "start", "--kit", str(ws.kit_dir(silo))])
+            )
         state = ws.run_dir / STATE_FILE
         tmp = state.with_suffix(".tmp")
         tmp.write_text(json.dumps([asdict(p) for p in started], indent=2))
@@ -174,20 +180,16 @@ def down(workspace: Path, *, timeout: float = 10.0) -> list[ProcessInfo]:
     procs = [p for p in processes(workspace) if p.alive]
     silos_first = sorted(procs, key=lambda p: p.role == "orchestrator")
     for p in silos_first:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_alive(p.pid) for p in procs):
         _reap()
         time.sleep(0.05)
     for p in procs:
         if _alive(p.pid):
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     _reap()
     (ws.run_dir / STATE_FILE).unlink(missing_ok=True)
     return procs

@@ -7,6 +7,7 @@ the job's inputs in its own catalog only, runs the task code in a separate worke
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
@@ -87,18 +88,21 @@ class Agent:
         client = OrchestratorClient(self.kit, timeout=10)
         try:
             while not self.stop.wait(HEARTBEAT_SECONDS):
-                try:
+                with contextlib.suppress(FedsiloError):
                     client.heartbeat(busy=self._busy)
-                except FedsiloError:
-                    pass
         finally:
             client.close()
 
     def _handle(self, task: TaskMessage) -> None:
         started = time.monotonic()
         self._busy = True
-        log.info("task %s: %s job=%s round=%d", task.task_id[:8], task.kind.value,
-                 task.job_id, task.round)
+        log.info(
+            "task %s: %s job=%s round=%d",
+            task.task_id[:8],
+            task.kind.value,
+            task.job_id,
+            task.round,
+        )
         try:
             result = self._dispatch(task)
         except FedsiloError as exc:
@@ -115,8 +119,9 @@ class Agent:
                 self.client.send_result(task.task_id, result)
                 return
             except TransportError as exc:
-                log.warning("could not report task %s (attempt %d): %s", task.task_id[:8],
-                            attempt + 1, exc)
+                log.warning(
+                    "could not report task %s (attempt %d): %s", task.task_id[:8], attempt + 1, exc
+                )
                 time.sleep(0.5 * (attempt + 1))
             except FedsiloError as exc:
                 log.warning("the orchestrator did not take task %s: %s", task.task_id[:8], exc)
@@ -167,7 +172,9 @@ class Agent:
         old = self._workers.pop(task.job_id, None)
         if old is not None:
             old.stop()
-        worker = WorkerProcess(silo=self.silo, cwd=job_dir / "work", log_file=job_dir / "worker.log")
+        worker = WorkerProcess(
+            silo=self.silo, cwd=job_dir / "work", log_file=job_dir / "worker.log"
+        )
         self._workers[task.job_id] = worker
         worker.request(
             "init",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -44,7 +45,13 @@ class WorkerProcess:
         }
         with log_file.open("ab") as log:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "fedsilo.silo._worker", str(to_worker_r), str(from_worker_w)],
+                [
+                    sys.executable,
+                    "-m",
+                    "fedsilo.silo._worker",
+                    str(to_worker_r),
+                    str(from_worker_w),
+                ],
                 pass_fds=(to_worker_r, from_worker_w),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -87,17 +94,13 @@ class WorkerProcess:
     def stop(self) -> None:
         """Ask the worker to exit; kill it if it does not within a few seconds."""
         if self.alive():
-            try:
+            with contextlib.suppress(OSError):
                 write_message(self._to, {"op": "shutdown"})
-            except OSError:
-                pass
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
         for stream in (self._to, self._from):
-            try:
+            with contextlib.suppress(OSError):
                 stream.close()
-            except OSError:
-                pass

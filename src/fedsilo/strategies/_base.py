@@ -46,10 +46,14 @@ def weighted_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, fl
     keys = sorted({k for m in results.values() for k in m if k != "num_samples"})
     out: dict[str, float] = {}
     for key in keys:
-        pairs = [(float(m[key]), float(m.get("num_samples", 0))) for m in results.values() if key in m]
+        pairs = [
+            (float(m[key]), float(m.get("num_samples", 0))) for m in results.values() if key in m
+        ]
         weight = sum(w for _, w in pairs)
         out[key] = (
-            sum(v * w for v, w in pairs) / weight if weight > 0 else sum(v for v, _ in pairs) / len(pairs)
+            sum(v * w for v, w in pairs) / weight
+            if weight > 0
+            else sum(v for v, _ in pairs) / len(pairs)
         )
     out["num_samples"] = total
     return out

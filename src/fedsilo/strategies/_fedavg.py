@@ -87,8 +87,7 @@ class _WeightedMean:
                 self._dtypes[name] = arr.dtype
             elif acc.shape != arr.shape:
                 raise AggregationError(
-                    f"silo '{silo}' sent tensor '{name}' of shape {arr.shape}, "
-                    f"expected {acc.shape}"
+                    f"silo '{silo}' sent tensor '{name}' of shape {arr.shape}, expected {acc.shape}"
                 )
             acc += weight * arr.astype(np.float64, copy=False)
         self._total += weight
@@ -111,4 +110,3 @@ class _WeightedMean:
                 mean = np.rint(mean)
             out[name] = mean.astype(dtype)
         return out
-
