@@ -46,7 +46,7 @@ strategy:
   name: fedavg
   weighting: samples
 hyperparameters:
-  lr: 0.05
+  lr: 0.1
   epochs: 2
   batch_size: 32
   seed: 0
