@@ -114,9 +114,7 @@ def task(code_dir: Path) -> TaskModule:
     return load_task(code_dir, ENTRYPOINT)
 
 
-def _runner(
-    task: TaskModule, tmp_path: Path, data: Path, silo: str, **hp: object
-) -> SiloRunner:
+def _runner(task: TaskModule, tmp_path: Path, data: Path, silo: str, **hp: object) -> SiloRunner:
     settings: dict[str, object] = {"lr": 0.05, "batch_size": 4, "seed": 11, **hp}
     return SiloRunner(
         task,
@@ -184,9 +182,7 @@ def test_a_missing_module_is_a_config_error(tmp_path: Path) -> None:
     assert excinfo.value.file == str(tmp_path / "absent_task.py")
 
 
-def test_a_changed_module_in_another_folder_is_reloaded(
-    task: TaskModule, tmp_path: Path
-) -> None:
+def test_a_changed_module_in_another_folder_is_reloaded(task: TaskModule, tmp_path: Path) -> None:
     """Two jobs with the same entrypoint name must not share the first one's code."""
     other = tmp_path / "other"
     other.mkdir()
@@ -233,9 +229,7 @@ def test_fit_is_reproducible(task: TaskModule, tmp_path: Path, data: Path) -> No
     assert fresh_metrics == metrics
 
 
-def test_fit_differs_between_silos_and_rounds(
-    task: TaskModule, tmp_path: Path, data: Path
-) -> None:
+def test_fit_differs_between_silos_and_rounds(task: TaskModule, tmp_path: Path, data: Path) -> None:
     """Same data, same start: only the per-silo, per-round seed tells the runs apart."""
     runner = _runner(task, tmp_path, data, "hospital-a")
     initial = runner.prepare()

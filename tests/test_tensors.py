@@ -108,12 +108,12 @@ def test_truncated_payload_raises_fedsilo_error(params: Arrays) -> None:
 def test_loading_a_file_that_is_not_safetensors_names_it(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"pickle? no.")
-    with pytest.raises(FedsiloError, match="model.safetensors"):
+    with pytest.raises(FedsiloError, match=r"model\.safetensors"):
         load_parameters(path)
 
 
 def test_loading_a_missing_file_raises_fedsilo_error(tmp_path: Path) -> None:
-    with pytest.raises(FedsiloError, match="absent.safetensors"):
+    with pytest.raises(FedsiloError, match=r"absent\.safetensors"):
         load_parameters(tmp_path / "absent.safetensors")
 
 

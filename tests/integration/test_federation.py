@@ -152,9 +152,11 @@ def test_a_corrupted_upload_is_refused_and_retried(running: Federation) -> None:
     assert (blobs / digest).read_bytes() == payload
 
     other = payload + b"!"
-    with Flaky(running.workspace.kit("silo-a"), fail=99) as client:
-        with pytest.raises(TransportError, match="does not match its digest"):
-            client._upload("/v1/agent/uploads", other)
+    with (
+        Flaky(running.workspace.kit("silo-a"), fail=99) as client,
+        pytest.raises(TransportError, match="does not match its digest"),
+    ):
+        client._upload("/v1/agent/uploads", other)
     assert not (blobs / hashlib.sha256(other).hexdigest()).exists()
 
 
@@ -173,9 +175,11 @@ def test_submit_while_the_orchestrator_is_down_says_how_to_start_it(tmp_path: Pa
 
     fed = make_federation(tmp_path, "idle")
     spec, code_dir = load_job(write_job(fed.scratch / "job"))
-    with OrchestratorClient(fed.submitter, timeout=5) as client:
-        with pytest.raises(OrchestratorUnavailable, match="fedsilo up"):
-            client.submit(spec, code_dir)
+    with (
+        OrchestratorClient(fed.submitter, timeout=5) as client,
+        pytest.raises(OrchestratorUnavailable, match="fedsilo up"),
+    ):
+        client.submit(spec, code_dir)
     done = subprocess.run(
         [
             sys.executable,

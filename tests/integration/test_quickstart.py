@@ -33,9 +33,21 @@ def test_quickstart_runs_a_real_federation_and_meets_its_targets(tmp_path: Path)
     assert (workspace / "model.safetensors").stat().st_size > 0
     # each silo's share is registered as sensitive data in its own catalog
     listing = subprocess.run(
-        [sys.executable, "-m", "fedsilo", "data", "list", "--silo", "silo-b",
-         "-w", str(workspace), "--json"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "fedsilo",
+            "data",
+            "list",
+            "--silo",
+            "silo-b",
+            "-w",
+            str(workspace),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     records = {r["name"]: r["classification"] for r in json.loads(listing.stdout)}
     assert records == {"digits-train": "sensitive", "digits-test": "sensitive"}

@@ -182,11 +182,6 @@ _FIELD_CASES = [
     ),
 ]
 
-_CROSS_FIELD_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="src bug: JobSpec._consistent (src/fedsilo/jobs/_spec.py) raises a plain ValueError, "
-    "so the error has no field and points at line 1; it should raise FieldIssue",
-)
 
 # the same, for problems only a model validator across fields can see
 _CROSS_FIELD_CASES = [
@@ -237,7 +232,7 @@ def test_errors_name_the_file_and_the_problem(tmp_path: Path, text: str, words: 
     ("text", "field", "starts"),
     [pytest.param(text, field, starts, id=id_) for id_, text, field, starts, _ in _FIELD_CASES]
     + [
-        pytest.param(text, field, starts, id=id_, marks=_CROSS_FIELD_BUG)
+        pytest.param(text, field, starts, id=id_)
         for id_, text, field, starts, _ in _CROSS_FIELD_CASES
     ],
 )
@@ -254,7 +249,7 @@ def test_errors_name_the_field_and_its_line(
 def test_missing_default_entrypoint_is_reported(tmp_path: Path) -> None:
     path = _write(tmp_path, "name: tiny\ncode: code\nsilos: [only]\nrounds: 1\n")
     (path.parent / "code" / "task.py").unlink()
-    with pytest.raises(ConfigError, match="'task.py'") as excinfo:
+    with pytest.raises(ConfigError, match=r"'task\.py'") as excinfo:
         load_job(path)
     assert excinfo.value.file == str(path)
     assert excinfo.value.field == "entrypoint"

@@ -208,7 +208,7 @@ def test_a_silo_reporting_twice_is_refused_and_not_counted() -> None:
 def test_shape_mismatch_names_the_silo_and_tensor() -> None:
     aggregation = FedAvg().begin_aggregation(1, None)
     aggregation.add("a", {"w": np.zeros((2, 2), dtype=np.float32)}, 1)
-    with pytest.raises(AggregationError, match="'b'.*'w'.*shape") as excinfo:
+    with pytest.raises(AggregationError, match=r"'b'.*'w'.*shape") as excinfo:
         aggregation.add("b", {"w": np.zeros((2, 3), dtype=np.float32)}, 1)
     assert "(2, 3)" in str(excinfo.value)
     assert "(2, 2)" in str(excinfo.value)

@@ -50,6 +50,12 @@ def _code_files(code_dir: Path) -> list[Path]:
     files: list[Path] = []
     for root, dirs, names in os.walk(code_dir):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+        for d in dirs:
+            if (Path(root) / d).is_symlink():
+                raise ConfigError(
+                    "symbolic links cannot be bundled; copy the folder into the code folder",
+                    file=str(Path(root) / d),
+                )
         for name in sorted(names):
             path = Path(root) / name
             if name.endswith(_SKIP_SUFFIXES) or name == MANIFEST_NAME:

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedsilo.config._yamlio import load_yaml_mapping, validate_model
+from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
 
 __all__ = ["Hyperparameters", "JobSpec", "StrategySpec", "Weighting", "load_job"]
@@ -84,20 +84,33 @@ class JobSpec(_Frozen):
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         seen: set[str] = set()
-        for silo in self.silos:
+        for i, silo in enumerate(self.silos):
             if silo in seen:
-                raise ValueError(f"silo '{silo}' is listed twice in 'silos'")
+                raise FieldIssue(("silos", i), f"silo '{silo}' is listed twice in 'silos'")
             seen.add(silo)
-        unknown = sorted(set(self.silo_inputs) - seen)
-        if unknown:
-            raise ValueError(f"silo_inputs names silos not in 'silos': {', '.join(unknown)}")
+        for silo in self.silo_inputs:
+            if silo not in seen:
+                raise FieldIssue(
+                    ("silo_inputs", silo),
+                    f"silo_inputs names silo '{silo}', which is not in 'silos' "
+                    f"({', '.join(self.silos)})",
+                )
         weights = self.strategy.weights
-        if weights is not None and set(weights) != seen:
-            raise ValueError(
-                "strategy weights must name exactly the job's silos "
-                f"(missing: {', '.join(sorted(seen - set(weights))) or '-'}; "
-                f"unknown: {', '.join(sorted(set(weights) - seen)) or '-'})"
-            )
+        if weights is not None:
+            for silo in weights:
+                if silo not in seen:
+                    raise FieldIssue(
+                        ("strategy", "weights", silo),
+                        f"strategy weights name silo '{silo}', which is not in 'silos'; "
+                        "unknown: " + silo,
+                    )
+            missing = sorted(seen - set(weights))
+            if missing:
+                raise FieldIssue(
+                    ("strategy", "weights"),
+                    "strategy weights must give every silo a weight; missing: "
+                    + ", ".join(missing),
+                )
         return self
 
     def inputs_for(self, silo: str) -> dict[str, str]:

@@ -14,16 +14,15 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import DateTime, Integer, String, create_engine, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.pool import NullPool
 
 from fedsilo.config import Classification, Kit, Role
 from fedsilo.errors import ClassificationError, ConfigError, DatasetNotFound, WorkspaceError
@@ -50,34 +49,34 @@ class DatasetRecord(BaseModel):
     added_at: dt.datetime
 
 
-class _Base(DeclarativeBase):
-    pass
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY,
+    classification TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    relpath TEXT NOT NULL,
+    added_at TEXT NOT NULL
+)
+"""
+_COLUMNS = "name, classification, kind, size_bytes, sha256, relpath, added_at"
 
 
-class _Dataset(_Base):
-    __tablename__ = "datasets"
-
-    name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    classification: Mapped[str] = mapped_column(String(32))
-    kind: Mapped[str] = mapped_column(String(8))
-    size_bytes: Mapped[int] = mapped_column(Integer)
-    sha256: Mapped[str] = mapped_column(String(64))
-    relpath: Mapped[str] = mapped_column(String(512))
-    added_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-
-    def record(self) -> DatasetRecord:
-        added = self.added_at
-        if added.tzinfo is None:
-            added = added.replace(tzinfo=dt.UTC)
-        return DatasetRecord(
-            name=self.name,
-            classification=Classification(self.classification),
-            kind="file" if self.kind == "file" else "folder",
-            size_bytes=self.size_bytes,
-            sha256=self.sha256,
-            relpath=self.relpath,
-            added_at=added,
-        )
+def _record(row: tuple[str, str, str, int, str, str, str]) -> DatasetRecord:
+    name, classification, kind, size, sha256, relpath, added = row
+    added_at = dt.datetime.fromisoformat(added)
+    if added_at.tzinfo is None:
+        added_at = added_at.replace(tzinfo=dt.UTC)
+    return DatasetRecord(
+        name=name,
+        classification=Classification(classification),
+        kind="file" if kind == "file" else "folder",
+        size_bytes=size,
+        sha256=sha256,
+        relpath=relpath,
+        added_at=added_at,
+    )
 
 
 class Catalog:
@@ -95,14 +94,22 @@ class Catalog:
             raise WorkspaceError(
                 f"cannot use {self.storage_root} as storage of silo '{silo}': {exc}"
             ) from exc
-        self._engine = create_engine(
-            f"sqlite:///{self.storage_root / CATALOG_FILE}", poolclass=NullPool
-        )
+        self._db_file = self.storage_root / CATALOG_FILE
         try:
-            _Base.metadata.create_all(self._engine)
-        except SQLAlchemyError as exc:
-            self._engine.dispose()
+            with self._connect() as db:
+                db.execute(_SCHEMA)
+        except sqlite3.Error as exc:
             raise WorkspaceError(f"cannot open the catalog of silo '{silo}': {exc}") from exc
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on the catalog database, committed on success."""
+        db = sqlite3.connect(self._db_file, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
 
     def __enter__(self) -> Self:
         return self
@@ -116,8 +123,7 @@ class Catalog:
         self.close()
 
     def close(self) -> None:
-        """Release the database engine."""
-        self._engine.dispose()
+        """Nothing stays open between calls; kept so a catalog works as a context manager."""
 
     def add(
         self,
@@ -165,18 +171,20 @@ class Catalog:
             if target.exists():
                 target.rename(staged / "previous")
             content.rename(target)
-            row = _Dataset(
-                name=name,
-                classification=Classification(classification).value,
-                kind=kind,
-                size_bytes=size,
-                sha256=digest,
-                relpath=relpath,
-                added_at=dt.datetime.now(dt.UTC),
+            row = (
+                name,
+                Classification(classification).value,
+                kind,
+                size,
+                digest,
+                relpath,
+                dt.datetime.now(dt.UTC).isoformat(),
             )
-            with Session(self._engine) as session, session.begin():
-                session.merge(row)
-            return row.record()
+            with self._connect() as db:
+                db.execute(
+                    f"INSERT OR REPLACE INTO datasets ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)", row
+                )
+            return _record(row)
         except OSError as exc:
             raise WorkspaceError(f"cannot copy {source} into silo '{self.silo}': {exc}") from exc
         finally:
@@ -195,14 +203,14 @@ class Catalog:
 
     def list(self) -> list[DatasetRecord]:
         """Every dataset of the silo, by name."""
-        with Session(self._engine) as session:
-            rows = session.scalars(select(_Dataset).order_by(_Dataset.name)).all()
-            return [row.record() for row in rows]
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM datasets ORDER BY name").fetchall()
+        return [_record(row) for row in rows]
 
     def _find(self, name: str) -> DatasetRecord | None:
-        with Session(self._engine) as session:
-            row = session.get(_Dataset, name)
-            return None if row is None else row.record()
+        with self._connect() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM datasets WHERE name = ?", (name,)).fetchone()
+        return None if row is None else _record(row)
 
 
 def _file_digest(path: Path) -> tuple[int, str]:

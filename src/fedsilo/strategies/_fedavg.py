@@ -78,17 +78,19 @@ class _WeightedMean:
                 f"silo '{silo}' sent tensors {sorted(set(params) ^ set(self._sums))} "
                 "that the other silos do not have"
             )
-        for name, value in params.items():
-            arr = np.asarray(value)
+        arrays = {name: np.asarray(value) for name, value in params.items()}
+        for name, arr in arrays.items():  # check everything before touching the sums
+            acc = self._sums.get(name)
+            if acc is not None and acc.shape != arr.shape:
+                raise AggregationError(
+                    f"silo '{silo}' sent tensor '{name}' of shape {arr.shape}, expected {acc.shape}"
+                )
+        for name, arr in arrays.items():
             acc = self._sums.get(name)
             if acc is None:
                 acc = np.zeros(arr.shape, dtype=np.float64)
                 self._sums[name] = acc
                 self._dtypes[name] = arr.dtype
-            elif acc.shape != arr.shape:
-                raise AggregationError(
-                    f"silo '{silo}' sent tensor '{name}' of shape {arr.shape}, expected {acc.shape}"
-                )
             acc += weight * arr.astype(np.float64, copy=False)
         self._total += weight
         self._silos.append(silo)
