@@ -69,7 +69,11 @@ class TaskMessage(_Msg):
 
 
 class TaskResult(_Msg):
-    """An agent's answer to a task."""
+    """An agent's answer to a task.
+
+    ``seconds`` is the agent's whole handling of the task (downloads and uploads included);
+    ``compute_seconds`` the part spent in the job worker running task code.
+    """
 
     ok: bool
     error: str | None = None
@@ -77,6 +81,7 @@ class TaskResult(_Msg):
     train_metrics: dict[str, float] | None = None
     eval_metrics: dict[str, float] | None = None
     seconds: float = 0.0
+    compute_seconds: float = 0.0
 
 
 class SubmitRequest(_Msg):

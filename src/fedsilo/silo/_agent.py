@@ -30,6 +30,7 @@ log = logging.getLogger("fedsilo.agent")
 
 POLL_SECONDS = 20.0
 HEARTBEAT_SECONDS = 1.0
+WORKER_IDLE_SECONDS = 900.0  # a job worker no task has used for this long is stopped
 
 
 class Agent:
@@ -46,6 +47,7 @@ class Agent:
         self.catalog = Catalog(self.storage, silo=self.silo)
         self.client = OrchestratorClient(kit, timeout=POLL_SECONDS + 15)
         self._workers: dict[str, WorkerProcess] = {}
+        self._last_used: dict[str, float] = {}
         self._busy = False
         self.stop = threading.Event()
 
@@ -72,9 +74,21 @@ class Agent:
                     announced = True
                 backoff = 0.5
                 if task is not None:
+                    if task.job_id is not None:
+                        self._last_used[task.job_id] = time.monotonic()
                     self._handle(task)
+                self._stop_idle_workers()
         finally:
             self.close()
+
+    def _stop_idle_workers(self) -> None:
+        """Stop workers of jobs that ended without a release (e.g. the orchestrator restarted)."""
+        now = time.monotonic()
+        for job_id in list(self._workers):
+            if now - self._last_used.get(job_id, now) > WORKER_IDLE_SECONDS:
+                log.info("stopping the idle worker of job %s", job_id)
+                self._workers.pop(job_id).stop()
+                self._last_used.pop(job_id, None)
 
     def close(self) -> None:
         """Stop every job worker and the connections."""
@@ -172,6 +186,7 @@ class Agent:
         old = self._workers.pop(task.job_id, None)
         if old is not None:
             old.stop()
+        started = time.perf_counter()
         worker = WorkerProcess(
             silo=self.silo, cwd=job_dir / "work", log_file=job_dir / "worker.log"
         )
@@ -187,7 +202,10 @@ class Agent:
         )
         out = job_dir / "params" / "initial.safetensors"
         worker.request("prepare", out=str(out))
-        return TaskResult(ok=True, params_digest=self.client.upload_params(out))
+        compute = time.perf_counter() - started
+        return TaskResult(
+            ok=True, params_digest=self.client.upload_params(out), compute_seconds=compute
+        )
 
     def _worker(self, job_id: str) -> WorkerProcess:
         worker = self._workers.get(job_id)
@@ -207,6 +225,7 @@ class Agent:
         worker = self._worker(task.job_id)
         params = self._global(task)
         out = self._job_dir(task.job_id) / "params" / f"update-{task.round}.safetensors"
+        started = time.perf_counter()
         reply = worker.request(
             "fit",
             round=task.round,
@@ -215,6 +234,7 @@ class Agent:
             evaluate_first=task.evaluate_first,
             config=task.config,
         )
+        compute = time.perf_counter() - started
         digest = self.client.upload_params(out)
         params.unlink(missing_ok=True)
         return TaskResult(
@@ -222,13 +242,17 @@ class Agent:
             params_digest=digest,
             train_metrics=reply["train_metrics"],
             eval_metrics=reply.get("eval_metrics"),
+            compute_seconds=compute,
         )
 
     def _evaluate(self, task: TaskMessage) -> TaskResult:
         assert task.job_id is not None
         worker = self._worker(task.job_id)
-        reply = worker.request("evaluate", round=task.round, params=str(self._global(task)))
-        return TaskResult(ok=True, eval_metrics=reply["eval_metrics"])
+        params = self._global(task)
+        started = time.perf_counter()
+        reply = worker.request("evaluate", round=task.round, params=str(params))
+        compute = time.perf_counter() - started
+        return TaskResult(ok=True, eval_metrics=reply["eval_metrics"], compute_seconds=compute)
 
 
 def run_agent(kit_dir: Path) -> None:
