@@ -29,7 +29,7 @@ from fedsilo.jobs import load_job
 from fedsilo.orchestrator._db import Store
 from fedsilo.runtime import down, processes, up
 
-TASK = '''
+TASK = """
 import torch
 from torch import nn
 
@@ -45,7 +45,7 @@ def train(model, ctx):
 
 def evaluate(model, ctx):
     return {"num_samples": 1}
-'''
+"""
 
 
 def _free_port() -> int:
@@ -67,8 +67,10 @@ def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
     spec.write_text(
         f"name: bench\norchestrator:\n  port: {_free_port()}\n"
         "  storage: {root: storage/orchestrator}\n  compute: {name: orch}\nsilos:\n"
-        + "".join(f"  - {{name: {n}, storage: {{root: storage/{n}}}, compute: {{name: {n}-cpu}}}}\n"
-                  for n in names)
+        + "".join(
+            f"  - {{name: {n}, storage: {{root: storage/{n}}}, compute: {{name: {n}-cpu}}}}\n"
+            for n in names
+        )
     )
     root = tmp / "ws"
     provision(spec, root)
@@ -89,7 +91,7 @@ def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
         job_spec, code_dir = load_job(job)
         with OrchestratorClient(ws.kit(ws.submitter_name), timeout=120) as client:
             job_id = client.submit(job_spec, code_dir)
-            info = client.wait(job_id, timeout=900, poll=0.5)
+            info = client.wait(job_id, timeout=900)
         if info.state is not JobState.SUCCEEDED:
             raise SystemExit(f"job {job_id} {info.state.value}: {info.error}")
     finally:

@@ -128,6 +128,7 @@ class TaskFailed(FedsiloError):
 
     def __init__(self, silo: str, detail: str) -> None:
         self.silo = silo
+        self.detail = detail
         super().__init__(f"task failed in silo '{silo}': {detail}")
 
 

@@ -84,7 +84,7 @@ class OrchestratorClient:
             raise OrchestratorUnavailable(
                 f"no orchestrator answers at {self.url} ({text or 'connection refused'}); "
                 "start the federation with `fedsilo up WORKSPACE`, or the orchestrator alone "
-                "with `fedsilo orchestrator start KIT`"
+                "with `fedsilo orchestrator start --kit KIT`"
             ) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise CertificateRefused(
@@ -158,28 +158,32 @@ class OrchestratorClient:
         ).json()["id"]
         return job_id
 
-    def job(self, job_id: str) -> JobInfo:
-        return JobInfo.model_validate_json(self._request("GET", f"/v1/jobs/{job_id}").content)
+    def job(self, job_id: str, *, after: int = -1, wait: float = 0.0) -> JobInfo:
+        """A job's state and history; with ``wait``, the next version after ``after``."""
+        response = self._request(
+            "GET", f"/v1/jobs/{job_id}", params={"after": after, "wait": wait}, timeout=wait + 15
+        )
+        return JobInfo.model_validate_json(response.content)
 
     def wait(
         self,
         job_id: str,
         *,
         on_update: Callable[[JobInfo], None] | None = None,
-        poll: float = 0.25,
         timeout: float | None = None,
     ) -> JobInfo:
-        """Poll until the job finishes; ``on_update`` sees every state."""
+        """Follow the job until it finishes (long-poll); ``on_update`` sees every change."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        info = self.job(job_id)
         while True:
-            info = self.job(job_id)
             if on_update is not None:
                 on_update(info)
             if info.state.finished:
                 return info
-            if deadline is not None and time.monotonic() > deadline:
+            left = 20.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
                 raise TransportError(f"job {job_id} did not finish within {timeout:g} s")
-            time.sleep(poll)
+            info = self.job(job_id, after=info.version, wait=min(left, 20.0))
 
     def cancel(self, job_id: str) -> bool:
         return bool(self._request("POST", f"/v1/jobs/{job_id}/cancel").json()["cancelled"])

@@ -119,6 +119,7 @@ class JobInfo(_Msg):
     finished_at: float | None = None
     history: list[RoundInfo] = Field(default_factory=list)
     has_model: bool = False
+    version: int = 0
 
 
 class SiloStatus(_Msg):

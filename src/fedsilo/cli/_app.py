@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from fedsilo.errors import FedsiloError
 
@@ -28,22 +29,14 @@ def _register() -> None:
 
 
 def main() -> None:
-    """Entry point of the ``fedsilo`` console script."""
+    """Entry point of the ``fedsilo`` console script.
+
+    Typer handles usage errors and exit codes; a :class:`FedsiloError` becomes one line
+    on stderr (its text printed as is, never as markup) and exit status 1.
+    """
     _register()
     try:
-        app(standalone_mode=False)
+        app()
     except FedsiloError as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        _err.print("aborted")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise

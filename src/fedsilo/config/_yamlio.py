@@ -131,6 +131,26 @@ def _index(
             _index(item, (*loc, position), lines, file, seen_nodes)
 
 
+def _without_echoes(errors: list[Any]) -> list[Any]:
+    """Drop a container's length error that only echoes a failed item inside it.
+
+    pydantic reports a ``too_short`` error on a sequence whose item failed; that is the
+    same problem said twice.
+    """
+    kept = [
+        e
+        for e in errors
+        if not (
+            e["type"] == "too_short"
+            and any(
+                other is not e and tuple(other["loc"][: len(e["loc"])]) == tuple(e["loc"])
+                for other in errors
+            )
+        )
+    ]
+    return kept or errors
+
+
 def validate_model(
     model_cls: type[ModelT], data: Any, path: Path, index: LineIndex | None = None
 ) -> ModelT:
@@ -142,13 +162,14 @@ def validate_model(
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = _without_echoes(exc.errors())
+        first = errors[0]
         loc: Loc = tuple(first["loc"])
         error = first.get("ctx", {}).get("error")
         if isinstance(error, FieldIssue):
             loc = (*loc, *error.loc)
         message = _describe(model_cls, first, loc)
-        more = exc.error_count() - 1
+        more = len(errors) - 1
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
         line = None if index is None else index.line_of(loc)

@@ -111,7 +111,7 @@ def create_app(
         task = await orchestrator.next_task(name, wait)
         if task is None:
             return Response(status_code=204)
-        return Response(task.model_dump_json(), media_type="application/json")
+        return Response(task, media_type="application/json")
 
     @app.post("/v1/agent/heartbeat", status_code=204)
     async def heartbeat(name: Annotated[str, Depends(silo)], busy: bool = False) -> None:
@@ -134,10 +134,10 @@ def create_app(
 
     @app.get("/v1/agent/jobs/{job_id}/bundle")
     async def job_bundle(job_id: str, name: Annotated[str, Depends(silo)]) -> FileResponse:
-        job = orchestrator.silo_in_job(name, job_id)
-        if job is None:
-            raise HTTPException(404, f"silo '{name}' takes no part in job {job_id}")
-        return FileResponse(orchestrator.blobs.path(job.bundle_digest))
+        digest = orchestrator.bundle_for(name, job_id)
+        if digest is None:
+            raise HTTPException(404, f"silo '{name}' takes no part in a running job {job_id}")
+        return FileResponse(orchestrator.blobs.path(digest))
 
     @app.get("/v1/agent/jobs/{job_id}/params/{digest}")
     async def job_params(
@@ -162,8 +162,13 @@ def create_app(
         return {"id": orchestrator.submit(name, body)}
 
     @app.get("/v1/jobs/{job_id}")
-    async def job(job_id: str, _: Annotated[str, Depends(submitter)]) -> JobInfo:
-        info = orchestrator.job_info(job_id)
+    async def job(
+        job_id: str,
+        _: Annotated[str, Depends(submitter)],
+        after: Annotated[int, Query(description="Wait for a version past this one.")] = -1,
+        wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 0.0,
+    ) -> JobInfo:
+        info = await orchestrator.job_info(job_id, after=after, wait=wait)
         if info is None:
             raise HTTPException(404, f"no job '{job_id}'")
         return info
@@ -187,7 +192,7 @@ def create_app(
 
     @app.get("/v1/status")
     async def status(_: Annotated[str, Depends(submitter)]) -> StatusReport:
-        return orchestrator.status()
+        return await orchestrator.status()
 
     @app.post("/v1/check")
     async def check(

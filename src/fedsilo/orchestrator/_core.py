@@ -1,7 +1,9 @@
-"""The orchestrator's engine: task queues with long-poll, silo presence, the FL job loop.
+"""The orchestrator's engine: task queues with long-poll, silo presence, job bookkeeping.
 
 It never reaches into a silo: it can only offer tasks, which agents pull, and read what
-agents chose to upload (parameters and metrics).
+agents chose to upload (parameters and metrics). Dispatch state (queues, open tasks,
+waiters) lives in memory on the event loop; every task, round and metric is also written
+to the database, which is the record.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
-from pathlib import Path
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedsilo.api._messages import (
@@ -31,12 +33,11 @@ from fedsilo.api._messages import (
     TaskMessage,
     TaskResult,
 )
-from fedsilo.errors import FedsiloError, SiloUnavailable, TaskFailed
+from fedsilo.errors import FedsiloError, SiloUnavailable
 from fedsilo.jobs import JobSpec, unpack_bundle
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._db import JobRow, Store, TaskRow
-from fedsilo.strategies import Aggregation, build_strategy, weighted_metrics
-from fedsilo.tensors import load_parameters, parameters_to_bytes
+from fedsilo.strategies import weighted_metrics
 
 __all__ = ["HEARTBEAT_SECONDS", "OFFLINE_AFTER_SECONDS", "Orchestrator"]
 
@@ -47,21 +48,24 @@ OFFLINE_AFTER_SECONDS = 5.0
 ONLINE_GRACE_SECONDS = 15.0
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    silo: str
-    task_id: str
-    result: TaskResult
+@dataclass
+class _LiveJob:
+    """In-memory facts about a job this process runs, for the hot paths."""
 
-
-def _fold(aggregation: Aggregation, silo: str, path: Path, num_samples: int) -> None:
-    aggregation.add(silo, load_parameters(path), num_samples)
+    silos: frozenset[str]
+    bundle_digest: str
+    global_digests: set[str] = field(default_factory=set)
+    version: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    info: JobInfo | None = None
 
 
 class Orchestrator:
-    """State and logic behind the REST API; all methods run on the server's event loop."""
+    """State and logic behind the REST API; every method runs on the server's event loop."""
 
-    def __init__(self, *, federation: str, silos: Iterable[str], store: Store, blobs: BlobStore):
+    def __init__(
+        self, *, federation: str, silos: Iterable[str], store: Store, blobs: BlobStore
+    ) -> None:
         self.federation = federation
         self.silos = tuple(silos)
         self.store = store
@@ -69,13 +73,16 @@ class Orchestrator:
         self._last_seen: dict[str, float] = {}
         self._busy: dict[str, bool] = {}
         self._wakeup: dict[str, asyncio.Event] = {s: asyncio.Event() for s in self.silos}
+        self._queues: dict[str, deque[tuple[str, str]]] = {s: deque() for s in self.silos}
+        self._open: dict[str, str] = {}  # task id -> silo, for tasks not yet answered
         self._waiters: dict[str, asyncio.Future[TaskResult]] = {}
+        self._live: dict[str, _LiveJob] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
 
     # -- presence ---------------------------------------------------------------------------
 
     def seen(self, silo: str, *, busy: bool | None = None) -> None:
-        """Record that ``silo``'s agent is connected (a poll or a heartbeat)."""
+        """Record that ``silo``'s agent is connected (a poll, an upload or a heartbeat)."""
         self._last_seen[silo] = time.time()
         if busy is not None:
             self._busy[silo] = busy
@@ -95,18 +102,80 @@ class Orchestrator:
             for s in self.silos
         ]
 
-    # -- agent side -------------------------------------------------------------------------
+    async def await_online(self, silos: Iterable[str]) -> None:
+        """Wait briefly for every silo's agent; :class:`SiloUnavailable` names one missing."""
+        deadline = time.monotonic() + ONLINE_GRACE_SECONDS
+        while True:
+            offline = [s for s in silos if not self.online(s)]
+            if not offline:
+                return
+            if time.monotonic() > deadline:
+                raise SiloUnavailable(
+                    offline[0],
+                    "is offline: its agent is not connected "
+                    f"(offline: {', '.join(offline)}); start it with `fedsilo up WORKSPACE` "
+                    "or `fedsilo silo start --kit KIT`",
+                )
+            await asyncio.sleep(0.2)
 
-    async def next_task(self, silo: str, wait: float) -> TaskMessage | None:
-        """The silo's next task, waiting up to ``wait`` seconds for one to be offered."""
+    # -- tasks ------------------------------------------------------------------------------
+
+    def offer(self, tasks: list[tuple[str, TaskMessage]], *, wait: bool = True) -> list[str]:
+        """Queue ``(silo, message)`` pairs in one transaction; return their task ids."""
+        now = time.time()
+        self.store.add_tasks(
+            [
+                TaskRow(
+                    id=message.task_id,
+                    job_id=message.job_id,
+                    silo=silo,
+                    kind=message.kind.value,
+                    round=message.round,
+                    state="pending",
+                    message_json=message.model_dump_json(),
+                    created_at=now,
+                )
+                for silo, message in tasks
+            ]
+        )
+        loop = asyncio.get_running_loop()
+        for silo, message in tasks:
+            self._queues[silo].append((message.task_id, message.model_dump_json()))
+            if wait:
+                self._open[message.task_id] = silo
+                self._waiters[message.task_id] = loop.create_future()
+            self._wakeup[silo].set()
+        return [message.task_id for _, message in tasks]
+
+    def waiter(self, task_id: str) -> asyncio.Future[TaskResult]:
+        return self._waiters[task_id]
+
+    def withdraw(self, task_ids: Iterable[str]) -> None:
+        """Close tasks nobody will wait for any more (failed job, timed-out check)."""
+        for task_id in task_ids:
+            silo = self._open.pop(task_id, None)
+            self._waiters.pop(task_id, None)
+            if silo is not None:
+                queue = self._queues[silo]
+                for item in list(queue):
+                    if item[0] == task_id:
+                        queue.remove(item)
+                self.store.finish_task(
+                    task_id, ok=False, result_json='{"ok":false,"error":"withdrawn"}'
+                )
+
+    async def next_task(self, silo: str, wait: float) -> str | None:
+        """The silo's next task (as JSON), waiting up to ``wait`` seconds for one."""
         deadline = time.monotonic() + wait
         event = self._wakeup[silo]
+        queue = self._queues[silo]
         while True:
             self.seen(silo)
             event.clear()
-            row = self.store.claim_task(silo)
-            if row is not None:
-                return TaskMessage.model_validate_json(row.message_json)
+            if queue:
+                task_id, message_json = queue.popleft()
+                self.store.mark_assigned(task_id)
+                return message_json
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -115,32 +184,33 @@ class Orchestrator:
 
     def deliver(self, silo: str, task_id: str, result: TaskResult) -> bool:
         """Record a task's result; False when the task is unknown, not the silo's, or closed."""
-        row = self.store.task(task_id)
-        if row is None or row.silo != silo or row.state not in ("pending", "assigned"):
+        if self._open.get(task_id) != silo:
             return False
+        del self._open[task_id]
         self.store.finish_task(task_id, ok=result.ok, result_json=result.model_dump_json())
         waiter = self._waiters.pop(task_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
         return True
 
+    # -- what a silo may fetch --------------------------------------------------------------
+
+    def bundle_for(self, silo: str, job_id: str) -> str | None:
+        """The bundle digest of a running job ``silo`` takes part in."""
+        live = self._live.get(job_id)
+        return live.bundle_digest if live is not None and silo in live.silos else None
+
     def may_read_params(self, silo: str, job_id: str, digest: str) -> bool:
-        """Whether ``digest`` is a global model of a job ``silo`` takes part in."""
-        job = self.store.job(job_id)
-        if job is None or silo not in JobSpec.model_validate_json(job.spec_json).silos:
-            return False
-        return any(r.global_digest == digest for r in self.store.rounds(job_id))
+        """Whether ``digest`` is a global model of a running job ``silo`` takes part in."""
+        live = self._live.get(job_id)
+        return live is not None and silo in live.silos and digest in live.global_digests
 
-    def silo_in_job(self, silo: str, job_id: str) -> JobRow | None:
-        job = self.store.job(job_id)
-        if job is None or silo not in JobSpec.model_validate_json(job.spec_json).silos:
-            return None
-        return job
-
-    # -- submitter side ---------------------------------------------------------------------
+    # -- jobs -------------------------------------------------------------------------------
 
     def submit(self, submitter: str, request: SubmitRequest) -> str:
         """Validate a submission and start its job; return the job id."""
+        from fedsilo.orchestrator._loop import run_job
+
         spec = request.spec
         unknown = [s for s in spec.silos if s not in self.silos]
         if unknown:
@@ -150,10 +220,9 @@ class Orchestrator:
             )
         if not self.blobs.has(request.bundle_digest):
             raise FedsiloError("the job's code bundle was not uploaded; submit again")
-        bundle = self.blobs.path(request.bundle_digest).read_bytes()
         check_dir = self.blobs.root / f".check-{uuid.uuid4().hex}"
         try:
-            manifest = unpack_bundle(bundle, check_dir)
+            manifest = unpack_bundle(self.blobs.path(request.bundle_digest).read_bytes(), check_dir)
         finally:
             shutil.rmtree(check_dir, ignore_errors=True)
         if manifest.digest != request.manifest_digest:
@@ -171,7 +240,10 @@ class Orchestrator:
                 created_at=time.time(),
             )
         )
-        self._runs[job_id] = asyncio.create_task(self._run_job(job_id, spec, request.bundle_digest))
+        self._live[job_id] = _LiveJob(
+            silos=frozenset(spec.silos), bundle_digest=request.bundle_digest
+        )
+        self._runs[job_id] = asyncio.create_task(run_job(self, job_id, spec))
         log.info(
             "job %s submitted by %s: %d silos, %d rounds",
             job_id,
@@ -181,6 +253,29 @@ class Orchestrator:
         )
         return job_id
 
+    def update_job(self, job_id: str, **values: Any) -> None:
+        """Change a job's record and wake whoever waits on it."""
+        self.store.update_job(job_id, **values)
+        self.touch(job_id)
+
+    def touch(self, job_id: str) -> None:
+        live = self._live.get(job_id)
+        if live is not None:
+            live.version += 1
+            live.info = None
+            live.changed.set()
+            live.changed = asyncio.Event()
+
+    def publish_global(self, job_id: str, digest: str) -> None:
+        """Let the job's silos fetch ``digest`` as a global model."""
+        self._live[job_id].global_digests.add(digest)
+
+    def job_finished(self, job_id: str) -> None:
+        """Forget a job's in-memory state once its run ended."""
+        self.touch(job_id)
+        self._live.pop(job_id, None)
+        self._runs.pop(job_id, None)
+
     def cancel(self, job_id: str) -> bool:
         run = self._runs.get(job_id)
         if run is None or run.done():
@@ -188,16 +283,29 @@ class Orchestrator:
         run.cancel()
         return True
 
-    def job_info(self, job_id: str) -> JobInfo | None:
+    async def job_info(self, job_id: str, *, after: int = -1, wait: float = 0.0) -> JobInfo | None:
+        """A job's state and history; with ``wait``, first wait for a version past ``after``."""
+        live = self._live.get(job_id)
+        if live is not None and wait > 0 and live.version <= after:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.changed.wait(), timeout=wait)
+            live = self._live.get(job_id)
+        if live is not None and live.info is not None:
+            return live.info
+        info = self._read_job(job_id, live.version if live is not None else 1 << 30)
+        if live is not None:
+            live.info = info
+        return info
+
+    def _read_job(self, job_id: str, version: int) -> JobInfo | None:
         row = self.store.job(job_id)
         if row is None:
             return None
         spec = JobSpec.model_validate_json(row.spec_json)
         history: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
         for m in self.store.metrics(job_id):
-            history.setdefault(m.round, {"train": {}, "evaluate": {}})[m.phase][m.silo] = (
-                json.loads(m.metrics_json)
-            )
+            phases = history.setdefault(m.round, {"train": {}, "evaluate": {}})
+            phases[m.phase][m.silo] = json.loads(m.metrics_json)
         seconds = {
             r.round: (r.finished_at - r.started_at) if r.finished_at else None
             for r in self.store.rounds(job_id)
@@ -229,17 +337,31 @@ class Orchestrator:
             finished_at=row.finished_at,
             history=rounds,
             has_model=row.model_digest is not None,
+            version=version,
         )
 
-    def status(self) -> StatusReport:
-        jobs = [info for row in self.store.jobs() if (info := self.job_info(row.id))]
+    async def status(self) -> StatusReport:
+        jobs = [info for row in self.store.jobs() if (info := await self.job_info(row.id))]
         return StatusReport(federation=self.federation, silos=self.silo_statuses(), jobs=jobs)
+
+    # -- connectivity check -----------------------------------------------------------------
 
     async def check(self, timeout: float) -> CheckReport:
         """Send a no-op task through every silo at once and time each round trip."""
         reachable = {s: self.online(s) for s in self.silos}
         started = time.monotonic()
-        ids = {s: self._offer(s, None, TaskKind.PING) for s in self.silos}
+        ids = dict(
+            zip(
+                self.silos,
+                self.offer(
+                    [
+                        (s, TaskMessage(task_id=uuid.uuid4().hex, kind=TaskKind.PING))
+                        for s in self.silos
+                    ]
+                ),
+                strict=True,
+            )
+        )
         arrived: dict[str, tuple[float, TaskResult]] = {}
 
         async def wait_one(silo: str) -> None:
@@ -264,208 +386,12 @@ class Orchestrator:
                     )
                 )
                 continue
-            self._close_task(ids[silo])
+            self.withdraw([ids[silo]])
             error = (
                 f"no answer within {timeout:g} s"
                 if reachable[silo]
-                else "its agent is not connected; start it with `fedsilo up` or "
-                "`fedsilo silo start KIT`, then look at its log"
+                else "its agent is not connected; start it with `fedsilo up WORKSPACE` or "
+                "`fedsilo silo start --kit KIT`, then look at its log"
             )
             lines.append(SiloCheck(silo=silo, reachable=reachable[silo], ran=False, error=error))
         return CheckReport(silos=lines)
-
-    # -- the FL job loop --------------------------------------------------------------------
-
-    def _offer(
-        self, silo: str, job_id: str | None, kind: TaskKind, *, wait: bool = True, **fields: Any
-    ) -> str:
-        task_id = uuid.uuid4().hex
-        message = TaskMessage(task_id=task_id, kind=kind, job_id=job_id, **fields)
-        self.store.add_task(
-            TaskRow(
-                id=task_id,
-                job_id=job_id,
-                silo=silo,
-                kind=kind.value,
-                round=message.round,
-                state="pending",
-                message_json=message.model_dump_json(),
-                created_at=time.time(),
-            )
-        )
-        if wait:
-            self._waiters[task_id] = asyncio.get_running_loop().create_future()
-        self._wakeup[silo].set()
-        return task_id
-
-    def _close_task(self, task_id: str) -> None:
-        self._waiters.pop(task_id, None)
-        self.store.finish_task(task_id, ok=False, result_json='{"ok":false,"error":"withdrawn"}')
-
-    async def _await_online(self, silos: Iterable[str]) -> None:
-        deadline = time.monotonic() + ONLINE_GRACE_SECONDS
-        while True:
-            offline = [s for s in silos if not self.online(s)]
-            if not offline:
-                return
-            if time.monotonic() > deadline:
-                raise SiloUnavailable(
-                    offline[0],
-                    "is offline: its agent is not connected "
-                    f"(offline: {', '.join(offline)}); start it with `fedsilo up` or "
-                    "`fedsilo silo start KIT`",
-                )
-            await asyncio.sleep(0.2)
-
-    def _record(self, job_id: str, round_: int, silo: str, result: TaskResult) -> None:
-        if result.train_metrics is not None:
-            self.store.add_metrics(job_id, round_, silo, "train", result.train_metrics)
-        if result.eval_metrics is not None:
-            eval_round = round_ - 1 if result.train_metrics is not None else round_
-            self.store.add_metrics(job_id, eval_round, silo, "evaluate", result.eval_metrics)
-
-    def _checked_params(self, silo: str, digest: str | None) -> Path:
-        if digest is None or not self.blobs.has(digest):
-            raise TaskFailed(silo, "reported parameters it did not upload")
-        return self.blobs.path(digest)
-
-    async def _run_job(self, job_id: str, spec: JobSpec, bundle_digest: str) -> None:
-        self.store.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
-        common: dict[str, Any] = {
-            "job_name": spec.name,
-            "bundle_digest": bundle_digest,
-            "entrypoint": spec.entrypoint,
-            "hyperparameters": spec.hyperparameters.model_dump(),
-        }
-        try:
-            await self._await_online(spec.silos)
-            self.store.update_job(job_id, detail="preprocessing in every silo")
-            self.store.start_round(job_id, 0)
-            initial: dict[str, str] = {}
-            async for out in self._fan_out(job_id, spec, TaskKind.PREPARE, "preprocessing", common):
-                initial[out.silo] = self._checked_params(out.silo, out.result.params_digest).name
-            global_digest = initial[spec.silos[0]]
-            self.store.finish_round(job_id, 0, global_digest)
-            strategy = build_strategy(spec.strategy)
-            for round_ in range(1, spec.rounds + 1):
-                self.store.update_job(job_id, current_round=round_, detail=f"round {round_}")
-                self.store.start_round(job_id, round_)
-                aggregation = strategy.begin_aggregation(round_, None)
-                config = strategy.configure_round(round_, spec.silos)
-                async for out in self._fan_out(
-                    job_id,
-                    spec,
-                    TaskKind.FIT,
-                    f"round {round_}",
-                    common,
-                    config,
-                    round=round_,
-                    params_digest=global_digest,
-                    evaluate_first=round_ > 1,
-                ):
-                    self._record(job_id, round_, out.silo, out.result)
-                    path = self._checked_params(out.silo, out.result.params_digest)
-                    samples = int((out.result.train_metrics or {}).get("num_samples", 0))
-                    await asyncio.to_thread(_fold, aggregation, out.silo, path, samples)
-                new_params = await asyncio.to_thread(aggregation.finish)
-                global_digest = self.blobs.put_bytes(parameters_to_bytes(new_params))
-                self.store.finish_round(job_id, round_, global_digest)
-            self.store.update_job(job_id, detail="final evaluation")
-            async for out in self._fan_out(
-                job_id,
-                spec,
-                TaskKind.EVALUATE,
-                "final evaluation",
-                common,
-                None,
-                round=spec.rounds,
-                params_digest=global_digest,
-            ):
-                self._record(job_id, spec.rounds, out.silo, out.result)
-            self.store.update_job(
-                job_id,
-                state=JobState.SUCCEEDED.value,
-                model_digest=global_digest,
-                finished_at=time.time(),
-                detail=None,
-            )
-            log.info("job %s succeeded", job_id)
-        except asyncio.CancelledError:
-            self.store.update_job(
-                job_id,
-                state=JobState.CANCELLED.value,
-                finished_at=time.time(),
-                error="cancelled by the submitter",
-                detail=None,
-            )
-            log.info("job %s cancelled", job_id)
-        except FedsiloError as exc:
-            self.store.update_job(
-                job_id,
-                state=JobState.FAILED.value,
-                finished_at=time.time(),
-                error=str(exc),
-                detail=None,
-            )
-            log.warning("job %s failed: %s", job_id, exc)
-        except Exception as exc:
-            log.exception("job %s failed on an internal error", job_id)
-            self.store.update_job(
-                job_id,
-                state=JobState.FAILED.value,
-                finished_at=time.time(),
-                error=f"internal error in the orchestrator: {exc!r}",
-                detail=None,
-            )
-        finally:
-            self.store.cancel_pending_tasks(job_id)
-            for silo in spec.silos:
-                self._offer(silo, job_id, TaskKind.RELEASE, wait=False)
-            self._runs.pop(job_id, None)
-
-    async def _fan_out(
-        self,
-        job_id: str,
-        spec: JobSpec,
-        kind: TaskKind,
-        phase: str,
-        common: dict[str, Any],
-        config: dict[str, dict[str, float]] | None = None,
-        **fields: Any,
-    ) -> AsyncIterator[_Outcome]:
-        """Offer one task per silo of the job; yield results as they arrive.
-
-        A failed task, or a silo whose agent stops heartbeating while its task is open,
-        ends the fan-out with an error naming the silo.
-        """
-        pending: dict[str, str] = {}
-        for silo in spec.silos:
-            task_id = self._offer(
-                silo,
-                job_id,
-                kind,
-                inputs=spec.inputs_for(silo),
-                config=(config or {}).get(silo, {}),
-                **common,
-                **fields,
-            )
-            pending[task_id] = silo
-        futures = {self._waiters[t]: t for t in pending}
-        try:
-            while pending:
-                done, _ = await asyncio.wait(
-                    futures, timeout=HEARTBEAT_SECONDS, return_when=asyncio.FIRST_COMPLETED
-                )
-                for fut in done:
-                    task_id = futures.pop(fut)
-                    silo = pending.pop(task_id)
-                    result = fut.result()
-                    if not result.ok:
-                        raise TaskFailed(silo, f"{phase}: {result.error}")
-                    yield _Outcome(silo, task_id, result)
-                for silo in pending.values():
-                    if not self.online(silo):
-                        raise SiloUnavailable(silo, f"disconnected during {phase}")
-        finally:
-            for task_id in pending:
-                self._close_task(task_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -155,28 +155,18 @@ class Store:
 
     # -- tasks ------------------------------------------------------------------------------
 
-    def add_task(self, row: TaskRow) -> None:
+    def add_tasks(self, rows: list[TaskRow]) -> None:
+        """Insert a fan-out's tasks in one transaction."""
         with self.session() as s:
-            s.add(row)
+            s.add_all(rows)
 
-    def claim_task(self, silo: str) -> TaskRow | None:
-        """The oldest pending task of ``silo``, marked assigned; None when there is none."""
+    def mark_assigned(self, task_id: str) -> None:
         with self.session() as s:
-            row = s.scalars(
-                select(TaskRow)
-                .where(TaskRow.silo == silo, TaskRow.state == "pending")
-                .order_by(TaskRow.created_at)
-                .limit(1)
-            ).first()
-            if row is None:
-                return None
-            row.state = "assigned"
-            row.assigned_at = time.time()
-            return row
-
-    def task(self, task_id: str) -> TaskRow | None:
-        with self.session() as s:
-            return s.get(TaskRow, task_id)
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id)
+                .values(state="assigned", assigned_at=time.time())
+            )
 
     def finish_task(self, task_id: str, *, ok: bool, result_json: str) -> None:
         with self.session() as s:
@@ -198,49 +188,46 @@ class Store:
                 .values(state="failed", finished_at=time.time())
             )
 
-    def open_tasks(self, silo: str) -> list[TaskRow]:
-        with self.session() as s:
-            return list(
-                s.scalars(
-                    select(TaskRow).where(
-                        TaskRow.silo == silo, TaskRow.state.in_(("pending", "assigned"))
-                    )
-                )
-            )
-
     # -- rounds and metrics -----------------------------------------------------------------
 
     def start_round(self, job_id: str, round_: int) -> None:
         with self.session() as s:
             s.merge(RoundRow(job_id=job_id, round=round_, started_at=time.time()))
 
-    def finish_round(self, job_id: str, round_: int, global_digest: str | None) -> None:
+    def finish_round(
+        self,
+        job_id: str,
+        round_: int,
+        global_digest: str | None,
+        metrics: Sequence[tuple[int, str, str, dict[str, float]]] = (),
+    ) -> None:
+        """Close a round and write the metrics gathered during it, in one transaction.
+
+        ``metrics`` holds ``(round, silo, phase, values)``; evaluation metrics of the
+        previous round's model arrive with this round's training.
+        """
         with self.session() as s:
             s.execute(
                 update(RoundRow)
                 .where(RoundRow.job_id == job_id, RoundRow.round == round_)
                 .values(global_digest=global_digest, finished_at=time.time())
             )
+            for metric_round, silo, phase, values in metrics:
+                s.merge(
+                    MetricRow(
+                        job_id=job_id,
+                        round=metric_round,
+                        silo=silo,
+                        phase=phase,
+                        metrics_json=json.dumps(values),
+                    )
+                )
 
     def rounds(self, job_id: str) -> list[RoundRow]:
         with self.session() as s:
             return list(
                 s.scalars(
                     select(RoundRow).where(RoundRow.job_id == job_id).order_by(RoundRow.round)
-                )
-            )
-
-    def add_metrics(
-        self, job_id: str, round_: int, silo: str, phase: str, metrics: dict[str, float]
-    ) -> None:
-        with self.session() as s:
-            s.merge(
-                MetricRow(
-                    job_id=job_id,
-                    round=round_,
-                    silo=silo,
-                    phase=phase,
-                    metrics_json=json.dumps(metrics),
                 )
             )
 
@@ -260,7 +247,3 @@ class Store:
         with self.session() as s:
             if s.get(BlobRow, digest) is None:
                 s.add(BlobRow(digest=digest, size=size, owner=owner, created_at=time.time()))
-
-    def blob(self, digest: str) -> BlobRow | None:
-        with self.session() as s:
-            return s.get(BlobRow, digest)

@@ -19,7 +19,7 @@ from types import FrameType
 
 from fedsilo.api import OrchestratorClient, TaskKind, TaskMessage, TaskResult
 from fedsilo.config import Kit, Role, load_kit
-from fedsilo.errors import ConfigError, FedsiloError, SignatureError, TransportError
+from fedsilo.errors import ConfigError, FedsiloError, SignatureError, TaskFailed, TransportError
 from fedsilo.jobs import unpack_bundle
 from fedsilo.silo._workerproc import WorkerProcess
 from fedsilo.storage import Catalog
@@ -119,6 +119,9 @@ class Agent:
         )
         try:
             result = self._dispatch(task)
+        except TaskFailed as exc:
+            log.warning("task %s failed: %s", task.task_id[:8], exc)
+            result = TaskResult(ok=False, error=exc.detail)
         except FedsiloError as exc:
             log.warning("task %s failed: %s", task.task_id[:8], exc)
             result = TaskResult(ok=False, error=str(exc))

@@ -1,0 +1,200 @@
+"""The FL job loop: preprocess once per silo, rounds of fit → aggregate, final evaluation.
+
+The orchestrator owns the loop; the strategy only configures rounds and aggregates. Each
+silo's update is folded into the aggregate as it arrives (streaming), so memory follows
+the model's size, not the number of silos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedsilo.api._messages import JobState, TaskKind, TaskMessage, TaskResult
+from fedsilo.errors import FedsiloError, SiloUnavailable, TaskFailed
+from fedsilo.jobs import JobSpec
+from fedsilo.strategies import Aggregation, build_strategy
+from fedsilo.tensors import load_parameters, parameters_to_bytes
+
+if TYPE_CHECKING:
+    from fedsilo.orchestrator._core import Orchestrator
+
+__all__ = ["run_job"]
+
+log = logging.getLogger("fedsilo.orchestrator")
+
+_Metric = tuple[int, str, str, dict[str, float]]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    silo: str
+    result: TaskResult
+
+
+def _fold(aggregation: Aggregation, silo: str, path: Path, num_samples: int) -> None:
+    aggregation.add(silo, load_parameters(path), num_samples)
+
+
+class _JobRun:
+    def __init__(self, orch: Orchestrator, job_id: str, spec: JobSpec) -> None:
+        self.orch = orch
+        self.job_id = job_id
+        self.spec = spec
+        self.metrics: list[_Metric] = []
+
+    async def fan_out(
+        self,
+        kind: TaskKind,
+        phase: str,
+        config: dict[str, dict[str, float]] | None = None,
+        **fields: Any,
+    ) -> AsyncGenerator[_Outcome, None]:
+        """Offer one task per silo of the job; yield results as they arrive.
+
+        A failed task, or a silo whose agent stops heartbeating while its task is open,
+        ends the fan-out with an error naming the silo.
+        """
+        spec = self.spec
+        messages = [
+            (
+                silo,
+                TaskMessage(
+                    task_id=uuid.uuid4().hex,
+                    kind=kind,
+                    job_id=self.job_id,
+                    job_name=spec.name,
+                    entrypoint=spec.entrypoint,
+                    inputs=spec.inputs_for(silo),
+                    hyperparameters=spec.hyperparameters.model_dump(),
+                    config=(config or {}).get(silo, {}),
+                    **fields,
+                ),
+            )
+            for silo in spec.silos
+        ]
+        pending = dict(zip(self.orch.offer(messages), spec.silos, strict=True))
+        futures = {self.orch.waiter(t): t for t in pending}
+        try:
+            while pending:
+                done, _ = await asyncio.wait(
+                    futures, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                )
+                for fut in done:
+                    silo = pending.pop(futures.pop(fut))
+                    result = fut.result()
+                    if not result.ok:
+                        raise TaskFailed(silo, f"{phase}: {result.error}")
+                    yield _Outcome(silo, result)
+                for silo in pending.values():
+                    if not self.orch.online(silo):
+                        raise SiloUnavailable(silo, f"disconnected during {phase}")
+        finally:
+            self.orch.withdraw(pending)
+
+    def record(self, round_: int, out: _Outcome) -> None:
+        result = out.result
+        if result.train_metrics is not None:
+            self.metrics.append((round_, out.silo, "train", result.train_metrics))
+        if result.eval_metrics is not None:
+            eval_round = round_ - 1 if result.train_metrics is not None else round_
+            self.metrics.append((eval_round, out.silo, "evaluate", result.eval_metrics))
+
+    def params_path(self, out: _Outcome) -> Path:
+        digest = out.result.params_digest
+        if digest is None or not self.orch.blobs.has(digest):
+            raise TaskFailed(out.silo, "reported parameters it did not upload")
+        return self.orch.blobs.path(digest)
+
+    def close_round(self, round_: int, digest: str | None) -> None:
+        self.orch.store.finish_round(self.job_id, round_, digest, self.metrics)
+        self.metrics = []
+        if digest is not None:
+            self.orch.publish_global(self.job_id, digest)
+        self.orch.touch(self.job_id)
+
+    async def run(self) -> str:
+        """Run every phase; return the final global model's digest."""
+        orch, spec, job_id = self.orch, self.spec, self.job_id
+        await orch.await_online(spec.silos)
+        orch.update_job(job_id, detail="preprocessing in every silo")
+        orch.store.start_round(job_id, 0)
+        initial: dict[str, str] = {}
+        prepare = self.fan_out(
+            TaskKind.PREPARE, "preprocessing", bundle_digest=orch.bundle_for(spec.silos[0], job_id)
+        )
+        async with aclosing(prepare) as outcomes:
+            async for out in outcomes:
+                initial[out.silo] = self.params_path(out).name
+        global_digest = initial[spec.silos[0]]
+        self.close_round(0, global_digest)
+        strategy = build_strategy(spec.strategy)
+        for round_ in range(1, spec.rounds + 1):
+            orch.store.start_round(job_id, round_)
+            orch.update_job(job_id, current_round=round_, detail=f"round {round_}")
+            aggregation = strategy.begin_aggregation(round_, None)
+            fit = self.fan_out(
+                TaskKind.FIT,
+                f"round {round_}",
+                strategy.configure_round(round_, spec.silos),
+                round=round_,
+                params_digest=global_digest,
+                evaluate_first=round_ > 1,
+            )
+            async with aclosing(fit) as outcomes:
+                async for out in outcomes:
+                    self.record(round_, out)
+                    samples = int((out.result.train_metrics or {}).get("num_samples", 0))
+                    path = self.params_path(out)
+                    await asyncio.to_thread(_fold, aggregation, out.silo, path, samples)
+            new_params = await asyncio.to_thread(aggregation.finish)
+            global_digest = orch.blobs.put_bytes(parameters_to_bytes(new_params))
+            self.close_round(round_, global_digest)
+        orch.update_job(job_id, detail="final evaluation")
+        final = self.fan_out(
+            TaskKind.EVALUATE, "final evaluation", round=spec.rounds, params_digest=global_digest
+        )
+        async with aclosing(final) as outcomes:
+            async for out in outcomes:
+                self.record(spec.rounds, out)
+        orch.store.finish_round(job_id, spec.rounds, global_digest, self.metrics)
+        return global_digest
+
+
+async def run_job(orch: Orchestrator, job_id: str, spec: JobSpec) -> None:
+    """Run an FL job to its end, recording success, failure or cancellation."""
+    orch.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
+    outcome: dict[str, Any]
+    try:
+        digest = await _JobRun(orch, job_id, spec).run()
+        outcome = {"state": JobState.SUCCEEDED.value, "model_digest": digest}
+        log.info("job %s succeeded", job_id)
+    except asyncio.CancelledError:
+        outcome = {"state": JobState.CANCELLED.value, "error": "cancelled by the submitter"}
+        log.info("job %s cancelled", job_id)
+    except FedsiloError as exc:
+        outcome = {"state": JobState.FAILED.value, "error": str(exc)}
+        log.warning("job %s failed: %s", job_id, exc)
+    except Exception as exc:
+        log.exception("job %s failed on an internal error", job_id)
+        outcome = {
+            "state": JobState.FAILED.value,
+            "error": f"internal error in the orchestrator: {exc!r}",
+        }
+    orch.store.cancel_pending_tasks(job_id)
+    orch.update_job(job_id, finished_at=time.time(), detail=None, **outcome)
+    orch.offer(
+        [
+            (silo, TaskMessage(task_id=uuid.uuid4().hex, kind=TaskKind.RELEASE, job_id=job_id))
+            for silo in spec.silos
+        ],
+        wait=False,
+    )
+    orch.job_finished(job_id)
