@@ -9,6 +9,8 @@ import pytest
 PACKAGES = [
     "fedsilo",
     "fedsilo.api",
+    "fedsilo.approval",
+    "fedsilo.audit",
     "fedsilo.config",
     "fedsilo.errors",
     "fedsilo.jobs",

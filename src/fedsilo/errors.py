@@ -9,12 +9,15 @@ enter, so callers catch one family::
     │   └── DatasetNotFound      a silo's catalog lacks a dataset a job names
     ├── WorkspaceError           a workspace is missing, already running, or not running
     ├── ProvisioningError        identities or kits could not be created
+    ├── PolicyRejected           a silo's approval endpoint refused a job (rule, reason)
     ├── SignatureError           a bundle's files do not match its manifest
     ├── ClassificationError      data would move against its classification
+    ├── AuditError               an audit log cannot be read or appended to
     ├── TransportError           talking to the orchestrator failed
     │   ├── OrchestratorUnavailable   nothing answers at the orchestrator's address
     │   └── CertificateRefused        the peer refused this kit's certificate
     ├── SiloUnavailable          a silo is offline or disconnected mid-round
+    ├── SandboxUnavailable       a silo cannot confine job code (bubblewrap missing or failing)
     ├── TaskFailed               task code raised inside a silo
     ├── JobFailed                an FL job ended in failure
     └── AggregationError         results could not be aggregated
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 __all__ = [
     "AggregationError",
+    "AuditError",
     "CertificateRefused",
     "ClassificationError",
     "ConfigError",
@@ -31,7 +35,9 @@ __all__ = [
     "FedsiloError",
     "JobFailed",
     "OrchestratorUnavailable",
+    "PolicyRejected",
     "ProvisioningError",
+    "SandboxUnavailable",
     "SignatureError",
     "SiloUnavailable",
     "TaskFailed",
@@ -95,8 +101,29 @@ class ProvisioningError(FedsiloError):
     """Identities or kits could not be created."""
 
 
+class PolicyRejected(FedsiloError):
+    """A silo refused a job: its approval endpoint, or the agent's own checks, said no.
+
+    ``rule`` names the policy rule (or the check) that decided, ``reason`` says why.
+    """
+
+    def __init__(self, silo: str, rule: str, reason: str) -> None:
+        self.silo = silo
+        self.rule = rule
+        self.reason = reason
+        super().__init__(f"silo '{silo}' refused the job (rule '{rule}'): {reason}")
+
+
 class SignatureError(FedsiloError):
     """A bundle's files do not match its manifest, or its signature does not verify."""
+
+
+class AuditError(FedsiloError):
+    """An audit log cannot be read or appended to (unreadable, or a line is not an entry).
+
+    Appending to a log whose last line is damaged is refused rather than chained onto:
+    the log fails closed, and ``fedsilo audit verify`` says what is wrong with it.
+    """
 
 
 class ClassificationError(FedsiloError):
@@ -121,6 +148,14 @@ class SiloUnavailable(FedsiloError):
     def __init__(self, silo: str, detail: str) -> None:
         self.silo = silo
         super().__init__(f"silo '{silo}' {detail}")
+
+
+class SandboxUnavailable(FedsiloError):
+    """A silo set to sandbox job code cannot: bubblewrap is missing or cannot start here.
+
+    Never a silent fallback: a silo runs unconfined code only when its spec says
+    ``sandbox: none``.
+    """
 
 
 class TaskFailed(FedsiloError):

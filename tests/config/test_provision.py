@@ -47,15 +47,18 @@ def test_layout_and_key_modes(workspace_dir: Path) -> None:
     assert (workspace_dir / "federation.yaml").is_file()
     assert _mode(workspace_dir / "ca" / "ca.key") == 0o600
     assert sorted(p.name for p in (workspace_dir / "kits").iterdir()) == sorted(PARTICIPANTS)
-    for name in PARTICIPANTS:
+    common = ["ca.crt", "cert.pem", "key.pem", "kit.yaml"]
+    extra = {
+        "silo": ["admin.crt", "admin.key", "approval.crt", "approval.key", "policy.yaml"],
+        "submitter": ["signing.key", "signing.key.pub"],
+        "orchestrator": [],
+    }
+    for name, role in PARTICIPANTS.items():
         kit_dir = workspace_dir / "kits" / name
-        assert sorted(p.name for p in kit_dir.iterdir()) == [
-            "ca.crt",
-            "cert.pem",
-            "key.pem",
-            "kit.yaml",
-        ]
-        assert _mode(kit_dir / "key.pem") == 0o600
+        assert sorted(p.name for p in kit_dir.iterdir()) == sorted(common + extra[role])
+        for private in ("key.pem", "admin.key", "approval.key", "signing.key"):
+            if (kit_dir / private).exists():
+                assert _mode(kit_dir / private) == 0o600, kit_dir / private
     for root in ("orchestrator", "silo-a", "silo-b"):
         assert _mode(workspace_dir / "storage" / root) == 0o700
 
@@ -63,15 +66,21 @@ def test_layout_and_key_modes(workspace_dir: Path) -> None:
 def test_no_kit_holds_the_ca_key_or_another_participants_key(workspace_dir: Path) -> None:
     kits = workspace_dir / "kits"
     ca_key = (workspace_dir / "ca" / "ca.key").read_bytes()
-    keys = {name: (kits / name / "key.pem").read_bytes() for name in PARTICIPANTS}
+    private = ("key.pem", "admin.key", "approval.key", "signing.key")
+    keys = {
+        (name, file): (kits / name / file).read_bytes()
+        for name in PARTICIPANTS
+        for file in private
+        if (kits / name / file).exists()
+    }
     assert len(set(keys.values())) == len(keys)
     for name in PARTICIPANTS:
         for path in _files(kits / name):
             content = path.read_bytes()
             assert ca_key not in content, path
-            for other, key in keys.items():
+            for (other, file), key in keys.items():
                 if other != name:
-                    assert key not in content, f"{other}'s key found in {path}"
+                    assert key not in content, f"{other}'s {file} found in {path}"
 
 
 def test_orchestrator_kit_holds_no_silo_storage_path(workspace_dir: Path) -> None:

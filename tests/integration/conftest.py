@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fedsilo.config import Classification, Workspace, open_workspace, provision
+from fedsilo.config import Classification, Kit, Workspace, open_workspace, provision
+from fedsilo.jobs import load_private_key
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.runtime import down, up
 from fedsilo.storage import add_dataset
@@ -89,6 +91,8 @@ def write_job(folder: Path, *, rounds: int = 3, extra: str = "", **overrides: st
         "silos": f"[{', '.join(SILOS)}]",
         "inputs": "{train: digits-train, test: digits-test}",
         "rounds": str(rounds),
+        "outputs": "{model: {classification: intermediate}, "
+        "metrics: {classification: intermediate}}",
         "hyperparameters": "{lr: 0.1, epochs: 1, batch_size: 16, seed: 7" + extra + "}",
         **overrides,
     }
@@ -106,8 +110,13 @@ class Federation:
     scratch: Path
 
     @property
-    def submitter(self):  # type: ignore[no-untyped-def]
+    def submitter(self) -> Kit:
         return self.workspace.kit(self.workspace.submitter_name)
+
+    @property
+    def key(self) -> Ed25519PrivateKey:
+        """The submitter's code-signing key, which every silo's default policy trusts."""
+        return load_private_key(self.submitter.signing_key_file)
 
 
 def make_federation(tmp: Path, name: str = "itest") -> Federation:

@@ -32,7 +32,7 @@ def test_fl_job_gives_the_model_the_simulation_gives(running: Federation) -> Non
     job_file = write_job(running.scratch / "match", rounds=3)
     spec, code_dir = load_job(job_file)
     with OrchestratorClient(running.submitter) as client:
-        job_id = client.submit(spec, code_dir)
+        job_id = client.submit(spec, code_dir, signing_key=running.key)
         info = client.wait(job_id, timeout=120)
         assert info.state is JobState.SUCCEEDED, info.error
         model = running.scratch / "model.safetensors"
@@ -89,7 +89,7 @@ def test_a_dataset_a_silo_lacks_fails_before_round_one(running: Federation) -> N
     job_file = write_job(running.scratch / "missing", silo_inputs="{silo-b: {train: no-such-data}}")
     spec, code_dir = load_job(job_file)
     with OrchestratorClient(running.submitter) as client:
-        info = client.wait(client.submit(spec, code_dir), timeout=60)
+        info = client.wait(client.submit(spec, code_dir, signing_key=running.key), timeout=60)
     assert info.state is JobState.FAILED
     assert "silo-b" in (info.error or "") and "no-such-data" in (info.error or "")
     assert info.current_round == 0 and info.history == []
@@ -106,7 +106,7 @@ def test_task_code_errors_reach_the_submitter(running: Federation) -> None:
     )
     spec, code_dir = load_job(folder / "job.yaml")
     with OrchestratorClient(running.submitter) as client:
-        info = client.wait(client.submit(spec, code_dir), timeout=60)
+        info = client.wait(client.submit(spec, code_dir, signing_key=running.key), timeout=60)
     assert info.state is JobState.FAILED
     assert "bad batch in train" in (info.error or "")
     assert "round 1" in (info.error or "")
@@ -179,7 +179,7 @@ def test_submit_while_the_orchestrator_is_down_says_how_to_start_it(tmp_path: Pa
         OrchestratorClient(fed.submitter, timeout=5) as client,
         pytest.raises(OrchestratorUnavailable, match="fedsilo up"),
     ):
-        client.submit(spec, code_dir)
+        client.submit(spec, code_dir, signing_key=fed.key)
     done = subprocess.run(
         [
             sys.executable,
@@ -203,7 +203,7 @@ def test_a_silo_that_disconnects_mid_round_is_named(fresh: Federation) -> None:
         write_job(fresh.scratch / "slow", rounds=2, extra=", extra: {sleep: 3}")
     )
     with OrchestratorClient(fresh.submitter) as client:
-        job_id = client.submit(spec, code_dir)
+        job_id = client.submit(spec, code_dir, signing_key=fresh.key)
         deadline = time.monotonic() + 60
         while client.job(job_id).current_round < 1 and time.monotonic() < deadline:
             time.sleep(0.1)

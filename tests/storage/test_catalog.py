@@ -152,6 +152,8 @@ def _silo_kit(root: Path, **declared: Classification) -> Kit:
         orchestrator_host="127.0.0.1",
         orchestrator_port=8443,
         storage_root=str(root),
+        approval_host="127.0.0.1",
+        approval_port=8444,
         silo=silo,
     )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsilo.api._messages import (
     CheckReport,
@@ -145,9 +146,11 @@ class OrchestratorClient:
 
     # -- submitters -------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec, code_dir: Path) -> str:
-        """Pack ``code_dir``, upload it, submit the job; return the job id."""
-        bundle, manifest = pack_bundle(code_dir)
+    def submit(
+        self, spec: JobSpec, code_dir: Path, *, signing_key: Ed25519PrivateKey | None = None
+    ) -> str:
+        """Pack ``code_dir`` (signed with ``signing_key``), upload it, submit; return the job id."""
+        bundle, manifest = pack_bundle(code_dir, signing_key=signing_key)
         digest = self._upload("/v1/uploads", bundle)
         request = SubmitRequest(spec=spec, bundle_digest=digest, manifest_digest=manifest.digest)
         job_id: str = self._request(
@@ -210,8 +213,21 @@ class OrchestratorClient:
             return None
         return TaskMessage.model_validate_json(response.content)
 
-    def heartbeat(self, *, busy: bool) -> None:
-        self._request("POST", "/v1/agent/heartbeat", params={"busy": busy})
+    def heartbeat(self, *, busy: bool, sandbox: str | None = None) -> None:
+        params: dict[str, str | bool] = {"busy": busy}
+        if sandbox is not None:
+            params["sandbox"] = sandbox
+        self._request("POST", "/v1/agent/heartbeat", params=params)
+
+    def progress(self, task_id: str, detail: str) -> bool:
+        """Tell the orchestrator how an open task stands; False once the task was withdrawn."""
+        try:
+            self._request("POST", f"/v1/agent/tasks/{task_id}/progress", json={"detail": detail})
+        except FedsiloError as exc:
+            if "no longer open" in str(exc):
+                return False
+            raise
+        return True
 
     def send_result(self, task_id: str, result: TaskResult) -> None:
         self._request(

@@ -66,6 +66,8 @@ class TaskMessage(_Msg):
     params_digest: str | None = None
     evaluate_first: bool = False
     config: dict[str, float] = Field(default_factory=dict)
+    author: str | None = None
+    outputs: dict[str, str | None] = Field(default_factory=dict)
 
 
 class TaskResult(_Msg):
@@ -129,6 +131,7 @@ class SiloStatus(_Msg):
     online: bool
     last_seen: float | None = None
     busy: bool = False
+    sandbox: str | None = None
 
 
 class StatusReport(_Msg):

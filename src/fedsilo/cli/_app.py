@@ -22,9 +22,18 @@ _err = Console(stderr=True)
 
 
 def _register() -> None:
-    from fedsilo.cli import _data, _federation, _jobs, _quickstart, _runtime
+    from fedsilo.cli import (
+        _approval,
+        _audit,
+        _data,
+        _federation,
+        _jobs,
+        _keys,
+        _quickstart,
+        _runtime,
+    )
 
-    for module in (_federation, _data, _runtime, _jobs, _quickstart):
+    for module in (_federation, _data, _runtime, _jobs, _keys, _quickstart, _approval, _audit):
         module.register(app)
 
 

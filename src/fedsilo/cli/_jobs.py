@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, RoundInfo
 from fedsilo.cli._common import KitOption, WorkspaceOption, console, submitter_kit
-from fedsilo.jobs import load_job
+from fedsilo.jobs import load_job, load_private_key
 
 job_app = typer.Typer(name="job", help="Look at and control FL jobs.", no_args_is_help=True)
 model_app = typer.Typer(name="model", help="Fetch trained models.", no_args_is_help=True)
@@ -57,12 +57,25 @@ def submit(
     workspace: WorkspaceOption = Path("."),
     kit: KitOption = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish.")] = False,
+    sign_with: Annotated[
+        Path | None,
+        typer.Option("--sign-with", help="Sign with this Ed25519 key (default: the kit's)."),
+    ] = None,
+    no_sign: Annotated[
+        bool, typer.Option("--no-sign", help="Submit unsigned code (most silos refuse it).")
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Pack the job's code with a sha256 manifest and submit it to the orchestrator."""
+    """Pack the job's code with a sha256 manifest, sign it, and submit it."""
     spec, code_dir = load_job(job_file)
-    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
-        job_id = client.submit(spec, code_dir)
+    submitter = submitter_kit(workspace, kit)
+    key = None
+    if not no_sign:
+        key_file = sign_with or submitter.signing_key_file
+        if sign_with is not None or key_file.exists():
+            key = load_private_key(key_file)
+    with OrchestratorClient(submitter) as client:
+        job_id = client.submit(spec, code_dir, signing_key=key)
         if not wait:
             if as_json:
                 typer.echo(json.dumps({"id": job_id, "state": "queued"}))

@@ -74,13 +74,16 @@ def status(
         typer.echo(report.model_dump_json(indent=2))
         return
     silos = Table(title=f"federation '{report.federation}'")
-    for column in ("silo", "state", "last seen", "busy"):
+    for column in ("silo", "state", "last seen", "busy", "sandbox"):
         silos.add_column(column)
     now = time.time()
     for s in report.silos:
         seen = f"{now - s.last_seen:.1f} s ago" if s.last_seen else "never"
         state = "[green]online[/]" if s.online else "[red]offline[/]"
-        silos.add_row(s.name, state, seen, "yes" if s.busy else "")
+        sandbox = s.sandbox or "-"
+        if sandbox == "none":
+            sandbox = "[bold red]none (job code not confined)[/]"
+        silos.add_row(s.name, state, seen, "yes" if s.busy else "", sandbox)
     console.print(silos)
     if report.jobs:
         jobs = Table(title="jobs")

@@ -7,6 +7,7 @@ them back.
 
 from fedsilo.config._federation import (
     ORCHESTRATOR_NAME,
+    ApprovalSpec,
     Classification,
     ComputeSpec,
     DatasetSpec,
@@ -21,6 +22,7 @@ from fedsilo.config._provision import Workspace, open_workspace, provision
 
 __all__ = [
     "ORCHESTRATOR_NAME",
+    "ApprovalSpec",
     "Classification",
     "ComputeSpec",
     "DatasetSpec",

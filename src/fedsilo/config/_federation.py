@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -20,6 +20,7 @@ from fedsilo.errors import ConfigError
 
 __all__ = [
     "ORCHESTRATOR_NAME",
+    "ApprovalSpec",
     "Classification",
     "ComputeSpec",
     "DatasetSpec",
@@ -108,8 +109,23 @@ class OrchestratorSpec(BaseModel):
     compute: ComputeSpec
 
 
+class ApprovalSpec(BaseModel):
+    """Where a silo's approval endpoint listens; without a port, the orchestrator's + 1 + i."""
+
+    model_config = _FROZEN
+
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    port: Annotated[int | None, Field(ge=1, le=65535)] = None
+
+
 class SiloSpec(BaseModel):
-    """One silo: its storage, its compute and the datasets it declares."""
+    """One silo: its storage, its compute, the datasets it declares, how it runs jobs.
+
+    ``sandbox`` is ``bubblewrap`` (job code confined: no network, only its inputs) or
+    ``none``, an explicit development setting logged with every job. ``policy`` names the
+    silo's approval policy file (relative to the federation spec); without it the silo
+    gets the safe default policy.
+    """
 
     model_config = _FROZEN
 
@@ -117,6 +133,9 @@ class SiloSpec(BaseModel):
     storage: StorageSpec
     compute: ComputeSpec
     datasets: tuple[DatasetSpec, ...] = ()
+    approval: ApprovalSpec = ApprovalSpec()
+    sandbox: Literal["bubblewrap", "none"] = "bubblewrap"
+    policy: str | None = None
 
     @model_validator(mode="after")
     def _unique_datasets(self) -> SiloSpec:
@@ -149,8 +168,34 @@ class FederationSpec(BaseModel):
     def _silos_apart(self) -> FederationSpec:
         self._check_names()
         self._check_computes()
+        self._check_ports()
         self.check_storage_roots(PurePosixPath("/workspace"))
         return self
+
+    def approval_address(self, silo: str) -> tuple[str, int]:
+        """The host and port of ``silo``'s approval endpoint."""
+        for position, spec in enumerate(self.silos):
+            if spec.name == silo:
+                port = spec.approval.port or self.orchestrator.port + 1 + position
+                return spec.approval.host, port
+        raise ConfigError(f"federation '{self.name}' has no silo '{silo}'")
+
+    def _check_ports(self) -> None:
+        taken = {(self.orchestrator.host, self.orchestrator.port): "the orchestrator"}
+        for position, silo in enumerate(self.silos):
+            host, port = self.approval_address(silo.name)
+            if port > 65535:
+                raise FieldIssue(
+                    ("silos", position, "approval"),
+                    f"silo '{silo.name}' gets approval port {port}; set approval.port",
+                )
+            if (host, port) in taken:
+                raise FieldIssue(
+                    ("silos", position, "approval", "port"),
+                    f"the approval endpoint of silo '{silo.name}' would listen on {host}:{port}, "
+                    f"already taken by {taken[(host, port)]}; set approval.port",
+                )
+            taken[(host, port)] = f"the approval endpoint of silo '{silo.name}'"
 
     def _check_names(self) -> None:
         silo_names: dict[str, int] = {}

@@ -22,10 +22,16 @@ from fedsilo.config._yamlio import load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
 
 __all__ = [
+    "ADMIN_CERT_FILE",
+    "ADMIN_KEY_FILE",
+    "APPROVAL_CERT_FILE",
+    "APPROVAL_KEY_FILE",
     "CA_FILE",
     "CERT_FILE",
     "KEY_FILE",
     "KIT_FILE",
+    "POLICY_FILE",
+    "SIGNING_KEY_FILE",
     "Kit",
     "ParticipantInfo",
     "Role",
@@ -38,6 +44,12 @@ __all__ = [
 CERT_FILE = "cert.pem"
 KEY_FILE = "key.pem"
 CA_FILE = "ca.crt"
+APPROVAL_CERT_FILE = "approval.crt"
+APPROVAL_KEY_FILE = "approval.key"
+ADMIN_CERT_FILE = "admin.crt"
+ADMIN_KEY_FILE = "admin.key"
+POLICY_FILE = "policy.yaml"
+SIGNING_KEY_FILE = "signing.key"
 KIT_FILE = "kit.yaml"
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
@@ -88,6 +100,8 @@ class Kit(BaseModel):
     orchestrator_host: str
     orchestrator_port: Annotated[int, Field(ge=1, le=65535)]
     storage_root: str | None = None
+    approval_host: str | None = None
+    approval_port: Annotated[int | None, Field(ge=1, le=65535)] = None
     silo: SiloSpec | None = None
     silos: tuple[SiloInfo, ...] = ()
     participants: tuple[ParticipantInfo, ...] = ()
@@ -101,6 +115,8 @@ class Kit(BaseModel):
         if self.role is Role.SILO:
             if self.silo is None or self.silo.name != self.name:
                 raise ValueError(f"a silo's kit must hold its own silo spec ('{self.name}')")
+            if self.approval_host is None or self.approval_port is None:
+                raise ValueError("a silo's kit must give its approval endpoint's host and port")
         elif self.silo is not None:
             raise ValueError("only a silo's kit holds a silo spec")
         if (self.role is Role.SUBMITTER) != (self.storage_root is None):
@@ -130,6 +146,43 @@ class Kit(BaseModel):
     def key_file(self) -> Path:
         """This participant's private key (PEM, mode 0600)."""
         return self.kit_dir / KEY_FILE
+
+    @property
+    def approval_url(self) -> str:
+        """The silo's approval endpoint, ``https://host:port`` (silo kits only)."""
+        if self.approval_host is None or self.approval_port is None:
+            raise ConfigError(f"'{self.name}' is a {self.role}; only silos have approval endpoints")
+        return f"https://{self.approval_host}:{self.approval_port}"
+
+    @property
+    def approval_cert_file(self) -> Path:
+        """The approval endpoint's server certificate (silo kits)."""
+        return self.kit_dir / APPROVAL_CERT_FILE
+
+    @property
+    def approval_key_file(self) -> Path:
+        """The approval endpoint's private key (silo kits, mode 0600)."""
+        return self.kit_dir / APPROVAL_KEY_FILE
+
+    @property
+    def admin_cert_file(self) -> Path:
+        """The silo administrator's client certificate (silo kits)."""
+        return self.kit_dir / ADMIN_CERT_FILE
+
+    @property
+    def admin_key_file(self) -> Path:
+        """The silo administrator's private key (silo kits, mode 0600)."""
+        return self.kit_dir / ADMIN_KEY_FILE
+
+    @property
+    def policy_file(self) -> Path:
+        """The silo's approval policy (silo kits)."""
+        return self.kit_dir / POLICY_FILE
+
+    @property
+    def signing_key_file(self) -> Path:
+        """The submitter's Ed25519 code-signing key (submitter kits, mode 0600)."""
+        return self.kit_dir / SIGNING_KEY_FILE
 
     @property
     def ca_file(self) -> Path:

@@ -5,6 +5,9 @@ The workspace is laid out as::
     OUT/federation.yaml        a copy of the spec
     OUT/ca/ca.crt, ca.key      the federation CA (its key is in no kit)
     OUT/kits/<name>/           cert.pem, key.pem (0600), ca.crt, kit.yaml
+    OUT/kits/<silo>/           + approval.crt/.key (its approval endpoint), admin.crt/.key
+                               (its administrator), policy.yaml (its approval policy)
+    OUT/kits/<submitter>/      + signing.key (0600) and signing.key.pub (code signing)
 
 The CA and kits are built in a temporary folder beside OUT and moved into place at the
 end, so a failure leaves nothing half written. Storage roots are created (mode 0700) and
@@ -29,11 +32,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedsilo.config._federation import ORCHESTRATOR_NAME, FederationSpec, load_federation
+from fedsilo.config._federation import (
+    ORCHESTRATOR_NAME,
+    FederationSpec,
+    SiloSpec,
+    load_federation,
+)
 from fedsilo.config._kit import (
+    ADMIN_CERT_FILE,
+    ADMIN_KEY_FILE,
+    APPROVAL_CERT_FILE,
+    APPROVAL_KEY_FILE,
     CA_FILE,
     CERT_FILE,
     KEY_FILE,
+    POLICY_FILE,
+    SIGNING_KEY_FILE,
     Kit,
     ParticipantInfo,
     Role,
@@ -191,7 +205,8 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
     for name, role in people:
         kit_dir = build / "kits" / name
         kit_dir.mkdir(mode=0o700)
-        key, cert = _make_cert(spec, name, role, ca_key, ca_cert)
+        server = spec.orchestrator.host if role is Role.ORCHESTRATOR else None
+        key, cert = _make_cert(spec, name, role.value, ca_key, ca_cert, server_host=server)
         (kit_dir / CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_private(kit_dir / KEY_FILE, key)
         (kit_dir / CA_FILE).write_bytes(ca_pem)
@@ -201,6 +216,21 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
         )
 
     kits = build / "kits"
+    signing_keys = {name: _signing_key(kits / name) for name in spec.submitters}
+    for silo in spec.silos:
+        host, _ = spec.approval_address(silo.name)
+        for unit, cert_file, key_file, server_host in (
+            ("approval", APPROVAL_CERT_FILE, APPROVAL_KEY_FILE, host),
+            ("admin", ADMIN_CERT_FILE, ADMIN_KEY_FILE, None),
+        ):
+            key, cert = _make_cert(
+                spec, f"{silo.name}-{unit}", unit, ca_key, ca_cert, server_host=server_host
+            )
+            (kits / silo.name / cert_file).write_bytes(
+                cert.public_bytes(serialization.Encoding.PEM)
+            )
+            _write_private(kits / silo.name / key_file, key)
+        _write_policy(silo, spec_path, kits / silo.name / POLICY_FILE, signing_keys)
     silo_infos = tuple(SiloInfo(name=s.name, compute=s.compute.name) for s in spec.silos)
     orchestrator_root = str(roots[ORCHESTRATOR_NAME])
     _write(
@@ -215,7 +245,17 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
     for silo in spec.silos:
         root = str(roots[silo.name])
         own = silo.model_copy(update={"storage": silo.storage.model_copy(update={"root": root})})
-        _write(spec, kits, Role.SILO, silo.name, storage_root=root, silo=own)
+        approval_host, approval_port = spec.approval_address(silo.name)
+        _write(
+            spec,
+            kits,
+            Role.SILO,
+            silo.name,
+            storage_root=root,
+            silo=own,
+            approval_host=approval_host,
+            approval_port=approval_port,
+        )
     for name in spec.submitters:
         _write(spec, kits, Role.SUBMITTER, name)
 
@@ -324,22 +364,52 @@ def _make_ca(federation: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certific
     return key, cert
 
 
+def _signing_key(kit_dir: Path) -> str:
+    """Create a submitter's code-signing key in its kit; return the public key line."""
+    from fedsilo.jobs._signing import new_signing_key  # fedsilo.jobs imports fedsilo.config
+
+    return new_signing_key(kit_dir / SIGNING_KEY_FILE, comment=kit_dir.name)
+
+
+def _write_policy(
+    silo: SiloSpec, spec_path: Path, target: Path, signing_keys: dict[str, str]
+) -> None:
+    """The silo's own policy file, checked; else the default trusting the submitters' keys."""
+    from fedsilo.approval import default_policy_yaml, load_policy  # they import fedsilo.config
+
+    if silo.policy is None:
+        target.write_text(default_policy_yaml(signing_keys))
+    else:
+        source = (spec_path.parent / os.path.expanduser(silo.policy)).resolve()
+        if not source.is_file():
+            raise ConfigError(
+                f"the policy file of silo '{silo.name}' does not exist (looked in {source})",
+                file=str(spec_path),
+            )
+        load_policy(source)
+        shutil.copyfile(source, target)
+    load_policy(target)
+
+
 def _make_cert(
     spec: FederationSpec,
     name: str,
-    role: Role,
+    unit: str,
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
+    *,
+    server_host: str | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A participant certificate; with ``server_host``, also for serving TLS on that host."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    if role is Role.ORCHESTRATOR:
+    if server_host is not None:
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(spec, name, role.value))
+        .subject_name(_name(spec, name, unit))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -354,12 +424,12 @@ def _make_cert(
             critical=False,
         )
     )
-    if role is Role.ORCHESTRATOR:
-        builder = builder.add_extension(_orchestrator_san(spec.orchestrator.host), critical=False)
+    if server_host is not None:
+        builder = builder.add_extension(_server_san(server_host), critical=False)
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
-def _orchestrator_san(host: str) -> x509.SubjectAlternativeName:
+def _server_san(host: str) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = [
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),

@@ -1,8 +1,9 @@
 """Job bundles: a code folder packed with a manifest of every file's sha256.
 
-The bundle is a deterministic gzip'd tar holding the code files and ``MANIFEST.json``.
-The manifest's own sha256 is the bundle's identity (``Manifest.digest``): it is what a
-signature covers and what a silo checks every unpacked file against.
+The bundle is a deterministic gzip'd tar holding the code files, ``MANIFEST.json`` and,
+when signed, ``SIGNATURE.json``. The manifest's own sha256 is the bundle's identity
+(``Manifest.digest``): it is what a signature covers and what a silo checks every
+unpacked file against.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict
 
 from fedsilo.errors import ConfigError, SignatureError
+from fedsilo.jobs._signing import BundleSignature, sign_digest
 
-__all__ = ["MAX_BUNDLE_BYTES", "Manifest", "pack_bundle", "unpack_bundle"]
+__all__ = ["MAX_BUNDLE_BYTES", "Manifest", "bundle_signature", "pack_bundle", "unpack_bundle"]
 
 MANIFEST_NAME = "MANIFEST.json"
+SIGNATURE_NAME = "SIGNATURE.json"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 _SKIP_DIRS = {"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -58,7 +62,7 @@ def _code_files(code_dir: Path) -> list[Path]:
                 )
         for name in sorted(names):
             path = Path(root) / name
-            if name.endswith(_SKIP_SUFFIXES) or name == MANIFEST_NAME:
+            if name.endswith(_SKIP_SUFFIXES) or name in (MANIFEST_NAME, SIGNATURE_NAME):
                 continue
             if path.is_symlink():
                 raise ConfigError(
@@ -69,11 +73,14 @@ def _code_files(code_dir: Path) -> list[Path]:
     return files
 
 
-def pack_bundle(code_dir: Path) -> tuple[bytes, Manifest]:
+def pack_bundle(
+    code_dir: Path, *, signing_key: Ed25519PrivateKey | None = None
+) -> tuple[bytes, Manifest]:
     """Pack ``code_dir`` into bundle bytes and return them with the manifest.
 
     The archive is deterministic (sorted entries, zeroed times and owners), so the same
-    code always gives the same bytes and digest.
+    code always gives the same bytes and digest. With ``signing_key``, the bundle also
+    carries ``SIGNATURE.json``: an Ed25519 signature over the manifest's digest.
     """
     if not code_dir.is_dir():
         raise ConfigError("the job's code folder does not exist", file=str(code_dir))
@@ -83,8 +90,12 @@ def pack_bundle(code_dir: Path) -> tuple[bytes, Manifest]:
     contents = {p.relative_to(code_dir).as_posix(): p.read_bytes() for p in files}
     manifest = Manifest(files={k: hashlib.sha256(v).hexdigest() for k, v in contents.items()})
     raw = io.BytesIO()
+    entries = [(MANIFEST_NAME, manifest.canonical())]
+    if signing_key is not None:
+        signature = sign_digest(manifest.digest, signing_key)
+        entries.append((SIGNATURE_NAME, signature.model_dump_json().encode()))
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in [(MANIFEST_NAME, manifest.canonical()), *sorted(contents.items())]:
+        for name, data in [*entries, *sorted(contents.items())]:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644
@@ -130,6 +141,12 @@ def unpack_bundle(data: bytes, dest: Path) -> Manifest:
         manifest = Manifest(files=json.loads(contents.pop(MANIFEST_NAME)))
     except ValueError as exc:
         raise SignatureError(f"the bundle's manifest is malformed: {exc}") from exc
+    signature_bytes = contents.pop(SIGNATURE_NAME, None)
+    if signature_bytes is not None:
+        try:
+            BundleSignature.model_validate_json(signature_bytes)
+        except ValueError as exc:
+            raise SignatureError(f"the bundle's signature file is malformed: {exc}") from exc
     added = sorted(set(contents) - set(manifest.files))
     missing = sorted(set(manifest.files) - set(contents))
     changed = sorted(
@@ -150,6 +167,8 @@ def unpack_bundle(data: bytes, dest: Path) -> Manifest:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(blob)
         (staging / MANIFEST_NAME).write_bytes(manifest.canonical())
+        if signature_bytes is not None:
+            (staging / SIGNATURE_NAME).write_bytes(signature_bytes)
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(staging, dest)
@@ -157,3 +176,11 @@ def unpack_bundle(data: bytes, dest: Path) -> Manifest:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def bundle_signature(unpacked: Path) -> BundleSignature | None:
+    """The signature an unpacked bundle carried, or ``None`` for an unsigned bundle."""
+    path = unpacked / SIGNATURE_NAME
+    if not path.is_file():
+        return None
+    return BundleSignature.model_validate_json(path.read_bytes())

@@ -12,10 +12,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedsilo.config._federation import Classification
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
 
-__all__ = ["Hyperparameters", "JobSpec", "StrategySpec", "Weighting", "load_job"]
+__all__ = [
+    "LEAVING_OUTPUTS",
+    "Hyperparameters",
+    "JobSpec",
+    "OutputSpec",
+    "StrategySpec",
+    "Weighting",
+    "load_job",
+]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -54,6 +63,19 @@ class StrategySpec(_Frozen):
         return self
 
 
+LEAVING_OUTPUTS = ("model", "metrics")
+
+
+class OutputSpec(_Frozen):
+    """A declared output: its classification, when lower than the highest of the inputs.
+
+    Without a declaration an output is as strict as the strictest input it came from; a
+    lower one is a declassification, which the silo's approval endpoint must approve.
+    """
+
+    classification: Classification | None = None
+
+
 class Hyperparameters(_Frozen):
     """Training hyperparameters handed to the task's code in every silo."""
 
@@ -78,6 +100,7 @@ class JobSpec(_Frozen):
     inputs: dict[str, str] = Field(default_factory=dict)
     silo_inputs: dict[str, dict[str, str]] = Field(default_factory=dict)
     rounds: int = Field(ge=1, le=100_000)
+    outputs: dict[str, OutputSpec] = Field(default_factory=dict)
     strategy: StrategySpec = StrategySpec()
     hyperparameters: Hyperparameters = Hyperparameters()
 
@@ -94,6 +117,12 @@ class JobSpec(_Frozen):
                     ("silo_inputs", silo),
                     f"silo_inputs names silo '{silo}', which is not in 'silos' "
                     f"({', '.join(self.silos)})",
+                )
+        for name in self.outputs:
+            if name not in LEAVING_OUTPUTS:
+                raise FieldIssue(
+                    ("outputs", name),
+                    f"unknown output '{name}'; a job's outputs are: {', '.join(LEAVING_OUTPUTS)}",
                 )
         weights = self.strategy.weights
         if weights is not None:
@@ -114,7 +143,10 @@ class JobSpec(_Frozen):
         return self
 
     def inputs_for(self, silo: str) -> dict[str, str]:
-        """The role → dataset map the job uses in ``silo``."""
+        """The role → dataset map the job uses in ``silo``.
+
+        A dataset is named ``NAME`` (in the silo's own storage) or ``STORAGE:NAME``.
+        """
         return {**self.inputs, **self.silo_inputs.get(silo, {})}
 
 

@@ -63,21 +63,35 @@ def create_app(
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
 
+    def refuse(request: Request, who: str, reason: str) -> HTTPException:
+        orchestrator.audit.append(
+            "request.refused",
+            caller=who,
+            method=request.method,
+            path=request.url.path,
+            reason=reason,
+        )
+        return HTTPException(403, reason)
+
     def caller(request: Request) -> Participant:
         fingerprint = peer_fingerprint(request.scope)
         who = participants.get(fingerprint or "")
         if who is None:
-            raise HTTPException(403, "this certificate is not a participant of the federation")
+            raise refuse(
+                request,
+                f"fingerprint {fingerprint}",
+                "this certificate is not a participant of the federation",
+            )
         return who
 
-    def silo(who: Annotated[Participant, Depends(caller)]) -> str:
+    def silo(request: Request, who: Annotated[Participant, Depends(caller)]) -> str:
         if who.role is not Role.SILO:
-            raise HTTPException(403, f"'{who.name}' is a {who.role.value}, not a silo agent")
+            raise refuse(request, who.name, f"'{who.name}' is a {who.role.value}, not a silo agent")
         return who.name
 
-    def submitter(who: Annotated[Participant, Depends(caller)]) -> str:
+    def submitter(request: Request, who: Annotated[Participant, Depends(caller)]) -> str:
         if who.role is not Role.SUBMITTER:
-            raise HTTPException(403, f"'{who.name}' is a {who.role.value}, not a submitter")
+            raise refuse(request, who.name, f"'{who.name}' is a {who.role.value}, not a submitter")
         return who.name
 
     async def receive_blob(request: Request, digest: str, owner: str, limit: int) -> Response:
@@ -89,6 +103,9 @@ def create_app(
             size = await orchestrator.blobs.receive(digest, request.stream(), limit)
         except DigestMismatch as exc:
             log.warning("upload from %s refused: %s", owner, exc)
+            orchestrator.audit.append(
+                "upload.refused", caller=owner, digest=digest, reason=str(exc)
+            )
             raise HTTPException(422, f"content does not match its digest: {exc}") from exc
         except TooLarge as exc:
             raise HTTPException(413, str(exc)) from exc
@@ -114,8 +131,18 @@ def create_app(
         return Response(task, media_type="application/json")
 
     @app.post("/v1/agent/heartbeat", status_code=204)
-    async def heartbeat(name: Annotated[str, Depends(silo)], busy: bool = False) -> None:
-        orchestrator.seen(name, busy=busy)
+    async def heartbeat(
+        name: Annotated[str, Depends(silo)], busy: bool = False, sandbox: str | None = None
+    ) -> None:
+        orchestrator.seen(name, busy=busy, sandbox=sandbox)
+
+    @app.post("/v1/agent/tasks/{task_id}/progress", status_code=204)
+    async def task_progress(
+        task_id: str, body: dict[str, str], name: Annotated[str, Depends(silo)]
+    ) -> None:
+        orchestrator.seen(name)
+        if not orchestrator.progress(name, task_id, str(body.get("detail", ""))[:500]):
+            raise HTTPException(409, f"task {task_id} is no longer open for silo '{name}'")
 
     @app.post("/v1/agent/tasks/{task_id}/result", status_code=204)
     async def task_result(

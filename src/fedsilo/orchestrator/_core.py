@@ -33,6 +33,7 @@ from fedsilo.api._messages import (
     TaskMessage,
     TaskResult,
 )
+from fedsilo.audit import AuditLog
 from fedsilo.errors import FedsiloError, SiloUnavailable
 from fedsilo.jobs import JobSpec, unpack_bundle
 from fedsilo.orchestrator._blobs import BlobStore
@@ -64,28 +65,39 @@ class Orchestrator:
     """State and logic behind the REST API; every method runs on the server's event loop."""
 
     def __init__(
-        self, *, federation: str, silos: Iterable[str], store: Store, blobs: BlobStore
+        self,
+        *,
+        federation: str,
+        silos: Iterable[str],
+        store: Store,
+        blobs: BlobStore,
+        audit: AuditLog,
     ) -> None:
         self.federation = federation
+        self.audit = audit
         self.silos = tuple(silos)
         self.store = store
         self.blobs = blobs
         self._last_seen: dict[str, float] = {}
         self._busy: dict[str, bool] = {}
+        self._sandbox: dict[str, str] = {}
         self._wakeup: dict[str, asyncio.Event] = {s: asyncio.Event() for s in self.silos}
         self._queues: dict[str, deque[tuple[str, str]]] = {s: deque() for s in self.silos}
         self._open: dict[str, str] = {}  # task id -> silo, for tasks not yet answered
+        self._task_jobs: dict[str, str] = {}  # task id -> job id, for open tasks
         self._waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._live: dict[str, _LiveJob] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
 
     # -- presence ---------------------------------------------------------------------------
 
-    def seen(self, silo: str, *, busy: bool | None = None) -> None:
+    def seen(self, silo: str, *, busy: bool | None = None, sandbox: str | None = None) -> None:
         """Record that ``silo``'s agent is connected (a poll, an upload or a heartbeat)."""
         self._last_seen[silo] = time.time()
         if busy is not None:
             self._busy[silo] = busy
+        if sandbox is not None:
+            self._sandbox[silo] = sandbox
 
     def online(self, silo: str) -> bool:
         last = self._last_seen.get(silo)
@@ -98,6 +110,7 @@ class Orchestrator:
                 online=self.online(s),
                 last_seen=self._last_seen.get(s),
                 busy=self._busy.get(s, False),
+                sandbox=self._sandbox.get(s),
             )
             for s in self.silos
         ]
@@ -144,6 +157,8 @@ class Orchestrator:
             if wait:
                 self._open[message.task_id] = silo
                 self._waiters[message.task_id] = loop.create_future()
+                if message.job_id is not None:
+                    self._task_jobs[message.task_id] = message.job_id
             self._wakeup[silo].set()
         return [message.task_id for _, message in tasks]
 
@@ -155,6 +170,7 @@ class Orchestrator:
         for task_id in task_ids:
             silo = self._open.pop(task_id, None)
             self._waiters.pop(task_id, None)
+            self._task_jobs.pop(task_id, None)
             if silo is not None:
                 queue = self._queues[silo]
                 for item in list(queue):
@@ -187,10 +203,20 @@ class Orchestrator:
         if self._open.get(task_id) != silo:
             return False
         del self._open[task_id]
+        self._task_jobs.pop(task_id, None)
         self.store.finish_task(task_id, ok=result.ok, result_json=result.model_dump_json())
         waiter = self._waiters.pop(task_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)
+        return True
+
+    def progress(self, silo: str, task_id: str, detail: str) -> bool:
+        """An agent's word on an open task (such as waiting for approval); False if closed."""
+        if self._open.get(task_id) != silo:
+            return False
+        job_id = self._task_jobs.get(task_id)
+        if job_id is not None:
+            self.update_job(job_id, detail=detail)
         return True
 
     # -- what a silo may fetch --------------------------------------------------------------
@@ -243,7 +269,17 @@ class Orchestrator:
         self._live[job_id] = _LiveJob(
             silos=frozenset(spec.silos), bundle_digest=request.bundle_digest
         )
-        self._runs[job_id] = asyncio.create_task(run_job(self, job_id, spec))
+        self.audit.append(
+            "job.submitted",
+            job_id=job_id,
+            job_name=spec.name,
+            submitter=submitter,
+            bundle_digest=request.bundle_digest,
+            manifest_digest=manifest.digest,
+            silos=list(spec.silos),
+            rounds=spec.rounds,
+        )
+        self._runs[job_id] = asyncio.create_task(run_job(self, job_id, spec, submitter))
         log.info(
             "job %s submitted by %s: %d silos, %d rounds",
             job_id,

@@ -44,10 +44,11 @@ def _fold(aggregation: Aggregation, silo: str, path: Path, num_samples: int) -> 
 
 
 class _JobRun:
-    def __init__(self, orch: Orchestrator, job_id: str, spec: JobSpec) -> None:
+    def __init__(self, orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -> None:
         self.orch = orch
         self.job_id = job_id
         self.spec = spec
+        self.author = author
         self.metrics: list[_Metric] = []
 
     async def fan_out(
@@ -75,6 +76,11 @@ class _JobRun:
                     inputs=spec.inputs_for(silo),
                     hyperparameters=spec.hyperparameters.model_dump(),
                     config=(config or {}).get(silo, {}),
+                    author=self.author,
+                    outputs={
+                        name: (out.classification.value if out.classification else None)
+                        for name, out in spec.outputs.items()
+                    },
                     **fields,
                 ),
             )
@@ -168,12 +174,12 @@ class _JobRun:
         return global_digest
 
 
-async def run_job(orch: Orchestrator, job_id: str, spec: JobSpec) -> None:
+async def run_job(orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -> None:
     """Run an FL job to its end, recording success, failure or cancellation."""
     orch.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
     outcome: dict[str, Any]
     try:
-        digest = await _JobRun(orch, job_id, spec).run()
+        digest = await _JobRun(orch, job_id, spec, author).run()
         outcome = {"state": JobState.SUCCEEDED.value, "model_digest": digest}
         log.info("job %s succeeded", job_id)
     except asyncio.CancelledError:
@@ -190,6 +196,7 @@ async def run_job(orch: Orchestrator, job_id: str, spec: JobSpec) -> None:
         }
     orch.store.cancel_pending_tasks(job_id)
     orch.update_job(job_id, finished_at=time.time(), detail=None, **outcome)
+    orch.audit.append("job.finished", job_id=job_id, **outcome)
     orch.offer(
         [
             (silo, TaskMessage(task_id=uuid.uuid4().hex, kind=TaskKind.RELEASE, job_id=job_id))

@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from fedsilo.audit import AuditLog, audit_path
 from fedsilo.config import Kit, Role, load_kit
 from fedsilo.errors import ConfigError
 from fedsilo.orchestrator._app import Participant, create_app
@@ -37,7 +38,11 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
     store = Store(database_url or default_database_url(kit))
     blobs = BlobStore(kit.storage_path / "blobs")
     engine = Orchestrator(
-        federation=kit.federation, silos=[s.name for s in kit.silos], store=store, blobs=blobs
+        federation=kit.federation,
+        silos=[s.name for s in kit.silos],
+        store=store,
+        blobs=blobs,
+        audit=AuditLog(audit_path(kit.storage_path), actor=kit.name),
     )
     participants = {
         p.fingerprint: Participant(p.name, Role(p.role))

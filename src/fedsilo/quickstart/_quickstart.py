@@ -21,7 +21,7 @@ import numpy as np
 from fedsilo.api import JobInfo, JobState, OrchestratorClient
 from fedsilo.config import Classification, open_workspace, provision
 from fedsilo.errors import JobFailed
-from fedsilo.jobs import load_job
+from fedsilo.jobs import load_job, load_private_key
 from fedsilo.pipelines import train_centralized
 from fedsilo.runtime import down, processes, up
 from fedsilo.storage import add_dataset
@@ -42,6 +42,12 @@ inputs:
   train: digits-train
   test: digits-test
 rounds: {rounds}
+# What leaves each silo: the model update and its metrics, trained on sensitive data,
+# are declared intermediate (seen only by the federation's processes). Each silo's
+# approval endpoint approves that declassification under its policy.
+outputs:
+  model: {{classification: intermediate}}
+  metrics: {{classification: intermediate}}
 strategy:
   name: fedavg
   weighting: samples
@@ -179,7 +185,8 @@ def run_quickstart(
         try:
             fl_started = time.perf_counter()
             with OrchestratorClient(ws.kit(ws.submitter_name)) as client:
-                job_id = client.submit(spec, code_dir)
+                key = load_private_key(ws.kit(ws.submitter_name).signing_key_file)
+                job_id = client.submit(spec, code_dir, signing_key=key)
                 info = client.wait(job_id, on_update=on_update)
                 if info.state is not JobState.SUCCEEDED:
                     raise JobFailed(f"the quickstart job {job_id} {info.state.value}: {info.error}")

@@ -1,4 +1,4 @@
-"""The embedded deployment: orchestrator and one agent per silo as local processes.
+"""The embedded deployment: orchestrator, and per silo an agent and an approval endpoint.
 
 ``up`` starts each participant as its own OS process with only its own kit, logging to
 ``WORKSPACE/logs/<name>.log``; the process table lives in ``WORKSPACE/run/processes.json``
@@ -11,6 +11,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -132,9 +133,11 @@ def up(workspace: Path, *, timeout: float = 60.0) -> StatusReport:
             )
         ]
         for silo in ws.silo_names:
+            kit = str(ws.kit_dir(silo))
             started.append(
-                _spawn(ws, silo, "silo", ["silo", "start", "--kit", str(ws.kit_dir(silo))])
+                _spawn(ws, f"{silo}-approval", "approval", ["approval", "serve", "--kit", kit])
             )
+            started.append(_spawn(ws, silo, "silo", ["silo", "start", "--kit", kit]))
         state = ws.run_dir / STATE_FILE
         tmp = state.with_suffix(".tmp")
         tmp.write_text(json.dumps([asdict(p) for p in started], indent=2))
@@ -164,9 +167,14 @@ def _wait_ready(ws: Workspace, started: list[ProcessInfo], timeout: float) -> St
                 last_error = str(exc)
             else:
                 offline = [s.name for s in report.silos if not s.online]
-                if not offline:
+                closed = [s for s in ws.silo_names if not _listening(ws, s)]
+                if not offline and not closed:
                     return report
-                last_error = f"silos not yet online: {', '.join(offline)}"
+                last_error = (
+                    f"silos not yet online: {', '.join(offline)}"
+                    if offline
+                    else f"approval endpoints not yet listening: {', '.join(closed)}"
+                )
             time.sleep(0.2)
     raise WorkspaceError(
         f"the federation did not come up within {timeout:g} s ({last_error}); "
@@ -174,11 +182,21 @@ def _wait_ready(ws: Workspace, started: list[ProcessInfo], timeout: float) -> St
     )
 
 
+def _listening(ws: Workspace, silo: str) -> bool:
+    host, port = ws.federation.approval_address(silo)
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def down(workspace: Path, *, timeout: float = 10.0) -> list[ProcessInfo]:
     """Stop every process ``up`` started (SIGTERM, then SIGKILL); return what was stopped."""
     ws = open_workspace(workspace)
     procs = [p for p in processes(workspace) if p.alive]
-    silos_first = sorted(procs, key=lambda p: p.role == "orchestrator")
+    order = {"silo": 0, "approval": 1, "orchestrator": 2}
+    silos_first = sorted(procs, key=lambda p: order.get(p.role, 0))
     for p in silos_first:
         with suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)

@@ -1,8 +1,10 @@
 """The silo agent: connects out to the orchestrator, pulls tasks, runs them in job workers.
 
-A silo opens no port. The agent verifies each job's bundle against its manifest, resolves
-the job's inputs in its own catalog only, runs the task code in a separate worker process
-(never in the agent), and uploads only model parameters and metrics.
+A silo opens no port. For each job the agent verifies the bundle against its manifest and
+the signature against the keys its policy trusts, resolves the inputs in its own catalog
+only, asks its approval endpoint, runs the task code in a sandboxed worker process (never
+in the agent), and uploads only what may leave: model parameters and metrics that are not
+``sensitive``. Every step and every refusal goes to the silo's audit log.
 """
 
 from __future__ import annotations
@@ -18,9 +20,28 @@ from pathlib import Path
 from types import FrameType
 
 from fedsilo.api import OrchestratorClient, TaskKind, TaskMessage, TaskResult
-from fedsilo.config import Kit, Role, load_kit
-from fedsilo.errors import ConfigError, FedsiloError, SignatureError, TaskFailed, TransportError
-from fedsilo.jobs import unpack_bundle
+from fedsilo.approval import ApprovalClient, Decision, load_policy
+from fedsilo.audit import AuditLog, audit_path
+from fedsilo.config import Classification, Kit, Role, load_kit
+from fedsilo.errors import (
+    ClassificationError,
+    ConfigError,
+    FedsiloError,
+    PolicyRejected,
+    SignatureError,
+    TaskFailed,
+)
+from fedsilo.jobs import bundle_signature, check_signature, parse_public_key, unpack_bundle
+from fedsilo.silo._governance import (
+    Clearance,
+    ResolvedInput,
+    approval_request,
+    check_leaving,
+    check_metrics,
+    classify_outputs,
+    resolve_inputs,
+)
+from fedsilo.silo._sandbox import SandboxSpec, check_sandbox
 from fedsilo.silo._workerproc import WorkerProcess
 from fedsilo.storage import Catalog
 
@@ -30,6 +51,7 @@ log = logging.getLogger("fedsilo.agent")
 
 POLL_SECONDS = 20.0
 HEARTBEAT_SECONDS = 1.0
+APPROVAL_POLL_SECONDS = 1.0
 WORKER_IDLE_SECONDS = 900.0  # a job worker no task has used for this long is stopped
 
 
@@ -37,16 +59,26 @@ class Agent:
     """One silo's agent. ``run`` loops until ``stop`` is set."""
 
     def __init__(self, kit: Kit) -> None:
-        if kit.role is not Role.SILO:
+        if kit.role is not Role.SILO or kit.silo is None:
             raise ConfigError(
                 f"kit '{kit.name}' belongs to a {kit.role}, not a silo", file=str(kit.kit_dir)
             )
         self.kit = kit
         self.silo = kit.name
+        self.spec = kit.silo
         self.storage = kit.storage_path
+        self.policy = load_policy(kit.policy_file)
+        self.trusted = {
+            name: parse_public_key(line, where=f"{kit.policy_file}: trusted_keys.{name}")
+            for name, line in self.policy.trusted_keys.items()
+        }
+        self.sandboxed = self.spec.sandbox == "bubblewrap"
+        self.audit = AuditLog(audit_path(self.storage), actor=self.silo)
         self.catalog = Catalog(self.storage, silo=self.silo)
         self.client = OrchestratorClient(kit, timeout=POLL_SECONDS + 15)
+        self.approval = ApprovalClient(kit)
         self._workers: dict[str, WorkerProcess] = {}
+        self._clearances: dict[str, Clearance] = {}
         self._last_used: dict[str, float] = {}
         self._busy = False
         self.stop = threading.Event()
@@ -54,6 +86,11 @@ class Agent:
     # -- loop -------------------------------------------------------------------------------
 
     def run(self) -> None:
+        if not self.sandboxed:
+            log.warning("silo '%s' runs job code WITHOUT a sandbox (sandbox: none)", self.silo)
+        self.audit.append(
+            "agent.started", sandbox=self.spec.sandbox, orchestrator=self.kit.orchestrator_url
+        )
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         backoff = 0.5
@@ -87,14 +124,12 @@ class Agent:
         for job_id in list(self._workers):
             if now - self._last_used.get(job_id, now) > WORKER_IDLE_SECONDS:
                 log.info("stopping the idle worker of job %s", job_id)
-                self._workers.pop(job_id).stop()
-                self._last_used.pop(job_id, None)
+                self._release(job_id)
 
     def close(self) -> None:
         """Stop every job worker and the connections."""
-        for worker in self._workers.values():
-            worker.stop()
-        self._workers.clear()
+        for job_id in list(self._workers):
+            self._release(job_id)
         self.client.close()
         self.catalog.close()
 
@@ -103,7 +138,7 @@ class Agent:
         try:
             while not self.stop.wait(HEARTBEAT_SECONDS):
                 with contextlib.suppress(FedsiloError):
-                    client.heartbeat(busy=self._busy)
+                    client.heartbeat(busy=self._busy, sandbox=self.spec.sandbox)
         finally:
             client.close()
 
@@ -130,19 +165,27 @@ class Agent:
             result = TaskResult(ok=False, error=f"internal error in the silo agent: {exc!r}")
         finally:
             self._busy = False
+        if not result.ok and task.job_id is not None:
+            self.audit.append(
+                "task.failed",
+                job_id=task.job_id,
+                kind=task.kind.value,
+                round=task.round,
+                error=result.error,
+            )
         result = result.model_copy(update={"seconds": time.monotonic() - started})
         for attempt in range(5):
             try:
                 self.client.send_result(task.task_id, result)
                 return
-            except TransportError as exc:
+            except FedsiloError as exc:
+                if "is not open" in str(exc):
+                    log.warning("the orchestrator did not take task %s: %s", task.task_id[:8], exc)
+                    return
                 log.warning(
                     "could not report task %s (attempt %d): %s", task.task_id[:8], attempt + 1, exc
                 )
                 time.sleep(0.5 * (attempt + 1))
-            except FedsiloError as exc:
-                log.warning("the orchestrator did not take task %s: %s", task.task_id[:8], exc)
-                return
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -158,61 +201,229 @@ class Agent:
         if task.kind is TaskKind.EVALUATE:
             return self._evaluate(task)
         if task.kind is TaskKind.RELEASE:
-            worker = self._workers.pop(task.job_id, None)
-            if worker is not None:
-                worker.stop()
-            shutil.rmtree(self._job_dir(task.job_id) / "params", ignore_errors=True)
+            self._release(task.job_id)
             return TaskResult(ok=True)
         raise FedsiloError(f"unknown task kind {task.kind}")
+
+    def _release(self, job_id: str) -> None:
+        worker = self._workers.pop(job_id, None)
+        self._last_used.pop(job_id, None)
+        if worker is not None:
+            worker.stop()
+            self.audit.append("job.ended", job_id=job_id)
+        self._clearances.pop(job_id, None)
+        shutil.rmtree(self._job_dir(job_id) / "params", ignore_errors=True)
 
     def _job_dir(self, job_id: str) -> Path:
         return self.storage / "jobs" / job_id
 
     def _ping(self) -> TaskResult:
         folder = self.storage / "check"
-        worker = WorkerProcess(silo=self.silo, cwd=folder, log_file=folder / "worker.log")
+        sandbox = None
+        if self.sandboxed:
+            check_sandbox()
+            sandbox = SandboxSpec(code_dir=folder, inputs=(), writable=(folder,))
+        folder.mkdir(parents=True, exist_ok=True)
+        worker = WorkerProcess(
+            silo=self.silo, cwd=folder, log_file=folder / "worker.log", sandbox=sandbox
+        )
         try:
             worker.request("noop")
         finally:
             worker.stop()
         return TaskResult(ok=True)
 
+    def _refuse(self, task: TaskMessage, rule: str, reason: str) -> PolicyRejected:
+        self.audit.append(
+            "job.refused",
+            job_id=task.job_id,
+            job_name=task.job_name,
+            author=task.author,
+            rule=rule,
+            reason=reason,
+        )
+        return PolicyRejected(self.silo, rule, reason)
+
     def _prepare(self, task: TaskMessage) -> TaskResult:
         assert task.job_id is not None
-        job_dir = self._job_dir(task.job_id)
-        bundle = self.client.download_bundle(task.job_id)
+        job_id = task.job_id
+        self.audit.append(
+            "job.offered",
+            job_id=job_id,
+            job_name=task.job_name,
+            author=task.author,
+            bundle_digest=task.bundle_digest,
+        )
+        job_dir = self._job_dir(job_id)
+        bundle = self.client.download_bundle(job_id)
         if hashlib.sha256(bundle).hexdigest() != task.bundle_digest:
-            raise SignatureError("the bundle received differs from the one the job names")
+            raise self._refuse(
+                task, "bundle-digest", "the bundle received differs from the one the job names"
+            )
         code_dir = job_dir / "code"
-        unpack_bundle(bundle, code_dir)
-        inputs = {role: str(self.catalog.path_of(name)) for role, name in task.inputs.items()}
+        try:
+            manifest = unpack_bundle(bundle, code_dir)
+        except SignatureError as exc:
+            raise self._refuse(task, "bundle-manifest", str(exc)) from exc
+        signature = check_signature(manifest.digest, bundle_signature(code_dir), self.trusted)
+        inputs = resolve_inputs(task, self.catalog, self.silo)
+        outputs, declassifications = classify_outputs(task.outputs, inputs)
+        request = approval_request(
+            task,
+            silo=self.silo,
+            compute=self.spec.compute.name,
+            manifest_digest=manifest.digest,
+            signature=signature,
+            inputs=inputs,
+            outputs=outputs,
+            declassifications=declassifications,
+        )
+        self.audit.append(
+            "approval.asked",
+            job_id=job_id,
+            signing=signature.status.value,
+            signing_key=signature.key_name or signature.key_id,
+            inputs=[f"{i.storage}:{i.dataset}" for i in inputs],
+            outputs={k: v.value for k, v in outputs.items()},
+        )
+        answer = self.approval.ask(request)
+        while answer.decision is Decision.MANUAL:
+            detail = f"waiting for approval in silo '{self.silo}' (request {answer.request_id})"
+            if not self.client.progress(task.task_id, detail):
+                raise self._refuse(
+                    task,
+                    answer.rule,
+                    "the job was withdrawn while it waited for a person's approval",
+                )
+            self.stop.wait(APPROVAL_POLL_SECONDS)
+            answer = self.approval.state(answer.request_id)
+        self.audit.append(
+            "approval.answered",
+            job_id=job_id,
+            decision=answer.decision.value,
+            rule=answer.rule,
+            reason=answer.reason,
+            decided_by=answer.decided_by,
+        )
+        if answer.decision is not Decision.APPROVE:
+            raise self._refuse(task, answer.rule, answer.reason)
+        foreign = [i for i in inputs if i.path is None]
+        if foreign:
+            raise self._refuse(
+                task,
+                "inputs-in-this-silo",
+                f"input '{foreign[0].role}' lives "
+                f"in the storage of '{foreign[0].storage}'; a job in silo "
+                f"'{self.silo}' reads only this silo's storage",
+            )
+        self._clearances[job_id] = Clearance(
+            job_id, answer.request_id, answer.rule, answer.decided_by, outputs
+        )
+        return self._start_worker(task, code_dir, inputs)
+
+    def _start_worker(
+        self, task: TaskMessage, code_dir: Path, inputs: list[ResolvedInput]
+    ) -> TaskResult:
+        assert task.job_id is not None
+        job_dir = self._job_dir(task.job_id)
+        work, params = job_dir / "work", job_dir / "params"
+        work.mkdir(parents=True, exist_ok=True)
+        params.mkdir(parents=True, exist_ok=True)
+        resolved = [(i, i.path) for i in inputs if i.path is not None]
+        sandbox = None
+        if self.sandboxed:
+            check_sandbox()
+            sandbox = SandboxSpec(
+                code_dir=code_dir, inputs=tuple(p for _, p in resolved), writable=(work, params)
+            )
         old = self._workers.pop(task.job_id, None)
         if old is not None:
             old.stop()
         started = time.perf_counter()
         worker = WorkerProcess(
-            silo=self.silo, cwd=job_dir / "work", log_file=job_dir / "worker.log"
+            silo=self.silo, cwd=work, log_file=job_dir / "worker.log", sandbox=sandbox
         )
         self._workers[task.job_id] = worker
+        self.audit.append(
+            "job.started", job_id=task.job_id, sandbox=self.spec.sandbox, worker_pid=worker.pid
+        )
+        for i, _ in resolved:
+            self.audit.append(
+                "dataset.read",
+                job_id=task.job_id,
+                dataset=i.dataset,
+                classification=(i.classification or Classification.SENSITIVE).value,
+                sha256=i.sha256,
+            )
         worker.request(
             "init",
             code_dir=str(code_dir),
             entrypoint=task.entrypoint,
             silo=self.silo,
-            inputs=inputs,
-            work_dir=str(job_dir / "work"),
+            inputs={i.role: str(path) for i, path in resolved},
+            work_dir=str(work),
             hyperparameters=task.hyperparameters,
         )
-        out = job_dir / "params" / "initial.safetensors"
+        out = params / "initial.safetensors"
         worker.request("prepare", out=str(out))
         compute = time.perf_counter() - started
         return TaskResult(
-            ok=True, params_digest=self.client.upload_params(out), compute_seconds=compute
+            ok=True, params_digest=self._upload(task, out, "model"), compute_seconds=compute
         )
+
+    def _upload(self, task: TaskMessage, path: Path, output: str) -> str:
+        """Upload an output file if its classification lets it leave; else keep it here."""
+        assert task.job_id is not None
+        clearance = self._clearances[task.job_id]
+        classification = clearance.outputs[output]
+        try:
+            check_leaving(self.silo, output, classification)
+        except ClassificationError:
+            kept = f"{task.job_id}.{output}.round-{task.round}"
+            self.catalog.add(kept, path, Classification.SENSITIVE, replace=True)
+            self.audit.append(
+                "output.kept",
+                job_id=task.job_id,
+                output=output,
+                round=task.round,
+                dataset=kept,
+                classification=classification.value,
+            )
+            raise
+        digest = self.client.upload_params(path)
+        self.audit.append(
+            "output.uploaded",
+            job_id=task.job_id,
+            output=output,
+            round=task.round,
+            sha256=digest,
+            classification=classification.value,
+        )
+        return digest
+
+    def _metrics(
+        self, task: TaskMessage, metrics: dict[str, float] | None
+    ) -> dict[str, float] | None:
+        """Let metrics leave only under their clearance, as a bounded set of numbers."""
+        if metrics is None:
+            return None
+        assert task.job_id is not None
+        try:
+            check_leaving(self.silo, "metrics", self._clearances[task.job_id].outputs["metrics"])
+            return check_metrics(self.silo, metrics)
+        except ClassificationError as exc:
+            self.audit.append(
+                "output.kept",
+                job_id=task.job_id,
+                output="metrics",
+                round=task.round,
+                reason=str(exc),
+            )
+            raise
 
     def _worker(self, job_id: str) -> WorkerProcess:
         worker = self._workers.get(job_id)
-        if worker is None or not worker.alive():
+        if worker is None or not worker.alive() or job_id not in self._clearances:
             raise FedsiloError(f"the job worker of {job_id} is not running in this silo")
         return worker
 
@@ -238,13 +449,15 @@ class Agent:
             config=task.config,
         )
         compute = time.perf_counter() - started
-        digest = self.client.upload_params(out)
+        train = self._metrics(task, reply["train_metrics"])
+        evaluation = self._metrics(task, reply.get("eval_metrics"))
+        digest = self._upload(task, out, "model")
         params.unlink(missing_ok=True)
         return TaskResult(
             ok=True,
             params_digest=digest,
-            train_metrics=reply["train_metrics"],
-            eval_metrics=reply.get("eval_metrics"),
+            train_metrics=train,
+            eval_metrics=evaluation,
             compute_seconds=compute,
         )
 
@@ -255,7 +468,11 @@ class Agent:
         started = time.perf_counter()
         reply = worker.request("evaluate", round=task.round, params=str(params))
         compute = time.perf_counter() - started
-        return TaskResult(ok=True, eval_metrics=reply["eval_metrics"], compute_seconds=compute)
+        return TaskResult(
+            ok=True,
+            eval_metrics=self._metrics(task, reply["eval_metrics"]),
+            compute_seconds=compute,
+        )
 
 
 def run_agent(kit_dir: Path) -> None:

@@ -11,6 +11,7 @@ from typing import IO, Any
 
 from fedsilo.errors import TaskFailed
 from fedsilo.silo._protocol import read_message, write_message
+from fedsilo.silo._sandbox import SandboxSpec, sandbox_argv
 
 __all__ = ["WorkerProcess"]
 
@@ -26,12 +27,19 @@ class WorkerProcess:
     """Starts ``fedsilo.silo._worker`` and exchanges one message at a time with it.
 
     The worker gets a clean environment (no credentials of the agent), the job's folder
-    as working directory, and its output in ``log_file``.
+    as working directory, and its output in ``log_file``. With ``sandbox`` it runs under
+    bubblewrap as :func:`~fedsilo.silo._sandbox.sandbox_argv` says: the two pipes pass
+    through ``bwrap`` (it keeps inherited descriptors open), and the sandbox's writable
+    folders are created first so they can be bound. ``cwd`` should then be one of them
+    (the work folder), since the sandbox starts in its first writable folder.
     """
 
-    def __init__(self, *, silo: str, cwd: Path, log_file: Path) -> None:
+    def __init__(
+        self, *, silo: str, cwd: Path, log_file: Path, sandbox: SandboxSpec | None = None
+    ) -> None:
         self.silo = silo
         self.log_file = log_file
+        self.sandbox = sandbox
         cwd.mkdir(parents=True, exist_ok=True)
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
@@ -43,15 +51,20 @@ class WorkerProcess:
             "HOME": str(cwd),
             "LANG": "C.UTF-8",
         }
+        command = [
+            sys.executable,
+            "-m",
+            "fedsilo.silo._worker",
+            str(to_worker_r),
+            str(from_worker_w),
+        ]
+        if sandbox is not None:
+            for folder in sandbox.writable:
+                folder.mkdir(parents=True, exist_ok=True)
+            command = sandbox_argv(sandbox, command)
         with log_file.open("ab") as log:
             self._proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "fedsilo.silo._worker",
-                    str(to_worker_r),
-                    str(from_worker_w),
-                ],
+                command,
                 pass_fds=(to_worker_r, from_worker_w),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

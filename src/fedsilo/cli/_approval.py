@@ -1,0 +1,211 @@
+"""``fedsilo approval``: run a silo's approval endpoint, and decide the jobs it holds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedsilo.approval import AdminClient, ApprovalAnswer, QueueEntry, QueueState
+from fedsilo.cli._common import console
+from fedsilo.config import Kit, Role, load_kit, open_workspace
+from fedsilo.errors import ConfigError
+
+approval_app = typer.Typer(
+    name="approval",
+    help="Run a silo's approval endpoint; list, approve or reject the jobs it holds.",
+    no_args_is_help=True,
+)
+
+SiloOption = Annotated[
+    str | None,
+    typer.Option("--silo", help="The silo (may be left out with --kit)."),
+]
+WorkspaceOption = Annotated[
+    Path,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="FEDSILO_WORKSPACE",
+        help="The provisioned workspace (default: $FEDSILO_WORKSPACE or '.').",
+    ),
+]
+KitOption = Annotated[
+    Path | None,
+    typer.Option("--kit", help="The silo's kit folder, for a silo on its own machine."),
+]
+RequestArgument = Annotated[str, typer.Argument(help="The request id (see `approval list`).")]
+ReasonOption = Annotated[
+    str | None, typer.Option("--reason", help="Why; recorded in the audit log and the answer.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _silo_kit(silo: str | None, workspace: Path, kit: Path | None) -> Kit:
+    if kit is not None:
+        loaded = load_kit(kit)
+        if silo is not None and silo != loaded.name:
+            raise ConfigError(f"the kit in {kit} belongs to '{loaded.name}', not to silo '{silo}'")
+    elif silo is None:
+        raise typer.BadParameter("give --silo NAME (or --kit KIT_DIR)", param_hint="--silo")
+    else:
+        loaded = open_workspace(workspace).kit(silo)
+    if loaded.role is not Role.SILO:
+        raise ConfigError(
+            f"the kit of '{loaded.name}' is a {loaded.role} kit; approvals belong to a silo",
+            file=str(loaded.kit_dir),
+        )
+    return loaded
+
+
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(stamp).isoformat(sep=" ", timespec="seconds")
+
+
+def _print_answer(answer: ApprovalAnswer, as_json: bool) -> None:
+    if as_json:
+        typer.echo(answer.model_dump_json(indent=2))
+        return
+    until = f" until {_when(answer.expires_at)}" if answer.expires_at is not None else ""
+    typer.echo(
+        f"request {answer.request_id}: {answer.decision.value} by {answer.decided_by}{until} "
+        f"(rule '{answer.rule}'): {answer.reason}"
+    )
+
+
+def serve_command(
+    kit: Annotated[Path, typer.Option("--kit", help="The silo's kit folder.")],
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve the silo's approval endpoint (HTTPS, mutual TLS) until interrupted."""
+    from fedsilo.approval._server import serve
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    serve(kit, log_level=log_level)
+
+
+def list_command(
+    silo: SiloOption = None,
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every request, not only the held ones.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List the jobs a silo holds for a person (with --all: decided ones too)."""
+    silo_kit = _silo_kit(silo, workspace, kit)
+    with AdminClient(silo_kit) as client:
+        entries = client.list(None if every else QueueState.HELD)
+    if as_json:
+        typer.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        return
+    title = "requests" if every else "requests held for a person"
+    table = Table(title=f"{title} in silo '{silo_kit.name}'")
+    for column in ("request", "job", "author", "state", "rule", "asked", "decided by"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        table.add_row(
+            e.request_id,
+            e.job_name,
+            e.author,
+            e.state.value,
+            e.rule,
+            _when(e.created_at),
+            e.decided_by or "-",
+        )
+    console.print(table)
+
+
+def show(
+    request_id: RequestArgument,
+    silo: SiloOption = None,
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one request: the job, its code's signature, inputs, outputs and state."""
+    silo_kit = _silo_kit(silo, workspace, kit)
+    with AdminClient(silo_kit) as client:
+        entry = client.show(request_id)
+    if as_json:
+        typer.echo(entry.model_dump_json(indent=2))
+        return
+    _print_entry(entry)
+
+
+def _print_entry(entry: QueueEntry) -> None:
+    r = entry.request
+    signed = f"{r.signing.value}" + (f" (key {r.signing_key})" if r.signing_key else "")
+    lines = [
+        f"request      {entry.request_id}",
+        f"state        {entry.state.value} (rule '{entry.rule}'): {entry.reason}",
+        f"decided by   {entry.decided_by or '-'} at {_when(entry.decided_at)}",
+        f"expires      {_when(entry.expires_at)}",
+        f"job          {r.job_name} ({r.job_id}) by {r.author}",
+        f"code         {signed}, bundle sha256 {r.bundle_digest}",
+        f"compute      {r.compute} of silo {r.silo}",
+    ]
+    for i in r.inputs:
+        level = i.classification.value if i.classification else "unknown"
+        lines.append(f"input        {i.storage}:{i.dataset} ({level})")
+    for o in r.outputs:
+        lines.append(f"output       {o.name} -> {o.destination} ({o.classification.value})")
+    for d in r.declassifications:
+        lines.append(f"declassify   {d.output}: {d.from_.value} -> {d.to.value}")
+    if r.privacy.target_epsilon is not None:
+        lines.append(f"privacy      epsilon {r.privacy.target_epsilon:g}")
+    typer.echo("\n".join(lines))
+
+
+def approve(
+    request_id: RequestArgument,
+    silo: SiloOption = None,
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+    reason: ReasonOption = None,
+    expires_in: Annotated[
+        float | None,
+        typer.Option("--expires-in", min=0.0, help="Hours after which the approval lapses."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Approve a held job, as the silo's administrator."""
+    silo_kit = _silo_kit(silo, workspace, kit)
+    with AdminClient(silo_kit) as client:
+        answer = client.approve(request_id, reason=reason, expires_in_hours=expires_in)
+    _print_answer(answer, as_json)
+
+
+def reject(
+    request_id: RequestArgument,
+    silo: SiloOption = None,
+    workspace: WorkspaceOption = Path("."),
+    kit: KitOption = None,
+    reason: ReasonOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Reject a held job, as the silo's administrator."""
+    silo_kit = _silo_kit(silo, workspace, kit)
+    with AdminClient(silo_kit) as client:
+        answer = client.reject(request_id, reason=reason)
+    _print_answer(answer, as_json)
+
+
+approval_app.command("serve")(serve_command)
+approval_app.command("list")(list_command)
+approval_app.command("show")(show)
+approval_app.command("approve")(approve)
+approval_app.command("reject")(reject)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``approval`` command group to the root app."""
+    app.add_typer(approval_app, name="approval")

@@ -1,0 +1,173 @@
+"""What a silo checks before and after running a job: the rules of a silo, enforced.
+
+* Inputs: a job reads only datasets of this silo's own storage, looked up in its catalog.
+* Outputs: each output's classification is the highest of its inputs unless the job
+  declared a lower one (a declassification), which the approval must cover.
+* Nothing ``sensitive`` leaves the silo; metrics leave only as a bounded set of numbers.
+
+These functions do no I/O beyond the catalog; the agent calls them and writes the audit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedsilo.api import TaskMessage
+from fedsilo.approval import (
+    ApprovalRequest,
+    Declassification,
+    InputRef,
+    OutputRef,
+    PrivacySettings,
+)
+from fedsilo.config import Classification
+from fedsilo.errors import ClassificationError
+from fedsilo.jobs import LEAVING_OUTPUTS, SignatureCheck
+from fedsilo.storage import Catalog
+
+__all__ = [
+    "MAX_METRICS",
+    "Clearance",
+    "ResolvedInput",
+    "approval_request",
+    "check_leaving",
+    "check_metrics",
+    "classify_outputs",
+    "resolve_inputs",
+]
+
+MAX_METRICS = 64
+MAX_METRIC_NAME = 64
+ORCHESTRATOR = "orchestrator"
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    """A job input as this silo sees it: where it lives, and (if here) its path."""
+
+    role: str
+    storage: str
+    dataset: str
+    classification: Classification | None
+    path: Path | None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Clearance:
+    """What this silo's approval covered for one job: each output's classification."""
+
+    job_id: str
+    request_id: str
+    rule: str
+    decided_by: str
+    outputs: Mapping[str, Classification]
+
+
+def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[ResolvedInput]:
+    """Look each input up in this silo's catalog; ``STORAGE:NAME`` names another storage.
+
+    An input of another storage is returned without a path: the silo has none to give,
+    and the approval and the agent both refuse it.
+    """
+    resolved = []
+    for role, ref in sorted(task.inputs.items()):
+        storage, _, name = ref.rpartition(":")
+        storage = storage or silo
+        if storage != silo:
+            resolved.append(ResolvedInput(role, storage, name, None, None))
+            continue
+        record = catalog.get(name)
+        resolved.append(
+            ResolvedInput(
+                role, silo, name, record.classification, catalog.path_of(name), record.sha256
+            )
+        )
+    return resolved
+
+
+def classify_outputs(
+    declared: Mapping[str, str | None], inputs: list[ResolvedInput]
+) -> tuple[dict[str, Classification], list[Declassification]]:
+    """Each leaving output's classification, and the declassifications the job asks for.
+
+    An input whose classification is unknown (another silo's) counts as ``sensitive``.
+    """
+    highest = Classification.highest(i.classification or Classification.SENSITIVE for i in inputs)
+    outputs: dict[str, Classification] = {}
+    lowered: list[Declassification] = []
+    for name in LEAVING_OUTPUTS:
+        word = declared.get(name)
+        wanted = Classification(word) if word else highest
+        outputs[name] = wanted
+        if wanted.rank < highest.rank:
+            lowered.append(Declassification(output=name, from_=highest, to=wanted))
+    return outputs, lowered
+
+
+def approval_request(
+    task: TaskMessage,
+    *,
+    silo: str,
+    compute: str,
+    manifest_digest: str,
+    signature: SignatureCheck,
+    inputs: list[ResolvedInput],
+    outputs: Mapping[str, Classification],
+    declassifications: list[Declassification],
+) -> ApprovalRequest:
+    """The request this silo's approval endpoint decides on, all computed by the silo."""
+    assert task.job_id is not None
+    return ApprovalRequest(
+        job_id=task.job_id,
+        job_name=task.job_name or task.job_id,
+        silo=silo,
+        compute=compute,
+        bundle_digest=task.bundle_digest or "",
+        manifest_digest=manifest_digest,
+        author=task.author or "unknown",
+        signing=signature.status,
+        signing_key=signature.key_name or signature.key_id,
+        inputs=tuple(
+            InputRef(storage=i.storage, dataset=i.dataset, classification=i.classification)
+            for i in inputs
+        ),
+        outputs=tuple(
+            OutputRef(name=name, destination=ORCHESTRATOR, classification=c)
+            for name, c in outputs.items()
+        ),
+        declassifications=tuple(declassifications),
+        privacy=PrivacySettings(),
+    )
+
+
+def check_leaving(silo: str, name: str, classification: Classification) -> None:
+    """Refuse to let a ``sensitive`` output leave the silo."""
+    if classification is Classification.SENSITIVE:
+        raise ClassificationError(
+            f"silo '{silo}' keeps output '{name}': it is sensitive and sensitive data never "
+            f"leaves a silo; if it may, declare it in the job spec (outputs: {name}: "
+            "{classification: intermediate}) and have the silo approve that"
+        )
+
+
+def check_metrics(silo: str, metrics: Mapping[str, float]) -> dict[str, float]:
+    """Metrics leave only as a bounded set of finite numbers with short names."""
+    if len(metrics) > MAX_METRICS:
+        raise ClassificationError(
+            f"silo '{silo}' keeps the metrics: {len(metrics)} values, over the limit of "
+            f"{MAX_METRICS}"
+        )
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or len(key) > MAX_METRIC_NAME:
+            raise ClassificationError(f"silo '{silo}' keeps the metrics: a name is too long")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ClassificationError(f"silo '{silo}' keeps the metrics: '{key}' is not a number")
+        if not math.isfinite(value):
+            raise ClassificationError(f"silo '{silo}' keeps the metrics: '{key}' is not finite")
+        out[key] = float(value)
+    return out
