@@ -293,3 +293,22 @@ def test_manifest_digest_is_over_the_canonical_json() -> None:
     assert manifest.canonical() == b'{"a.py":"11","b.py":"22"}'
     assert manifest.digest == hashlib.sha256(b'{"a.py":"11","b.py":"22"}').hexdigest()
     assert Manifest(files={"a.py": "11", "b.py": "22"}).digest == manifest.digest
+
+
+def test_a_gzip_bomb_is_refused(tmp_path: Path) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    from fedsilo.jobs._bundle import MAX_UNPACKED_BYTES
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        info = tarfile.TarInfo("task.py")
+        info.size = MAX_UNPACKED_BYTES + 1024
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    bomb = gzip.compress(raw.getvalue(), compresslevel=1)
+    assert len(bomb) < MAX_UNPACKED_BYTES // 100
+    with pytest.raises(SignatureError, match="more than"):
+        unpack_bundle(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -67,6 +67,13 @@ def _attack(ctx):
         return str(path)
     if kind == "env":
         return dict(os.environ)
+    if kind == "userns":
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x10000000) != 0:  # CLONE_NEWUSER
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        return "unshared"
     return None
 
 
@@ -379,6 +386,14 @@ def test_job_code_sees_none_of_the_agents_environment(
     assert "FEDSILO_SECRET" not in env
     assert set(env) <= ALLOWED_ENV
     assert env["HOME"] == str(silo.work)
+
+
+@pytest.mark.usefixtures("needs_bwrap")
+def test_job_code_cannot_make_new_user_namespaces(silo: Silo) -> None:
+    if "--disable-userns" not in sandbox_argv(silo.spec(), ["true"]):
+        pytest.skip("this bubblewrap is older than 0.8 and cannot disable user namespaces")
+    inside = attempt(silo, "userns", sandboxed=True)
+    assert not inside["ok"] and "OSError" in inside["error"]
 
 
 # -- lifetime --------------------------------------------------------------------------------

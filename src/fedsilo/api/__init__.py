@@ -4,7 +4,7 @@ Kept apart from :mod:`fedsilo.orchestrator` so that silo agents and submitters i
 neither the server nor numpy.
 """
 
-from fedsilo.api._client import OrchestratorClient, client_ssl_context
+from fedsilo.api._client import MalformedTask, OrchestratorClient, client_ssl_context
 from fedsilo.api._messages import (
     CheckReport,
     JobInfo,
@@ -23,6 +23,7 @@ __all__ = [
     "CheckReport",
     "JobInfo",
     "JobState",
+    "MalformedTask",
     "OrchestratorClient",
     "RoundInfo",
     "SiloCheck",

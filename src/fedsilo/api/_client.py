@@ -7,7 +7,9 @@ federation CA, and turns transport failures into errors that say what to do.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import ssl
 import tempfile
 import time
@@ -35,9 +37,29 @@ from fedsilo.errors import (
 )
 from fedsilo.jobs import JobSpec, pack_bundle
 
-__all__ = ["OrchestratorClient", "client_ssl_context"]
+__all__ = ["MalformedTask", "OrchestratorClient", "client_ssl_context"]
 
 UPLOAD_ATTEMPTS = 3
+
+
+class MalformedTask(TransportError):
+    """The orchestrator offered a task this silo will not parse (a path-like id, a bad digest).
+
+    ``task_id`` is the offered task's id when it is well-formed, so the refusal can be
+    reported back; ``None`` when even that is unusable.
+    """
+
+    def __init__(self, task_id: str | None, detail: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"the orchestrator offered a malformed task: {detail}")
+
+
+def _task_id_of(raw: bytes) -> str | None:
+    try:
+        value = json.loads(raw).get("task_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) else None
 
 
 def client_ssl_context(kit: Kit) -> ssl.SSLContext:
@@ -211,7 +233,10 @@ class OrchestratorClient:
         response = self._request("GET", "/v1/agent/task", params={"wait": wait}, timeout=wait + 15)
         if response.status_code == 204:
             return None
-        return TaskMessage.model_validate_json(response.content)
+        try:
+            return TaskMessage.model_validate_json(response.content)
+        except ValueError as exc:
+            raise MalformedTask(_task_id_of(response.content), str(exc)) from exc
 
     def heartbeat(self, *, busy: bool, sandbox: str | None = None) -> None:
         params: dict[str, str | bool] = {"busy": busy}

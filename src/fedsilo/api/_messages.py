@@ -51,19 +51,28 @@ class JobState(StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
-class TaskMessage(_Msg):
-    """One task offered to one silo's agent."""
+_HEX64 = r"^[0-9a-f]{64}$"
+# ids become folder names in a silo's storage: nothing that could climb out of it
+_SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
-    task_id: str
+
+class TaskMessage(_Msg):
+    """One task offered to one silo's agent.
+
+    A silo trusts nothing in it blindly: identifiers that become paths are checked
+    against strict patterns here, and everything else is checked by the agent.
+    """
+
+    task_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     kind: TaskKind
-    job_id: str | None = None
+    job_id: str | None = Field(default=None, pattern=_SAFE_ID)
     job_name: str | None = None
-    round: int = 0
-    bundle_digest: str | None = None
-    entrypoint: str | None = None
+    round: int = Field(default=0, ge=0)
+    bundle_digest: str | None = Field(default=None, pattern=_HEX64)
+    entrypoint: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     inputs: dict[str, str] = Field(default_factory=dict)
     hyperparameters: dict[str, object] = Field(default_factory=dict)
-    params_digest: str | None = None
+    params_digest: str | None = Field(default=None, pattern=_HEX64)
     evaluate_first: bool = False
     config: dict[str, float] = Field(default_factory=dict)
     author: str | None = None
@@ -73,12 +82,15 @@ class TaskMessage(_Msg):
 class TaskResult(_Msg):
     """An agent's answer to a task.
 
-    ``seconds`` is the agent's whole handling of the task (downloads and uploads included);
+    ``refused`` marks a silo's refusal (policy, signature, classification) rather than a
+    failure of task code. ``seconds`` is the agent's whole handling of the task (downloads
+    and uploads included);
     ``compute_seconds`` the part spent in the job worker running task code.
     """
 
     ok: bool
     error: str | None = None
+    refused: bool = False
     params_digest: str | None = None
     train_metrics: dict[str, float] | None = None
     eval_metrics: dict[str, float] | None = None

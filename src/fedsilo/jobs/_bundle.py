@@ -16,6 +16,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,6 +30,7 @@ __all__ = ["MAX_BUNDLE_BYTES", "Manifest", "bundle_signature", "pack_bundle", "u
 MANIFEST_NAME = "MANIFEST.json"
 SIGNATURE_NAME = "SIGNATURE.json"
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
+MAX_UNPACKED_BYTES = 256 * 1024 * 1024
 _SKIP_DIRS = {"__pycache__", ".git", ".mypy_cache", ".pytest_cache", ".ipynb_checkpoints"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 
@@ -110,6 +112,17 @@ def pack_bundle(
     return packed, manifest
 
 
+def _gunzip_bounded(data: bytes) -> bytes:
+    """Decompress, refusing to grow past :data:`MAX_UNPACKED_BYTES` (a gzip bomb)."""
+    inflater = zlib.decompressobj(wbits=31)
+    out = inflater.decompress(data, MAX_UNPACKED_BYTES + 1)
+    if len(out) > MAX_UNPACKED_BYTES or inflater.unconsumed_tail:
+        raise SignatureError(f"the bundle unpacks to more than {MAX_UNPACKED_BYTES} bytes; refused")
+    if not inflater.eof:
+        raise SignatureError("the bundle is truncated")
+    return out
+
+
 def _safe_member_path(name: str) -> PurePosixPath:
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or not path.parts:
@@ -125,7 +138,7 @@ def unpack_bundle(data: bytes, dest: Path) -> Manifest:
     """
     contents: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data)), mode="r") as tar:
+        with tarfile.open(fileobj=io.BytesIO(_gunzip_bounded(data)), mode="r") as tar:
             for member in tar.getmembers():
                 if not member.isfile():
                     raise SignatureError(f"bundle entry '{member.name}' is not a regular file")
@@ -133,7 +146,7 @@ def unpack_bundle(data: bytes, dest: Path) -> Manifest:
                 extracted = tar.extractfile(member)
                 assert extracted is not None
                 contents[path.as_posix()] = extracted.read()
-    except (OSError, EOFError, tarfile.TarError) as exc:
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
         raise SignatureError(f"the bundle is not a valid archive: {exc}") from exc
     if MANIFEST_NAME not in contents:
         raise SignatureError("the bundle has no manifest")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsilo.api._messages import JobState, TaskKind, TaskMessage, TaskResult
-from fedsilo.errors import FedsiloError, SiloUnavailable, TaskFailed
+from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, TaskFailed
 from fedsilo.jobs import JobSpec
 from fedsilo.strategies import Aggregation, build_strategy
 from fedsilo.tensors import load_parameters, parameters_to_bytes
@@ -96,6 +96,8 @@ class _JobRun:
                 for fut in done:
                     silo = pending.pop(futures.pop(fut))
                     result = fut.result()
+                    if result.refused:
+                        raise JobFailed(f"{phase}: {result.error}")
                     if not result.ok:
                         raise TaskFailed(silo, f"{phase}: {result.error}")
                     yield _Outcome(silo, result)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from fedsilo.api import OrchestratorClient, TaskKind, TaskMessage, TaskResult
+from fedsilo.api import MalformedTask, OrchestratorClient, TaskKind, TaskMessage, TaskResult
 from fedsilo.approval import ApprovalClient, Decision, load_policy
 from fedsilo.audit import AuditLog, audit_path
 from fedsilo.config import Classification, Kit, Role, load_kit
@@ -99,6 +99,9 @@ class Agent:
             while not self.stop.is_set():
                 try:
                     task = self.client.next_task(POLL_SECONDS)
+                except MalformedTask as exc:
+                    self._refuse_malformed(exc)
+                    continue
                 except FedsiloError as exc:
                     if announced or backoff == 0.5:
                         log.warning("cannot get a task from the orchestrator: %s", exc)
@@ -117,6 +120,19 @@ class Agent:
                 self._stop_idle_workers()
         finally:
             self.close()
+
+    def _refuse_malformed(self, exc: MalformedTask) -> None:
+        """Refuse a task this silo will not parse, and say so to the orchestrator."""
+        log.warning("%s", exc)
+        self.audit.append("task.refused", task_id=exc.task_id, reason=str(exc))
+        if exc.task_id is not None:
+            with contextlib.suppress(FedsiloError):
+                self.client.send_result(
+                    exc.task_id,
+                    TaskResult(
+                        ok=False, refused=True, error=f"silo '{self.silo}' refused the task: {exc}"
+                    ),
+                )
 
     def _stop_idle_workers(self) -> None:
         """Stop workers of jobs that ended without a release (e.g. the orchestrator restarted)."""
@@ -157,6 +173,9 @@ class Agent:
         except TaskFailed as exc:
             log.warning("task %s failed: %s", task.task_id[:8], exc)
             result = TaskResult(ok=False, error=exc.detail)
+        except (PolicyRejected, ClassificationError) as exc:
+            log.warning("task %s refused: %s", task.task_id[:8], exc)
+            result = TaskResult(ok=False, error=str(exc), refused=True)
         except FedsiloError as exc:
             log.warning("task %s failed: %s", task.task_id[:8], exc)
             result = TaskResult(ok=False, error=str(exc))
@@ -336,6 +355,11 @@ class Agent:
             sandbox = SandboxSpec(
                 code_dir=code_dir, inputs=tuple(p for _, p in resolved), writable=(work, params)
             )
+        else:
+            log.warning(
+                "job %s runs WITHOUT a sandbox in silo '%s' (sandbox: none)", task.job_id, self.silo
+            )
+            self.audit.append("sandbox.disabled", job_id=task.job_id)
         old = self._workers.pop(task.job_id, None)
         if old is not None:
             old.stop()

@@ -67,6 +67,18 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap")
 
 
+@functools.cache
+def _has_option(bwrap: str, option: str) -> bool:
+    """Whether this bubblewrap knows ``option`` (older releases lack the newer hardening)."""
+    try:
+        done = subprocess.run(
+            [bwrap, "--help"], capture_output=True, timeout=10, check=False, text=True
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in done.stdout
+
+
 def _environment_dirs() -> list[Path]:
     """Folders the worker's Python needs: the install, the venv, fedsilo if editable."""
     import fedsilo
@@ -143,7 +155,6 @@ def sandbox_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
         str(SANDBOX_ID),
         "--gid",
         str(SANDBOX_ID),
-        "--disable-userns",
         "--cap-drop",
         "ALL",
         "--hostname",
@@ -152,6 +163,8 @@ def sandbox_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
         "--new-session",
         "--clearenv",
     ]
+    if _has_option(bwrap, "--disable-userns"):  # bubblewrap >= 0.8: no nested namespaces
+        argv.append("--disable-userns")
     env = {
         "PATH": f"{Path(sys.prefix) / 'bin'}:{_SYSTEM_PATH}",
         "HOME": home,
