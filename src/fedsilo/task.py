@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from fedsilo.errors import ConfigError, TaskFailed
 from fedsilo.jobs import Hyperparameters
@@ -141,6 +142,34 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def _proximal(model: torch.nn.Module, mu: float) -> Iterator[None]:
+    """FedProx (Li et al. 2020): pull local training towards the round's global model.
+
+    A global optimizer step pre-hook adds ``mu * (w - w_global)`` to each of ``model``'s
+    gradients. Under DP-SGD the wrapping optimizer replaces the gradients before the inner
+    optimizer steps, and the hook fires again there, so the term is applied once, after
+    the noise (it depends on the weights only, not on data).
+    """
+    if mu <= 0:
+        yield
+        return
+    anchors = {id(p): p.detach().clone() for p in model.parameters()}
+
+    def pull(optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                anchor = anchors.get(id(p))
+                if anchor is not None and p.grad is not None:
+                    p.grad.add_(p.detach() - anchor, alpha=mu)
+
+    handle = register_optimizer_step_pre_hook(pull)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def parameters_of(model: torch.nn.Module) -> dict[str, np.ndarray[Any, Any]]:
     """A model's state dict as numpy arrays (copies, detached from the model)."""
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
@@ -232,10 +261,16 @@ class SiloRunner:
     def fit(
         self, round_: int, params: Parameters, config: Mapping[str, float] | None = None
     ) -> tuple[dict[str, np.ndarray[Any, Any]], dict[str, float]]:
-        """Train from ``params`` for one round; return new parameters and train metrics."""
+        """Train from ``params`` for one round; return new parameters and train metrics.
+
+        A ``proximal_mu`` in the round's configuration (FedProx) adds the proximal term's
+        gradient ``mu * (w - w_global)`` to every parameter before each optimizer step, so
+        the task's own ``train`` needs no change.
+        """
         model = self._load(params)
         ctx = self._context(round_, config)
-        with _single_thread():
+        mu = float((config or {}).get("proximal_mu", 0.0))
+        with _single_thread(), _proximal(model, mu):
             seed_everything(ctx.seed)
             model.train()
             metrics = _check_metrics(self.silo, "train", self.task.train(model, ctx))
