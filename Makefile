@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The job sandbox needs bubblewrap. Installed only when missing, as root, with apt-get;
 # otherwise a note, and the tests that need a sandbox skip (or fail with
-# FEDSILO_REQUIRE_SANDBOX=1). quickstart does not depend on this: it runs without root.
+# FEDSILO_REQUIRE_SANDBOX=1). Without root nothing is installed, and the quickstart then
+# runs its silos with `sandbox: none`, saying so.
 system-deps:
 	@if command -v bwrap >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -31,7 +32,7 @@ system-deps:
 			"bubblewrap) or the sandbox tests skip"; \
 	fi
 
-quickstart: $(STAMP)
+quickstart: $(STAMP) system-deps
 	$(BIN)/fedsilo quickstart
 
 test: $(STAMP) system-deps

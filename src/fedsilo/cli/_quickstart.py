@@ -69,7 +69,8 @@ def quickstart(
     log.print(
         f"done in {result.seconds:.1f} s (the FL job took {result.fl_seconds:.1f} s). "
         f"The workspace is {result.workspace}; the job spec to submit again is "
-        f"{result.workspace}/job/job.yaml and the model {result.workspace}/model.safetensors"
+        f"{result.workspace}/job/job.yaml and the model {result.workspace}/model.safetensors. "
+        f"Job code ran with sandbox: {result.sandbox}."
     )
 
 

@@ -35,7 +35,7 @@ def up(
     workspace: WorkspaceArgument = Path("."),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every silo.")] = 60.0,
 ) -> None:
-    """Start the orchestrator and one agent per silo, each its own process."""
+    """Start the orchestrator and, per silo, its agent and approval endpoint: each a process."""
     from fedsilo.runtime import up as start
 
     report = start(workspace, timeout=timeout)

@@ -20,10 +20,11 @@ import numpy as np
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient
 from fedsilo.config import Classification, open_workspace, provision
-from fedsilo.errors import JobFailed
+from fedsilo.errors import JobFailed, SandboxUnavailable
 from fedsilo.jobs import load_job, load_private_key
 from fedsilo.pipelines import train_centralized
 from fedsilo.runtime import down, processes, up
+from fedsilo.silo._sandbox import check_sandbox
 from fedsilo.storage import add_dataset
 from fedsilo.task import load_task
 
@@ -74,6 +75,7 @@ _SILO = """\
   - name: {name}
     storage: {{root: storage/{name}}}
     compute: {{name: {name}-cpu}}
+    sandbox: {sandbox}
     datasets:
       - {{name: digits-train, classification: sensitive}}
       - {{name: digits-test, classification: sensitive}}
@@ -92,6 +94,7 @@ class QuickstartResult:
     fl_seconds: float
     job_id: str
     workspace: str
+    sandbox: str
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -101,6 +104,19 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _sandbox_mode(stage: Callable[[str], None]) -> str:
+    """``bubblewrap`` where it works here; otherwise ``none``, said out loud."""
+    try:
+        check_sandbox()
+    except SandboxUnavailable as exc:
+        stage(
+            f"WARNING: {exc}. The quickstart's silos run job code WITHOUT a sandbox "
+            "(sandbox: none in their spec); install bubblewrap to confine it"
+        )
+        return "none"
+    return "bubblewrap"
 
 
 def _split_digits(folder: Path, seed: int = 0) -> dict[str, dict[str, Path]]:
@@ -150,8 +166,9 @@ def run_quickstart(
         shutil.rmtree(workspace)
     workspace.mkdir(parents=True)
     stage(f"provisioning a {len(SILOS)}-silo federation in {workspace}")
+    sandbox = _sandbox_mode(stage)
     spec_file = workspace.parent / f".{workspace.name}-federation.yaml"
-    silos_yaml = "".join(_SILO.format(name=s) for s in SILOS)
+    silos_yaml = "".join(_SILO.format(name=s, sandbox=sandbox) for s in SILOS)
     spec_file.write_text(_FEDERATION.format(port=_free_port(), silos=silos_yaml.rstrip("\n")))
     try:
         provision(spec_file, workspace, force=True)
@@ -180,7 +197,7 @@ def run_quickstart(
         )
         spec, code_dir = load_job(job_file)
 
-        stage("starting the orchestrator and one agent per silo")
+        stage("starting the orchestrator, and per silo its agent and approval endpoint")
         up(workspace)
         try:
             fl_started = time.perf_counter()
@@ -225,4 +242,5 @@ def run_quickstart(
         fl_seconds=fl_seconds,
         job_id=job_id,
         workspace=str(workspace),
+        sandbox=sandbox,
     )
