@@ -16,6 +16,8 @@ PACKAGES = [
     "fedsilo.jobs",
     "fedsilo.orchestrator",
     "fedsilo.pipelines",
+    "fedsilo.privacy",
+    "fedsilo.privacy.secagg",
     "fedsilo.quickstart",
     "fedsilo.runtime",
     "fedsilo.silo",
@@ -23,6 +25,7 @@ PACKAGES = [
     "fedsilo.strategies",
     "fedsilo.task",
     "fedsilo.tensors",
+    "fedsilo.tracking",
 ]
 
 

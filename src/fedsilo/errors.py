@@ -20,6 +20,7 @@ enter, so callers catch one family::
     ├── SandboxUnavailable       a silo cannot confine job code (bubblewrap missing or failing)
     ├── TaskFailed               task code raised inside a silo
     ├── JobFailed                an FL job ended in failure
+    ├── PrivacyBudgetExceeded    a job would spend more epsilon than allowed
     └── AggregationError         results could not be aggregated
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "JobFailed",
     "OrchestratorUnavailable",
     "PolicyRejected",
+    "PrivacyBudgetExceeded",
     "ProvisioningError",
     "SandboxUnavailable",
     "SignatureError",
@@ -169,6 +171,18 @@ class TaskFailed(FedsiloError):
 
 class JobFailed(FedsiloError):
     """An FL job ended in failure; the message names the job and the cause."""
+
+
+class PrivacyBudgetExceeded(FedsiloError):
+    """A job would spend (or has spent) more epsilon than its target or a silo's cap allows.
+
+    ``epsilon`` is the spend that was refused, ``limit`` the most that was allowed.
+    """
+
+    def __init__(self, message: str, *, epsilon: float, limit: float) -> None:
+        self.epsilon = epsilon
+        self.limit = limit
+        super().__init__(message)
 
 
 class AggregationError(FedsiloError):

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import json
 import math
 import random
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -33,10 +34,14 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from fedsilo.errors import ConfigError, TaskFailed
 from fedsilo.jobs import Hyperparameters
+from fedsilo.privacy._accounting import silence_opacus_warnings
+from fedsilo.privacy._local import LocalDP
+from fedsilo.privacy._spec import PrivacySpec
 from fedsilo.tensors import Parameters
 
 __all__ = [
     "Context",
+    "PrivateTraining",
     "SiloRunner",
     "TaskModule",
     "derive_seed",
@@ -46,6 +51,7 @@ __all__ = [
 ]
 
 _REQUIRED = ("model", "train", "evaluate")
+_PRIVACY_STATE = "privacy-accountant.json"
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,9 @@ class Context:
 
     ``inputs`` maps each role of the job spec (``train``, ``test``...) to the path of the
     silo's dataset; ``work_dir`` is the job's private, writable folder in this silo, kept
-    across rounds (``preprocess`` writes there, ``train`` may read it back).
+    across rounds (``preprocess`` writes there, ``train`` may read it back). ``privacy`` is
+    set when the job asks for local DP-SGD: ``train`` then wraps its model, optimizer and
+    data loader with ``ctx.privacy.make_private(...)``; its accountant lasts the whole job.
     """
 
     silo: str
@@ -64,6 +72,7 @@ class Context:
     round: int = 0
     seed: int = 0
     config: Mapping[str, float] = field(default_factory=dict)
+    privacy: PrivateTraining | None = None
 
     def input(self, role: str) -> Path:
         """The path of the input for ``role``; a clear error when the job spec lacks it."""
@@ -75,6 +84,22 @@ class Context:
                 f"'{self.silo}' are: {', '.join(sorted(self.inputs)) or 'none'}",
                 field="inputs",
             ) from None
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """DP-SGD for one round of a task's ``train``, backed by the silo's job-long accountant."""
+
+    local_dp: LocalDP
+    round: int
+
+    def make_private(self, model: Any, optimizer: Any, data_loader: Any) -> tuple[Any, Any, Any]:
+        """Wrap the three with Opacus; train through what it returns, as usual."""
+        return self.local_dp.make_private(model, optimizer, data_loader, round_=self.round)
+
+    def epsilon(self) -> float:
+        """Epsilon spent so far in this silo, over every round of the job."""
+        return self.local_dp.epsilon()
 
 
 @dataclass(frozen=True)
@@ -210,6 +235,9 @@ class SiloRunner:
         inputs: Mapping[str, Path],
         work_dir: Path,
         hyperparameters: Hyperparameters,
+        rounds: int = 1,
+        privacy: PrivacySpec | None = None,
+        privacy_seed: int | None = None,
     ) -> None:
         self.task = task
         self.silo = silo
@@ -217,6 +245,15 @@ class SiloRunner:
         self.work_dir = work_dir
         self.hp = hyperparameters
         self._model: torch.nn.Module | None = None
+        self._local_dp: LocalDP | None = None
+        local = privacy.local if privacy is not None else None
+        if local is not None:
+            self._local_dp = LocalDP(
+                local, rounds=rounds, epochs=hyperparameters.epochs, seed=privacy_seed
+            )
+            saved = self.work_dir / _PRIVACY_STATE
+            if saved.is_file():
+                self._local_dp.load_state_dict(json.loads(saved.read_text()))
 
     def _context(self, round_: int, config: Mapping[str, float] | None = None) -> Context:
         return Context(
@@ -227,6 +264,9 @@ class SiloRunner:
             round=round_,
             seed=derive_seed(self.hp.seed, self.silo, round_),
             config=dict(config or {}),
+            privacy=(
+                PrivateTraining(self._local_dp, round_) if self._local_dp is not None else None
+            ),
         )
 
     def prepare(self) -> dict[str, np.ndarray[Any, Any]]:
@@ -270,10 +310,16 @@ class SiloRunner:
         model = self._load(params)
         ctx = self._context(round_, config)
         mu = float((config or {}).get("proximal_mu", 0.0))
-        with _single_thread(), _proximal(model, mu):
+        quiet = silence_opacus_warnings() if self._local_dp is not None else nullcontext()
+        with _single_thread(), _proximal(model, mu), quiet:
             seed_everything(ctx.seed)
             model.train()
             metrics = _check_metrics(self.silo, "train", self.task.train(model, ctx))
+        if self._local_dp is not None:
+            metrics["epsilon"] = self._local_dp.epsilon()
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            state = self.work_dir / _PRIVACY_STATE
+            state.write_text(json.dumps(self._local_dp.state_dict()))
         return parameters_of(model), metrics
 
     def evaluate(self, round_: int, params: Parameters) -> dict[str, float]:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from fedsilo.errors import ConfigError
-from fedsilo.jobs import Hyperparameters, JobSpec, StrategySpec, Weighting, load_job
+from fedsilo.jobs import Hyperparameters, JobSpec, Weighting, load_job
+from fedsilo.strategies import FedAvgSpec
 
 SPEC = """\
 name: digits
@@ -73,7 +74,7 @@ def test_a_valid_spec_loads(tmp_path: Path) -> None:
     assert spec.entrypoint == "task"
     assert spec.silos == ("hospital-a", "hospital-b")
     assert spec.rounds == 3
-    assert spec.strategy == StrategySpec(
+    assert spec.strategy == FedAvgSpec(
         weighting=Weighting.EXPLICIT, weights={"hospital-a": 2.0, "hospital-b": 1.0}
     )
     assert spec.hyperparameters == Hyperparameters(

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fedsilo.silo._sandbox import bwrap_path
 
 from fedsilo.api import JobInfo, OrchestratorClient
 from fedsilo.config import Classification, Kit, Workspace, open_workspace, provision
 from fedsilo.jobs import load_job, load_private_key
 from fedsilo.runtime import down, up
+from fedsilo.silo._sandbox import bwrap_path
 from fedsilo.storage import add_dataset
 from tests.integration.conftest import free_port
 
@@ -36,6 +36,10 @@ rules:
   - name: code-must-be-signed
     when: {{signature: [unsigned, invalid, untrusted]}}
     decision: reject
+  - name: epsilon-cap
+    when: {{epsilon_above: 8.0}}
+    decision: reject
+    reason: this silo allows at most epsilon 8 per job
   - name: a-person-decides
     when: {{job_name_in: [needs-a-person]}}
     decision: manual
@@ -129,6 +133,7 @@ class Attackable:
         outputs: str = "{model: {classification: intermediate}, "
         "metrics: {classification: intermediate}}",
         inputs: str = "{train: data}",
+        privacy: str = "{}",
     ) -> Path:
         folder = self.scratch / f"{name}-{len(list(self.scratch.iterdir()))}"
         (folder / "task").mkdir(parents=True)
@@ -137,6 +142,7 @@ class Attackable:
         job.write_text(
             f"name: {name}\ncode: task\nsilos: [{', '.join(silos)}]\ninputs: {inputs}\n"
             f"rounds: 1\noutputs: {outputs}\nhyperparameters: {{seed: 1, extra: {{{extra}}}}}\n"
+            f"privacy: {privacy}\n"
         )
         return job
 

@@ -247,6 +247,21 @@ def test_an_unreachable_approval_endpoint_means_reject(fed: Attackable) -> None:
     assert refused and refused[0].data["rule"] == "approval-endpoint"
 
 
+def test_a_job_whose_epsilon_exceeds_the_silos_cap_is_refused(fed: Attackable) -> None:
+    info = fed.run(
+        fed.job(
+            "greedy-dp",
+            silos=("silo-c",),
+            privacy="{local: {target_epsilon: 16, target_delta: 1.0e-5}}",
+        )
+    )
+    assert info.state is JobState.FAILED
+    assert "epsilon-cap" in (info.error or "") and "at most epsilon 8" in (info.error or "")
+    asked = [e for e in events(fed, "silo-c", info.id) if e.event == "approval.asked"]
+    assert asked
+    assert not [e for e in events(fed, "silo-c", info.id) if e.event == "job.started"]
+
+
 # -- classification -------------------------------------------------------------------------
 
 

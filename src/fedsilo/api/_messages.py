@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsilo.jobs import JobSpec
+from fedsilo.privacy._spec import PrivacySpec
 
 __all__ = [
     "CheckReport",
@@ -77,6 +78,8 @@ class TaskMessage(_Msg):
     config: dict[str, float] = Field(default_factory=dict)
     author: str | None = None
     outputs: dict[str, str | None] = Field(default_factory=dict)
+    rounds: int = Field(default=0, ge=0)
+    privacy: PrivacySpec = PrivacySpec()
 
 
 class TaskResult(_Msg):
@@ -107,13 +110,15 @@ class SubmitRequest(_Msg):
 
 
 class RoundInfo(_Msg):
-    """One round of a job: per-silo metrics and their sample-weighted aggregate."""
+    """One round of a job: per-silo metrics, their sample-weighted aggregate, and the
+    federation-wide privacy accounting (``central_epsilon`` under central DP)."""
 
     round: int
     seconds: float | None = None
     train: dict[str, dict[str, float]] = Field(default_factory=dict)
     evaluate: dict[str, dict[str, float]] = Field(default_factory=dict)
     evaluate_aggregate: dict[str, float] = Field(default_factory=dict)
+    privacy: dict[str, float] = Field(default_factory=dict)
 
 
 class JobInfo(_Msg):

@@ -29,11 +29,15 @@ def _register() -> None:
         _federation,
         _jobs,
         _keys,
+        _learn,
         _quickstart,
         _runtime,
+        _tracking,
     )
 
     for module in (_federation, _data, _runtime, _jobs, _keys, _quickstart, _approval, _audit):
+        module.register(app)
+    for module in (_learn, _tracking):
         module.register(app)
 
 

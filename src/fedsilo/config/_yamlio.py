@@ -131,6 +131,32 @@ def _index(
             _index(item, (*loc, position), lines, file, seen_nodes)
 
 
+def _without_tags(loc: Loc, data: Any) -> Loc:
+    """Drop the tag pydantic puts in the location of an error inside a tagged union.
+
+    For ``strategy: {name: fedavg, mu: 1}`` pydantic says ``strategy.fedavg.mu``; the file
+    has no key ``fedavg`` there, so that segment is dropped: ``strategy.mu``. (A missing
+    key is the last segment of its location, and is kept.)
+    """
+    out: list[str | int] = []
+    node = data
+    for position, part in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and not last:
+            continue  # not in the file, yet errors lie below it: a union's tag
+        out.append(part)
+        node = (
+            node.get(part)
+            if isinstance(node, dict)
+            else (
+                node[part]
+                if isinstance(node, list) and isinstance(part, int) and part < len(node)
+                else None
+            )
+        )
+    return tuple(out)
+
+
 def _without_echoes(errors: list[Any]) -> list[Any]:
     """Drop a container's length error that only echoes a failed item inside it.
 
@@ -164,7 +190,7 @@ def validate_model(
     except ValidationError as exc:
         errors = _without_echoes(exc.errors())
         first = errors[0]
-        loc: Loc = tuple(first["loc"])
+        loc: Loc = _without_tags(tuple(first["loc"]), data)
         error = first.get("ctx", {}).get("error")
         if isinstance(error, FieldIssue):
             loc = (*loc, *error.loc)

@@ -6,15 +6,16 @@ inconsistent choices are :class:`~fedsilo.errors.ConfigError` naming the file an
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedsilo.config._federation import Classification
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
+from fedsilo.privacy._spec import PrivacySpec
+from fedsilo.strategies._specs import FedAvgSpec, StrategySpec, Weighting
 
 __all__ = [
     "LEAVING_OUTPUTS",
@@ -29,38 +30,8 @@ __all__ = [
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
-class Weighting(StrEnum):
-    """How FedAvg weighs each silo's parameters."""
-
-    SAMPLES = "samples"
-    UNIFORM = "uniform"
-    EXPLICIT = "explicit"
-
-
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class StrategySpec(_Frozen):
-    """The aggregation strategy and its typed parameters."""
-
-    name: Literal["fedavg"] = "fedavg"
-    weighting: Weighting = Weighting.SAMPLES
-    weights: dict[str, float] | None = None
-
-    @model_validator(mode="after")
-    def _weights_match_weighting(self) -> StrategySpec:
-        if self.weighting is Weighting.EXPLICIT:
-            if not self.weights:
-                raise ValueError("weighting 'explicit' needs 'weights': a weight per silo")
-            bad = [silo for silo, w in self.weights.items() if not w >= 0]
-            if bad:
-                raise ValueError(f"weights must be >= 0 (silo {', '.join(bad)})")
-            if sum(self.weights.values()) <= 0:
-                raise ValueError("weights must not all be zero")
-        elif self.weights is not None:
-            raise ValueError("'weights' is only used with weighting: explicit")
-        return self
 
 
 LEAVING_OUTPUTS = ("model", "metrics")
@@ -101,8 +72,17 @@ class JobSpec(_Frozen):
     silo_inputs: dict[str, dict[str, str]] = Field(default_factory=dict)
     rounds: int = Field(ge=1, le=100_000)
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)
-    strategy: StrategySpec = StrategySpec()
+    strategy: StrategySpec = FedAvgSpec()
+    privacy: PrivacySpec = PrivacySpec()
     hyperparameters: Hyperparameters = Hyperparameters()
+
+    @field_validator("strategy", mode="before")
+    @classmethod
+    def _fedavg_by_default(cls, value: Any) -> Any:
+        """A ``strategy`` section without a ``name`` is FedAvg's."""
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": "fedavg", **value}
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
@@ -124,7 +104,7 @@ class JobSpec(_Frozen):
                     ("outputs", name),
                     f"unknown output '{name}'; a job's outputs are: {', '.join(LEAVING_OUTPUTS)}",
                 )
-        weights = self.strategy.weights
+        weights: dict[str, float] | None = getattr(self.strategy, "weights", None)
         if weights is not None:
             for silo in weights:
                 if silo not in seen:

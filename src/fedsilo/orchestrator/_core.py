@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ from fedsilo.jobs import JobSpec, unpack_bundle
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._db import JobRow, Store, TaskRow
 from fedsilo.strategies import weighted_metrics
+from fedsilo.tracking import Tracker, track_history
 
 __all__ = ["HEARTBEAT_SECONDS", "OFFLINE_AFTER_SECONDS", "Orchestrator"]
 
@@ -72,9 +74,13 @@ class Orchestrator:
         store: Store,
         blobs: BlobStore,
         audit: AuditLog,
+        tracker: Tracker | None = None,
     ) -> None:
         self.federation = federation
         self.audit = audit
+        self.tracker = tracker
+        # MLflow logging runs on one thread of its own, in order, off the event loop
+        self._tracking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking")
         self.silos = tuple(silos)
         self.store = store
         self.blobs = blobs
@@ -312,6 +318,29 @@ class Orchestrator:
         self._live.pop(job_id, None)
         self._runs.pop(job_id, None)
 
+    def track(self, info: JobInfo, spec: JobSpec, model_digest: str | None) -> None:
+        """Log a finished job to MLflow in the background; a tracking failure is only logged."""
+        if self.tracker is None:
+            return
+        tracker = self.tracker
+        model = self.blobs.path(model_digest) if model_digest else None
+
+        def record() -> None:
+            try:
+                track_history(
+                    tracker,
+                    info.id,
+                    info.name,
+                    spec.model_dump(mode="json"),
+                    info.history,
+                    model,
+                    state=info.state.value,
+                )
+            except Exception:
+                log.exception("could not track job %s in MLflow", info.id)
+
+        self._tracking.submit(record)
+
     def cancel(self, job_id: str) -> bool:
         run = self._runs.get(job_id)
         if run is None or run.done():
@@ -340,7 +369,7 @@ class Orchestrator:
         spec = JobSpec.model_validate_json(row.spec_json)
         history: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
         for m in self.store.metrics(job_id):
-            phases = history.setdefault(m.round, {"train": {}, "evaluate": {}})
+            phases = history.setdefault(m.round, {"train": {}, "evaluate": {}, "privacy": {}})
             phases[m.phase][m.silo] = json.loads(m.metrics_json)
         seconds = {
             r.round: (r.finished_at - r.started_at) if r.finished_at else None
@@ -355,6 +384,7 @@ class Orchestrator:
                 evaluate_aggregate=weighted_metrics(phases["evaluate"])
                 if phases["evaluate"]
                 else {},
+                privacy=next(iter(phases["privacy"].values()), {}),
             )
             for n, phases in sorted(history.items())
         ]

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from fedsilo.api._messages import JobState, TaskKind, TaskMessage, TaskResult
 from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, TaskFailed
 from fedsilo.jobs import JobSpec
-from fedsilo.strategies import Aggregation, build_strategy
+from fedsilo.privacy import CentralDP, strategy_for
+from fedsilo.strategies import Aggregation
 from fedsilo.tensors import load_parameters, parameters_to_bytes
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = ["run_job"]
 log = logging.getLogger("fedsilo.orchestrator")
 
 _Metric = tuple[int, str, str, dict[str, float]]
+CENTRAL = "*"  # the silo column of metrics that belong to the whole federation
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class _Outcome:
 
 
 def _fold(aggregation: Aggregation, silo: str, path: Path, num_samples: int) -> None:
-    aggregation.add(silo, load_parameters(path), num_samples)
+    aggregation.add(silo, path, num_samples)  # read tensor by tensor from the upload
 
 
 class _JobRun:
@@ -77,6 +79,8 @@ class _JobRun:
                     hyperparameters=spec.hyperparameters.model_dump(),
                     config=(config or {}).get(silo, {}),
                     author=self.author,
+                    rounds=spec.rounds,
+                    privacy=spec.privacy,
                     outputs={
                         name: (out.classification.value if out.classification else None)
                         for name, out in spec.outputs.items()
@@ -143,11 +147,12 @@ class _JobRun:
                 initial[out.silo] = self.params_path(out).name
         global_digest = initial[spec.silos[0]]
         self.close_round(0, global_digest)
-        strategy = build_strategy(spec.strategy)
+        strategy = strategy_for(spec.strategy, spec.privacy)
         for round_ in range(1, spec.rounds + 1):
             orch.store.start_round(job_id, round_)
             orch.update_job(job_id, current_round=round_, detail=f"round {round_}")
-            aggregation = strategy.begin_aggregation(round_, None)
+            current = await asyncio.to_thread(load_parameters, orch.blobs.path(global_digest))
+            aggregation = strategy.begin_aggregation(round_, current)
             fit = self.fan_out(
                 TaskKind.FIT,
                 f"round {round_}",
@@ -164,6 +169,9 @@ class _JobRun:
                     await asyncio.to_thread(_fold, aggregation, out.silo, path, samples)
             new_params = await asyncio.to_thread(aggregation.finish)
             global_digest = orch.blobs.put_bytes(parameters_to_bytes(new_params))
+            if isinstance(strategy, CentralDP):
+                epsilon = strategy.epsilon()
+                self.metrics.append((round_, CENTRAL, "privacy", {"central_epsilon": epsilon}))
             self.close_round(round_, global_digest)
         orch.update_job(job_id, detail="final evaluation")
         final = self.fan_out(
@@ -199,6 +207,9 @@ async def run_job(orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -
     orch.store.cancel_pending_tasks(job_id)
     orch.update_job(job_id, finished_at=time.time(), detail=None, **outcome)
     orch.audit.append("job.finished", job_id=job_id, **outcome)
+    info = await orch.job_info(job_id)
+    if info is not None:
+        orch.track(info, spec, outcome.get("model_digest"))
     orch.offer(
         [
             (silo, TaskMessage(task_id=uuid.uuid4().hex, kind=TaskKind.RELEASE, job_id=job_id))

@@ -18,6 +18,7 @@ from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._db import Store
 from fedsilo.orchestrator._tls import MutualTLSProtocol, server_ssl_context
+from fedsilo.tracking import Tracker
 
 __all__ = ["build", "serve"]
 
@@ -43,6 +44,7 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
         store=store,
         blobs=blobs,
         audit=AuditLog(audit_path(kit.storage_path), actor=kit.name),
+        tracker=Tracker.in_folder(kit.storage_path / "tracking"),
     )
     participants = {
         p.fingerprint: Participant(p.name, Role(p.role))

@@ -19,8 +19,9 @@ from fedsilo.api import RoundInfo
 from fedsilo.config import open_workspace
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import JobSpec
+from fedsilo.privacy import CentralDP, strategy_for
 from fedsilo.storage import Catalog
-from fedsilo.strategies import build_strategy, weighted_metrics
+from fedsilo.strategies import weighted_metrics
 from fedsilo.task import SiloRunner, load_task
 
 __all__ = ["SimulationResult", "simulate", "workspace_inputs"]
@@ -81,6 +82,8 @@ def simulate(
             inputs=inputs[silo],
             work_dir=work_root / silo,
             hyperparameters=spec.hyperparameters,
+            rounds=spec.rounds,
+            privacy=spec.privacy,
         )
         for silo in spec.silos
     }
@@ -94,9 +97,10 @@ def simulate(
 
     initial = {silo: timed(silo, runner.prepare) for silo, runner in runners.items()}
     current = initial[spec.silos[0]]
-    strategy = build_strategy(spec.strategy)
+    strategy = strategy_for(spec.strategy, spec.privacy)
     history: list[RoundInfo] = []
     train: dict[str, dict[str, float]] = {}
+    central: dict[str, float] = {}
     for round_ in range(1, spec.rounds + 2):
         evaluate: dict[str, dict[str, float]] = {}
         if round_ > 1:
@@ -107,6 +111,7 @@ def simulate(
                 train=train,
                 evaluate=evaluate,
                 evaluate_aggregate=weighted_metrics(evaluate),
+                privacy=central,
             )
             history.append(info)
             if on_round is not None:
@@ -121,6 +126,8 @@ def simulate(
             train[silo] = metrics
             aggregation.add(silo, params, int(metrics["num_samples"]))
         current = aggregation.finish()
+        if isinstance(strategy, CentralDP):
+            central = {"central_epsilon": strategy.epsilon()}
     return SimulationResult(
         history=history,
         parameters=dict(current),

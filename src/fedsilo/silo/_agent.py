@@ -387,6 +387,8 @@ class Agent:
             inputs={i.role: str(path) for i, path in resolved},
             work_dir=str(work),
             hyperparameters=task.hyperparameters,
+            rounds=task.rounds,
+            privacy=task.privacy.model_dump(mode="json"),
         )
         out = params / "initial.safetensors"
         worker.request("prepare", out=str(out))

@@ -26,6 +26,7 @@ from fedsilo.approval import (
 from fedsilo.config import Classification
 from fedsilo.errors import ClassificationError
 from fedsilo.jobs import LEAVING_OUTPUTS, SignatureCheck
+from fedsilo.privacy import PrivacySpec
 from fedsilo.storage import Catalog
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "check_leaving",
     "check_metrics",
     "classify_outputs",
+    "privacy_settings",
     "resolve_inputs",
 ]
 
@@ -140,8 +142,26 @@ def approval_request(
             for name, c in outputs.items()
         ),
         declassifications=tuple(declassifications),
-        privacy=PrivacySettings(),
+        privacy=privacy_settings(task.privacy),
     )
+
+
+def privacy_settings(spec: PrivacySpec) -> PrivacySettings:
+    """What the approval endpoint sees of a job's privacy: mechanism, target, noise."""
+    if spec.local is not None:
+        return PrivacySettings(
+            mechanism="dp-sgd",
+            target_epsilon=spec.local.target_epsilon,
+            target_delta=spec.local.target_delta,
+            noise_multiplier=spec.local.noise_multiplier,
+        )
+    if spec.central is not None:
+        return PrivacySettings(
+            mechanism="dp-fedavg",
+            target_delta=spec.central.target_delta,
+            noise_multiplier=spec.central.noise_multiplier,
+        )
+    return PrivacySettings()
 
 
 def check_leaving(silo: str, name: str, classification: Classification) -> None:

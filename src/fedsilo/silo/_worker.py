@@ -51,6 +51,7 @@ class _Worker:
 
     def _init(self, msg: dict[str, Any]) -> dict[str, Any]:
         from fedsilo.jobs import Hyperparameters
+        from fedsilo.privacy import PrivacySpec
         from fedsilo.task import SiloRunner, load_task
 
         task = load_task(Path(msg["code_dir"]), msg["entrypoint"])
@@ -60,6 +61,8 @@ class _Worker:
             inputs={role: Path(p) for role, p in msg["inputs"].items()},
             work_dir=Path(msg["work_dir"]),
             hyperparameters=Hyperparameters.model_validate(msg["hyperparameters"]),
+            rounds=int(msg.get("rounds", 1)),
+            privacy=PrivacySpec.model_validate(msg.get("privacy") or {}),
         )
         return {}
 

@@ -1,8 +1,9 @@
-"""The strategy interface: configure a round, aggregate its results. No I/O, no mutation."""
+"""The strategy interface: configure a round, aggregate its results. No mutation of inputs."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -16,11 +17,19 @@ __all__ = ["Aggregation", "Strategy", "weighted_metrics"]
 class Aggregation(Protocol):
     """One round's aggregation, fed silo by silo as results arrive.
 
-    Implementations keep memory proportional to the model, never to the number of silos.
+    The FedAvg family keeps memory proportional to the model, never to the number of
+    silos; robust aggregators (median, trimmed mean, Krum) must keep every silo's
+    parameters until :meth:`finish`, which is inherent to what they compute.
     """
 
-    def add(self, silo: str, params: Parameters, num_samples: int) -> None:
-        """Fold in one silo's parameters; ``params`` is read, never modified or kept."""
+    def add(self, silo: str, params: Parameters | Path, num_samples: int) -> None:
+        """Fold in one silo's parameters, given in memory or as a safetensors file.
+
+        In-memory ``params`` are read, never modified or kept by reference; a file is read
+        one tensor at a time, so only one tensor of the update is in memory at once.
+        A refused result (a second one from a silo, tensors that do not match) raises
+        :class:`~fedsilo.errors.AggregationError` and leaves the aggregation unchanged.
+        """
         ...
 
     def finish(self, failures: Sequence[str] = ()) -> dict[str, npt.NDArray[np.generic]]:
@@ -29,14 +38,18 @@ class Aggregation(Protocol):
 
 
 class Strategy(Protocol):
-    """A federated strategy: pure configuration and aggregation."""
+    """A federated strategy: per-round configuration and aggregation."""
 
     def configure_round(self, round_: int, silos: Sequence[str]) -> dict[str, dict[str, float]]:
         """Per-silo configuration sent with the round's task (may be empty)."""
         ...
 
     def begin_aggregation(self, round_: int, current: Parameters | None) -> Aggregation:
-        """A fresh aggregation for ``round_``, given the current global parameters."""
+        """A fresh aggregation for ``round_``, given the current global parameters.
+
+        ``current`` is read, never modified; strategies that need it (server optimizers)
+        raise :class:`~fedsilo.errors.AggregationError` when it is ``None``.
+        """
         ...
 
 

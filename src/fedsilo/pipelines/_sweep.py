@@ -1,0 +1,207 @@
+"""Sweeps: the same FL job simulated once per value of one setting, and their plot.
+
+A sweep names one setting of the job spec by its dotted path (``hyperparameters.lr``,
+``rounds``, ``strategy.weights.silo-a``) and the values to try. Each value is read as a
+YAML scalar, set in the spec's dict form and validated again, so a sweep can try exactly
+what a job file could say, and every variant is checked before the first one runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from fedsilo.config._yamlio import validate_model
+from fedsilo.errors import ConfigError
+from fedsilo.jobs import JobSpec
+
+__all__ = ["SweepResult", "SweepRow", "override_spec", "parse_sweep", "plot_sweep", "run_sweep"]
+
+
+class SweepRow(NamedTuple):
+    """One variant: the value as given, the final model's evaluation, its wall-clock time."""
+
+    value: str
+    metrics: dict[str, float]
+    seconds: float
+
+
+class SweepResult(NamedTuple):
+    """Every variant of a sweep over ``key``; ``metric`` is the one to compare them by."""
+
+    job: str
+    key: str
+    metric: str
+    rows: list[SweepRow]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form, for ``fedsilo sweep --json``."""
+        return {
+            "job": self.job,
+            "key": self.key,
+            "metric": self.metric,
+            "rows": [r._asdict() for r in self.rows],
+        }
+
+
+def parse_sweep(text: str) -> tuple[str, list[str]]:
+    """Split ``KEY=V1,V2,...`` (the ``--sweep``/``--set`` option) into the key and values."""
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    parts = [v.strip() for v in values.split(",")] if sep else []
+    if not key or not parts or any(not v for v in parts):
+        raise ConfigError(
+            f"a sweep is written KEY=V1,V2,... (e.g. hyperparameters.lr=0.01,0.1), not {text!r}"
+        )
+    return key, parts
+
+
+def _scalar(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def override_spec(spec: JobSpec, key: str, value: str) -> JobSpec:
+    """``spec`` with the setting at dotted path ``key`` set to ``value`` (a YAML scalar).
+
+    Missing parents are created (``privacy.local.target_epsilon`` on a job without privacy
+    settings); a key the spec does not have or a value it does not accept is a
+    :class:`ConfigError` naming the key.
+    """
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"'{key}' is not a dotted path into the job spec", field=key)
+    data: Any = spec.model_dump(mode="json")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"'{here}' is not an item of the list", field=key)
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"'{here}' is inside a value that is not a mapping", field=key)
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = _scalar(value)
+    elif isinstance(node, dict):
+        node[last] = _scalar(value)
+    else:
+        raise ConfigError(f"'{key}' does not name a setting of the job spec", field=key)
+    try:
+        return validate_model(JobSpec, data, Path(f"job '{spec.name}'"))
+    except ConfigError as exc:
+        raise ConfigError(
+            f"cannot set '{key}' to {value!r}: {exc.message}", field=exc.field or key
+        ) from None
+
+
+def run_sweep(
+    spec: JobSpec,
+    code_dir: Path,
+    inputs: Mapping[str, Mapping[str, Path]],
+    key: str,
+    values: Sequence[str],
+    *,
+    work_root: Path,
+    metric: str | None = None,
+) -> SweepResult:
+    """Simulate ``spec`` once per value of ``key``; every variant is validated first.
+
+    One untimed round runs first, so the first variant's time is not inflated by library
+    start-up and the variants' times compare.
+
+    ``metric`` picks the metric to compare by (default: ``accuracy`` when the task
+    reports it, else its first evaluation metric); naming one the task does not report
+    is a :class:`ConfigError` raised after the first variant, not after all of them.
+    """
+    from fedsilo.pipelines._baseline import warm_up
+    from fedsilo.pipelines._simulation import simulate
+
+    if not values:
+        raise ConfigError(f"the sweep over '{key}' has no values", field=key)
+    variants = [(value, override_spec(spec, key, value)) for value in values]
+    first = variants[0][1]
+    warm_up(first, code_dir, inputs[first.silos[0]], work_root / "warm-up")
+    rows: list[SweepRow] = []
+    chosen = metric
+    for i, (value, variant) in enumerate(variants):
+        started = time.perf_counter()
+        result = simulate(variant, code_dir, inputs, work_root=work_root / f"variant-{i}")
+        metrics = result.final_metrics
+        rows.append(SweepRow(value, metrics, time.perf_counter() - started))
+        if i == 0:
+            chosen = _pick_metric(metrics, metric)
+    return SweepResult(job=spec.name, key=key, metric=chosen or "", rows=rows)
+
+
+def _pick_metric(metrics: Mapping[str, float], wanted: str | None) -> str:
+    names = [k for k in metrics if k != "num_samples"]
+    if wanted is not None:
+        if wanted not in metrics:
+            raise ConfigError(
+                f"the task reports no metric '{wanted}'; it reports: {', '.join(names) or 'none'}",
+                field="metric",
+            )
+        return wanted
+    if "accuracy" in names:
+        return "accuracy"
+    if not names:
+        raise ConfigError("the task's evaluate() reports no metric besides num_samples")
+    return names[0]
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def plot_sweep(result: SweepResult, path: Path, metric: str | None = None) -> Path:
+    """Write a PNG of ``metric`` (default: the sweep's) against the swept value.
+
+    Numeric values get a numeric axis (logarithmic when they span two decades or more,
+    as learning rates do); anything else is categorical, in the order given. Drawn with
+    matplotlib's Agg canvas directly: no display, no global pyplot state.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    name = metric or result.metric
+    points = [(row.value, row.metrics.get(name, math.nan)) for row in result.rows]
+    parsed = [_number(value) for value, _ in points]
+    figure = Figure(figsize=(6.4, 4.2), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    ys = [y for _, y in points]
+    if all(v is not None for v in parsed):
+        xs = [float(v or 0.0) for v in parsed]
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        axes.plot([xs[i] for i in order], [ys[i] for i in order], marker="o")
+        if min(xs) > 0 and max(xs) / min(xs) >= 100:
+            axes.set_xscale("log")
+    else:
+        axes.plot(range(len(points)), ys, marker="o", linestyle="none")  # no order to join
+        axes.margins(x=0.2)
+        axes.set_xticks(range(len(points)), [value for value, _ in points])
+    axes.set_xlabel(result.key)
+    axes.set_ylabel(f"final {name}")
+    axes.set_title(f"{result.job}: final {name} by {result.key}")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path

@@ -1,0 +1,23 @@
+"""Experiment tracking of FL jobs in MLflow, embedded in the workspace by default.
+
+``Tracker.for_workspace(root)`` logs to ``root/tracking/mlflow.db`` (artifacts in
+``root/tracking/artifacts``); ``fedsilo tracking ui`` serves it. MLflow itself is imported
+only when a tracker first touches its store, so importing this package is cheap.
+"""
+
+from fedsilo.tracking._history import round_metrics, track_history
+from fedsilo.tracking._mlflow import TrackingError
+from fedsilo.tracking._server import UiCommand, ui_command
+from fedsilo.tracking._tracker import JobRun, TrackedJob, Tracker, workspace_store
+
+__all__ = [
+    "JobRun",
+    "TrackedJob",
+    "Tracker",
+    "TrackingError",
+    "UiCommand",
+    "round_metrics",
+    "track_history",
+    "ui_command",
+    "workspace_store",
+]

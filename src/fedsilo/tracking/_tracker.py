@@ -1,0 +1,354 @@
+"""Experiment tracking of FL jobs in MLflow: one parent run per job, one child per silo.
+
+The embedded default is a SQLite store inside the workspace (``tracking/mlflow.db``, with
+artifacts in ``tracking/artifacts``), so tracking needs no server; ``fedsilo tracking ui``
+serves the same store. Every job's metrics are logged twice in its parent run:
+
+* ``iteration_{n}/{silo}/{metric}`` and ``iteration_{n}/aggregate/{metric}``, the keys the
+  Azure ML FL samples report, one value per key, easy to query and compare;
+* ``{silo}/{metric}`` and ``aggregate/{metric}`` with ``step=n``, which the MLflow UI plots
+  as curves over rounds.
+
+Each silo's nested child run holds that silo's ``{metric}`` with ``step=n``, so the UI can
+overlay the silos. Only :class:`mlflow.tracking.MlflowClient` is used, never MLflow's
+global "active run", so one process may track several jobs from several threads.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedsilo.tracking._mlflow import TrackingError, mlflow_client, wrap_mlflow_errors
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+__all__ = ["JobRun", "TrackedJob", "Tracker", "workspace_store"]
+
+TAG_KIND = "fedsilo.kind"
+TAG_JOB_ID = "fedsilo.job_id"
+TAG_JOB_NAME = "fedsilo.job_name"
+TAG_SILO = "fedsilo.silo"
+TAG_STATE = "fedsilo.state"
+_PARENT_TAG = "mlflow.parentRunId"
+_MAX_PARAM_CHARS = 6000
+_BAD_NAME_CHARS = re.compile(r"[^\w.\- /]")
+
+
+class _RunStatus(StrEnum):
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+# A job's final state (``fedsilo.api.JobState`` values) → the MLflow run status.
+_STATUS = {
+    "succeeded": _RunStatus.FINISHED,
+    "finished": _RunStatus.FINISHED,
+    "failed": _RunStatus.FAILED,
+    "cancelled": _RunStatus.KILLED,
+    "killed": _RunStatus.KILLED,
+}
+
+
+def workspace_store(root: Path) -> tuple[str, Path, Path]:
+    """The tracking URI, database file and artifact folder of a workspace's store.
+
+    In a provisioned workspace the store is the orchestrator's, in its storage
+    (``<orchestrator storage>/tracking``), where the orchestrator tracks every job; any
+    other folder gets its own ``tracking`` folder.
+    """
+    root = Path(root).absolute()
+    if (root / "federation.yaml").is_file() and (root / "kits").is_dir():
+        from fedsilo.config import open_workspace
+
+        return store_in(open_workspace(root).kit("orchestrator").storage_path / "tracking")
+    return store_in(root / "tracking")
+
+
+def store_in(folder: Path) -> tuple[str, Path, Path]:
+    """The tracking URI, database file and artifact folder of a store kept in ``folder``."""
+    db = folder / "mlflow.db"
+    return f"sqlite:///{db}", db, folder / "artifacts"
+
+
+def _name(text: str) -> str:
+    """``text`` as a valid MLflow metric or param name (letters, digits, ``_.- /``)."""
+    return _BAD_NAME_CHARS.sub("_", text).strip("/") or "_"
+
+
+@dataclass
+class JobRun:
+    """The handle of one tracked FL job: its parent run and one child run per silo."""
+
+    run_id: str
+    job_id: str
+    job_name: str
+    experiment_id: str
+    silo_runs: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class TrackedJob:
+    """A job as the tracking store remembers it, for listings."""
+
+    job_id: str
+    job_name: str
+    run_id: str
+    status: str
+    started: float
+    rounds: int
+    final: dict[str, float]
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready form for ``fedsilo tracking runs --json``."""
+        return {
+            "job_id": self.job_id,
+            "job_name": self.job_name,
+            "run_id": self.run_id,
+            "status": self.status,
+            "started": self.started,
+            "rounds": self.rounds,
+            "final": dict(self.final),
+        }
+
+
+class Tracker:
+    """Logs FL jobs to one MLflow store; safe to share between threads.
+
+    Each job name gets its own MLflow experiment, so reruns and sweep variants of one job
+    sit side by side in the UI.
+    """
+
+    def __init__(self, tracking_uri: str, artifact_root: str | Path | None) -> None:
+        self.tracking_uri = tracking_uri
+        root = artifact_root.as_uri() if isinstance(artifact_root, Path) else artifact_root
+        self.artifact_root = None if root is None else root.rstrip("/")
+        self._client: MlflowClient | None = None
+        self._lock = threading.Lock()
+        self._experiments: dict[str, str] = {}
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> Tracker:
+        """A SQLite store kept in ``folder`` (the orchestrator's: its storage's ``tracking``)."""
+        uri, db, artifacts = store_in(folder)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        return cls(uri, artifacts.absolute())
+
+    @classmethod
+    def for_workspace(cls, root: Path) -> Tracker:
+        """The embedded default: a SQLite store in the workspace (see :func:`workspace_store`)."""
+        uri, db, artifacts = workspace_store(root)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        return cls(uri, artifacts.absolute())
+
+    @classmethod
+    def for_uri(cls, tracking_uri: str, artifact_root: str | Path | None = None) -> Tracker:
+        """A store anywhere MLflow reaches (a database URL or a tracking server).
+
+        ``artifact_root`` (a folder or URI) is where new experiments keep artifacts; None
+        leaves that to the store, which suits a tracking server that serves artifacts.
+        """
+        return cls(tracking_uri, artifact_root)
+
+    @property
+    def client(self) -> MlflowClient:
+        """The MLflow client, created (and MLflow imported) on first use."""
+        with self._lock:
+            if self._client is None:
+                self._client = mlflow_client(self.tracking_uri)
+            return self._client
+
+    def _experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        with self._lock:
+            known = self._experiments.get(name)
+        if known is not None:
+            return known
+        client = self.client
+        with self._lock:
+            existing = client.get_experiment_by_name(name)
+            if existing is not None:
+                experiment_id = str(existing.experiment_id)
+            else:
+                try:
+                    location = None
+                    if self.artifact_root is not None:
+                        location = f"{self.artifact_root}/{_name(name)}"
+                    experiment_id = client.create_experiment(name, artifact_location=location)
+                except MlflowException:  # created meanwhile by another process
+                    again = client.get_experiment_by_name(name)
+                    if again is None:
+                        raise
+                    experiment_id = str(again.experiment_id)
+            self._experiments[name] = experiment_id
+            return experiment_id
+
+    def start_job(self, job_id: str, job_name: str, params: Mapping[str, Any]) -> JobRun:
+        """Open the parent run of a job; ``params`` (nested dicts allowed) become its params."""
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
+        try:
+            experiment_id = self._experiment(job_name)
+            run = self.client.create_run(
+                experiment_id,
+                run_name=job_id,
+                tags={TAG_KIND: "job", TAG_JOB_ID: job_id, TAG_JOB_NAME: job_name},
+            )
+            flat = [Param(_name(k), v) for k, v in _flatten(params)]
+            self.client.log_batch(run.info.run_id, params=flat)
+        except MlflowException as exc:
+            raise wrap_mlflow_errors(f"cannot start tracking job {job_id}", exc) from exc
+        return JobRun(
+            run_id=run.info.run_id, job_id=job_id, job_name=job_name, experiment_id=experiment_id
+        )
+
+    def _silo_run(self, run: JobRun, silo: str) -> str:
+        with run._lock:
+            child = run.silo_runs.get(silo)
+            if child is None:
+                created = self.client.create_run(
+                    run.experiment_id,
+                    run_name=silo,
+                    tags={
+                        _PARENT_TAG: run.run_id,
+                        TAG_KIND: "silo",
+                        TAG_JOB_ID: run.job_id,
+                        TAG_JOB_NAME: run.job_name,
+                        TAG_SILO: silo,
+                    },
+                )
+                child = run.silo_runs[silo] = created.info.run_id
+            return child
+
+    def log_round(
+        self,
+        run: JobRun,
+        round_: int,
+        per_silo: Mapping[str, Mapping[str, float]],
+        aggregate: Mapping[str, float],
+        epsilon: Mapping[str, float] | None = None,
+    ) -> None:
+        """Log one round's per-silo and aggregate metrics (and each silo's epsilon so far)."""
+        from mlflow.exceptions import MlflowException
+
+        now = int(time.time() * 1000)
+        silos: dict[str, dict[str, float]] = {s: dict(m) for s, m in per_silo.items()}
+        for silo, eps in (epsilon or {}).items():
+            silos.setdefault(silo, {})["epsilon"] = eps
+        parent: list[Metric] = []
+        try:
+            for silo, metrics in silos.items():
+                child: list[Metric] = []
+                for metric, value in metrics.items():
+                    key = f"{_name(silo)}/{_name(metric)}"
+                    parent += _metric(f"iteration_{round_}/{key}", value, now, round_)
+                    parent += _metric(key, value, now, round_)
+                    child += _metric(_name(metric), value, now, round_)
+                self.client.log_batch(self._silo_run(run, silo), metrics=child)
+            for metric, value in aggregate.items():
+                key = f"aggregate/{_name(metric)}"
+                parent += _metric(f"iteration_{round_}/{key}", value, now, round_)
+                parent += _metric(key, value, now, round_)
+            self.client.log_batch(run.run_id, metrics=parent)
+        except MlflowException as exc:
+            raise wrap_mlflow_errors(f"cannot log round {round_} of job {run.job_id}", exc) from exc
+
+    def log_model(self, run: JobRun, path: Path) -> None:
+        """Store the final global model (a safetensors file) as the artifact ``model/NAME``."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.log_artifact(run.run_id, str(path), artifact_path="model")
+        except (MlflowException, OSError) as exc:
+            raise wrap_mlflow_errors(f"cannot store the model of job {run.job_id}", exc) from exc
+
+    def finish(self, run: JobRun, state: str) -> None:
+        """Close the job's runs; ``state`` is its final ``JobState`` (or an MLflow status)."""
+        from mlflow.exceptions import MlflowException
+
+        value = str(state).lower()
+        status = _STATUS.get(value)
+        if status is None:
+            raise TrackingError(
+                f"unknown final state '{state}'; use one of: {', '.join(sorted(_STATUS))}"
+            )
+        try:
+            self.client.set_tag(run.run_id, TAG_STATE, value)
+            with run._lock:
+                children = list(run.silo_runs.values())
+            for child in children:
+                self.client.set_terminated(child, status.value)
+            self.client.set_terminated(run.run_id, status.value)
+        except MlflowException as exc:
+            raise wrap_mlflow_errors(f"cannot finish tracking job {run.job_id}", exc) from exc
+
+    def jobs(self) -> list[TrackedJob]:
+        """Every job this store tracked, newest first, with its last aggregate metrics."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            experiments = [e.experiment_id for e in self.client.search_experiments()]
+            if not experiments:
+                return []
+            runs = self.client.search_runs(
+                experiments,
+                filter_string=f"tags.`{TAG_KIND}` = 'job'",
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+            )
+        except MlflowException as exc:
+            raise wrap_mlflow_errors("cannot list tracked jobs", exc) from exc
+        out = []
+        for r in runs:
+            metrics = r.data.metrics
+            rounds = [int(k.split("/")[0][10:]) for k in metrics if k.startswith("iteration_")]
+            out.append(
+                TrackedJob(
+                    job_id=r.data.tags.get(TAG_JOB_ID, ""),
+                    job_name=r.data.tags.get(TAG_JOB_NAME, ""),
+                    run_id=r.info.run_id,
+                    status=str(r.info.status),
+                    started=(r.info.start_time or 0) / 1000,
+                    rounds=max(rounds, default=0),
+                    final={
+                        k.removeprefix("aggregate/"): v
+                        for k, v in metrics.items()
+                        if k.startswith("aggregate/")
+                    },
+                )
+            )
+        return out
+
+
+def _metric(key: str, value: float, timestamp: int, step: int) -> list[Metric]:
+    from mlflow.entities import Metric
+
+    return [Metric(key=key, value=float(value), timestamp=timestamp, step=step)]
+
+
+def _flatten(params: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
+    """Nested dicts as dotted keys (``hyperparameters.lr``), values as bounded strings."""
+    for key, value in params.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, f"{dotted}.")
+        else:
+            if isinstance(value, list | tuple):
+                text = ",".join(str(v) for v in value)
+            else:
+                text = str(value)
+            yield dotted, text[:_MAX_PARAM_CHARS]

@@ -1,0 +1,353 @@
+"""Secure aggregation run end to end in memory: every message goes through JSON, no network."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from fedsilo.errors import AggregationError
+from fedsilo.privacy.secagg import (
+    AggregateResult,
+    FixedPointRangeError,
+    KeyRoster,
+    MaskedInput,
+    SecAggAborted,
+    SecAggClient,
+    SecAggMessage,
+    SecAggProtocolError,
+    SecAggServer,
+    ShareDecryptionError,
+    ShareDelivery,
+    UnmaskRefused,
+    UnmaskRequest,
+    UnmaskResponse,
+    parse_message,
+)
+from fedsilo.privacy.secagg._fixedpoint import encode
+from fedsilo.privacy.secagg._shamir import reconstruct, split
+
+JOB = "job-7"
+SHAPES = {"conv.weight": (4, 3, 2), "conv.bias": (4,), "fc": (5, 6), "scale": ()}
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+def wire(message: Any) -> Any:
+    """What the orchestrator relays: the message serialised to JSON and parsed back."""
+    parsed = parse_message(message.model_dump_json())
+    assert parsed == message
+    return parsed
+
+
+class Federation:
+    """An in-memory orchestrator relaying messages between one server and its clients."""
+
+    def __init__(
+        self, k: int = 5, *, rounds: int = 3, threshold: int | None = None, seed: int = 0
+    ) -> None:
+        self.ids = [f"silo-{i}" for i in range(k)]
+        self.rng = random.Random(seed)
+        self.server = SecAggServer(self.ids, job_id=JOB, rounds=rounds, threshold=threshold)
+        self.clients = {
+            v: SecAggClient(
+                v, job_id=JOB, rounds=rounds, threshold=threshold, rng=random.Random(seed + i)
+            )
+            for i, v in enumerate(self.ids)
+        }
+
+    def to_clients(self, messages: Iterable[SecAggMessage]) -> list[SecAggMessage]:
+        replies: list[SecAggMessage] = []
+        for message in messages:
+            assert isinstance(message, KeyRoster | ShareDelivery | UnmaskRequest)
+            replies += self.clients[message.recipient].feed(wire(message))
+        return replies
+
+    def to_server(self, messages: Iterable[SecAggMessage]) -> list[SecAggMessage]:
+        out: list[SecAggMessage] = []
+        for message in messages:
+            assert not isinstance(message, KeyRoster | ShareDelivery | UnmaskRequest)
+            out += self.server.feed(wire(message))
+        return out
+
+    def setup(self, absent: Sequence[str] = ()) -> None:
+        present = [v for v in self.ids if v not in absent]
+        rosters = self.to_server(self.clients[v].advertise() for v in present)
+        if absent:
+            rosters = list(self.server.close_keys())
+        deliveries = self.to_server(self.to_clients(rosters))
+        assert self.to_clients(deliveries) == []
+        assert self.server.members == tuple(present)
+
+    def inputs(self, seed: int) -> tuple[dict[str, Arrays], dict[str, float]]:
+        gen = np.random.default_rng(seed)
+        arrays = {
+            v: {
+                name: gen.normal(0, 2, shape).astype(np.float32 if i % 2 else np.float64)
+                for name, shape in SHAPES.items()
+            }
+            for i, v in enumerate(self.ids)
+        }
+        weights = {v: float(gen.integers(1, 1000)) for v in self.ids}
+        return arrays, weights
+
+    def run_round(
+        self,
+        round: int,
+        arrays: dict[str, Arrays],
+        weights: dict[str, float],
+        senders: Iterable[str],
+    ) -> AggregateResult:
+        uploads = [self.clients[v].masked_input(round, arrays[v], weights[v]) for v in senders]
+        requests = self.to_server(uploads)
+        if not requests:
+            requests = list(self.server.close_inputs(round))
+        assert self.to_server(self.to_clients(requests)) == []
+        assert self.server.ready(round)
+        return self.server.finish_round(round)
+
+
+def plain_sum(arrays: dict[str, Arrays], weights: dict[str, float], who: Iterable[str]) -> Arrays:
+    sums: Arrays = {n: np.zeros(shape) for n, shape in SHAPES.items()}
+    for v in who:
+        for n in SHAPES:
+            sums[n] = sums[n] + weights[v] * arrays[v][n].astype(np.float64)
+    return sums
+
+
+def assert_sum(result: AggregateResult, expected: Arrays, total_weight: float) -> None:
+    assert set(result.weighted_sum) == set(SHAPES)
+    for name, shape in SHAPES.items():
+        assert result.weighted_sum[name].shape == shape
+        assert result.weighted_sum[name].dtype == np.float64
+        np.testing.assert_allclose(result.weighted_sum[name], expected[name], rtol=1e-5, atol=1e-3)
+    assert result.total_weight == pytest.approx(total_weight, rel=1e-9)
+
+
+def test_sum_of_five_silos_equals_the_plain_weighted_sum() -> None:
+    fed = Federation(5)
+    fed.setup()
+    arrays, weights = fed.inputs(seed=1)
+    result = fed.run_round(1, arrays, weights, fed.ids)
+    assert_sum(result, plain_sum(arrays, weights, fed.ids), sum(weights.values()))
+    assert result.survivors == tuple(fed.ids) and result.dropped == ()
+    mean = result.mean()
+    np.testing.assert_allclose(mean["fc"], result.weighted_sum["fc"] / sum(weights.values()))
+
+
+def test_three_rounds_in_a_row_reuse_one_setup() -> None:
+    fed = Federation(4, rounds=3)
+    fed.setup()
+    for round in (1, 2, 3):
+        arrays, weights = fed.inputs(seed=10 + round)
+        result = fed.run_round(round, arrays, weights, fed.ids)
+        assert_sum(result, plain_sum(arrays, weights, fed.ids), sum(weights.values()))
+
+
+@pytest.mark.parametrize("dropped", [["silo-2"], ["silo-0", "silo-4"]])
+def test_silos_dropped_after_setup_leave_the_sum_of_the_survivors(dropped: list[str]) -> None:
+    fed = Federation(5, threshold=3)
+    fed.setup()
+    arrays, weights = fed.inputs(seed=2)
+    survivors = [v for v in fed.ids if v not in dropped]
+    result = fed.run_round(1, arrays, weights, survivors)
+    assert result.dropped == tuple(dropped)
+    assert_sum(result, plain_sum(arrays, weights, survivors), sum(weights[v] for v in survivors))
+
+
+def test_a_silo_that_drops_in_round_two_rejoins_in_round_three() -> None:
+    fed = Federation(4, rounds=3)
+    fed.setup()
+    for round, senders in [(1, fed.ids), (2, fed.ids[1:]), (3, fed.ids)]:
+        arrays, weights = fed.inputs(seed=round)
+        result = fed.run_round(round, arrays, weights, senders)
+        assert_sum(result, plain_sum(arrays, weights, senders), sum(weights[v] for v in senders))
+
+
+def test_a_silo_absent_from_setup_is_left_out_of_every_round() -> None:
+    fed = Federation(5)
+    fed.setup(absent=["silo-3"])
+    arrays, weights = fed.inputs(seed=3)
+    present = [v for v in fed.ids if v != "silo-3"]
+    result = fed.run_round(1, arrays, weights, present)
+    assert result.dropped == ()
+    assert_sum(result, plain_sum(arrays, weights, present), sum(weights[v] for v in present))
+    with pytest.raises(SecAggProtocolError, match="setup"):
+        fed.clients["silo-3"].masked_input(1, arrays["silo-3"], 1.0)
+
+
+def test_too_few_inputs_abort_the_round_cleanly() -> None:
+    fed = Federation(5, threshold=3)
+    fed.setup()
+    arrays, weights = fed.inputs(seed=4)
+    uploads = [fed.clients[v].masked_input(1, arrays[v], weights[v]) for v in fed.ids[:2]]
+    assert fed.to_server(uploads) == []
+    with pytest.raises(SecAggAborted, match=r"only 2 parties answered.*threshold is 3") as caught:
+        fed.server.close_inputs(1)
+    assert isinstance(caught.value, AggregationError)
+    assert (caught.value.arrived, caught.value.threshold, caught.value.round) == (2, 3, 1)
+    late = fed.clients["silo-4"].masked_input(1, arrays["silo-4"], 1.0)
+    with pytest.raises(SecAggProtocolError, match="round 1 is over"):
+        fed.server.feed(late)
+    result = fed.run_round(2, arrays, weights, fed.ids)  # the next round works
+    assert_sum(result, plain_sum(arrays, weights, fed.ids), sum(weights.values()))
+
+
+def test_too_few_unmask_answers_abort_the_round() -> None:
+    fed = Federation(5, threshold=3)
+    fed.setup()
+    arrays, weights = fed.inputs(seed=5)
+    uploads = [fed.clients[v].masked_input(1, arrays[v], weights[v]) for v in fed.ids]
+    requests = fed.to_server(uploads)
+    fed.to_server(fed.to_clients(requests[:2]))
+    assert not fed.server.ready(1)
+    with pytest.raises(SecAggAborted, match="unmask"):
+        fed.server.finish_round(1)
+
+
+def test_a_client_never_reveals_both_secrets_of_one_party() -> None:
+    fed = Federation(4, threshold=2)
+    fed.setup()
+    arrays, weights = fed.inputs(seed=6)
+    client = fed.clients["silo-0"]
+    client.masked_input(1, arrays["silo-0"], weights["silo-0"])
+    first = UnmaskRequest(
+        job_id=JOB, recipient="silo-0", round=1, survivors=tuple(fed.ids), dropped=()
+    )
+    assert isinstance(client.feed(first)[0], UnmaskResponse)
+    second = first.model_copy(update={"survivors": tuple(fed.ids[:3]), "dropped": ("silo-3",)})
+    with pytest.raises(UnmaskRefused, match="'silo-3' for round 1") as caught:
+        client.feed(second)
+    assert caught.value.party == "silo-3"
+    both = first.model_copy(update={"dropped": ("silo-1",)})
+    with pytest.raises(UnmaskRefused, match="survivor and dropped"):
+        client.feed(both)
+
+
+def _parts(obj: object, seen: set[int] | None = None) -> Iterable[object]:
+    """Every object reachable from ``obj``'s attributes, containers and dataclass fields."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    yield obj
+    children: Iterable[object] = ()
+    if isinstance(obj, dict):
+        children = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, list | tuple | set | frozenset):
+        children = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        children = vars(obj).values()
+    for child in children:
+        yield from _parts(child, seen)
+
+
+def test_masked_uploads_look_uniform_and_the_server_holds_no_plain_input() -> None:
+    fed = Federation(3)
+    fed.setup()
+    gen = np.random.default_rng(7)
+    n = 10_000
+    arrays = {v: {"w": gen.normal(0, 1, n)} for v in fed.ids}
+    upload = fed.clients["silo-0"].masked_input(1, arrays["silo-0"], 1.0)
+    masked = upload.vector()[:-1]
+    correlation = np.corrcoef(masked.astype(np.float64), arrays["silo-0"]["w"])[0, 1]
+    assert abs(correlation) < 0.05
+    for byte in (0, 1):  # the low bytes, where a small input would show through
+        counts = np.bincount(((masked >> np.uint64(8 * byte)) & np.uint64(0xFF)).astype(np.int64))
+        expected = n / 256
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        assert chi2 < 340  # 255 degrees of freedom: p < 0.0003 above this
+    plain = {
+        v: encode(arrays[v], 1.0, bits=24, clip_range=64.0, parties=3)[1].tobytes() for v in fed.ids
+    }
+    fed.server.feed(upload)
+    for v in fed.ids[1:]:
+        fed.server.feed(fed.clients[v].masked_input(1, arrays[v], 1.0))
+        held = [
+            bytes(part) if isinstance(part, np.ndarray) else part
+            for part in _parts(fed.server)
+            if isinstance(part, np.ndarray | bytes)
+        ]
+        assert held and not any(h == p for h in held for p in plain.values())
+
+
+def test_an_altered_share_fails_to_decrypt() -> None:
+    fed = Federation(3)
+    rosters = fed.to_server(fed.clients[v].advertise() for v in fed.ids)
+    deliveries = fed.to_server(fed.to_clients(rosters))
+    delivery = deliveries[0]
+    assert isinstance(delivery, ShareDelivery)
+    blob = bytearray(delivery.ciphertexts["silo-1"])
+    blob[20] ^= 0x01
+    tampered = delivery.model_copy(
+        update={"ciphertexts": {**delivery.ciphertexts, "silo-1": bytes(blob)}}
+    )
+    with pytest.raises(ShareDecryptionError, match="cannot decrypt the share sent by 'silo-1'"):
+        fed.clients[delivery.recipient].feed(tampered)
+    assert isinstance(deliveries[1], ShareDelivery)
+    misrouted = deliveries[1].model_copy(update={"recipient": delivery.recipient})
+    with pytest.raises(ShareDecryptionError):
+        fed.clients[delivery.recipient].feed(misrouted)
+    assert fed.clients[delivery.recipient].feed(delivery) == []  # the genuine one still works
+
+
+def test_messages_round_trip_through_json() -> None:
+    fed = Federation(3)
+    fed.setup()  # every setup message already went through ``wire``
+    arrays, weights = fed.inputs(seed=8)
+    upload = fed.clients["silo-0"].masked_input(1, arrays["silo-0"], weights["silo-0"])
+    text = upload.model_dump_json()
+    assert '"kind":"masked_input"' in text
+    assert MaskedInput.model_validate_json(text) == upload
+    assert parse_message(text) == upload
+    with pytest.raises(SecAggProtocolError, match="not a secure-aggregation message"):
+        parse_message(text.replace("masked_input", "something_else"))
+    with pytest.raises(SecAggProtocolError):
+        parse_message(
+            '{"kind": "masked_input", "job_id": "j", "sender": "a", "round": 1, '
+            '"layout": [], "data": "%%%"}'
+        )
+
+
+def test_values_are_clipped_and_oversized_weights_refused() -> None:
+    fed = Federation(2)
+    fed.setup()
+    inputs = {"silo-0": {"x": np.array([1000.0, -1000.0, 1.5])}, "silo-1": {"x": np.zeros(3)}}
+    result = fed.run_round(1, inputs, {"silo-0": 1.0, "silo-1": 1.0}, fed.ids)
+    np.testing.assert_allclose(result.weighted_sum["x"], [64.0, -64.0, 1.5])
+    with pytest.raises(FixedPointRangeError, match="Normalise the weights"):
+        fed.clients["silo-0"].masked_input(2, inputs["silo-0"], 1e10)
+    with pytest.raises(FixedPointRangeError, match="NaN"):
+        fed.clients["silo-0"].masked_input(2, {"x": np.array([np.nan])}, 1.0)
+
+
+def test_rounds_are_used_once_and_within_the_setup() -> None:
+    fed = Federation(2, rounds=2)
+    fed.setup()
+    client = fed.clients["silo-0"]
+    client.masked_input(1, {"x": np.ones(2)}, 1.0)
+    with pytest.raises(SecAggProtocolError, match="already sent"):
+        client.masked_input(1, {"x": np.ones(2)}, 1.0)
+    with pytest.raises(SecAggProtocolError, match=r"rounds 1\.\.2"):
+        client.masked_input(3, {"x": np.ones(2)}, 1.0)
+
+
+def test_messages_of_another_job_are_refused() -> None:
+    fed = Federation(2)
+    message = fed.clients["silo-0"].advertise().model_copy(update={"job_id": "other"})
+    with pytest.raises(SecAggProtocolError, match="job"):
+        fed.server.feed(message)
+
+
+def test_shamir_recovers_from_any_threshold_subset_only() -> None:
+    rng = random.Random(9)
+    secret = rng.randbytes(32)
+    xs = [1, 2, 3, 4, 5]
+    shares = dict(zip(xs, split(secret, xs, 3, rng), strict=True))
+    for subset in ([1, 2, 3], [2, 4, 5], [1, 3, 5]):
+        assert reconstruct({x: shares[x] for x in subset}, 3) == secret
+    with pytest.raises(AggregationError):
+        reconstruct({1: shares[1], 2: shares[2]}, 3)
