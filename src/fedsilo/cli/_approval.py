@@ -12,9 +12,13 @@ import typer
 from rich.table import Table
 
 from fedsilo.approval import AdminClient, ApprovalAnswer, QueueEntry, QueueState
-from fedsilo.cli._common import console
-from fedsilo.config import Kit, Role, load_kit, open_workspace
-from fedsilo.errors import ConfigError
+from fedsilo.cli._common import (
+    SiloKitOption,
+    SiloOption,
+    WorkspaceOption,
+    console,
+    silo_kit,
+)
 
 approval_app = typer.Typer(
     name="approval",
@@ -22,45 +26,11 @@ approval_app = typer.Typer(
     no_args_is_help=True,
 )
 
-SiloOption = Annotated[
-    str | None,
-    typer.Option("--silo", help="The silo (may be left out with --kit)."),
-]
-WorkspaceOption = Annotated[
-    Path,
-    typer.Option(
-        "--workspace",
-        "-w",
-        envvar="FEDSILO_WORKSPACE",
-        help="The provisioned workspace (default: $FEDSILO_WORKSPACE or '.').",
-    ),
-]
-KitOption = Annotated[
-    Path | None,
-    typer.Option("--kit", help="The silo's kit folder, for a silo on its own machine."),
-]
 RequestArgument = Annotated[str, typer.Argument(help="The request id (see `approval list`).")]
 ReasonOption = Annotated[
     str | None, typer.Option("--reason", help="Why; recorded in the audit log and the answer.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _silo_kit(silo: str | None, workspace: Path, kit: Path | None) -> Kit:
-    if kit is not None:
-        loaded = load_kit(kit)
-        if silo is not None and silo != loaded.name:
-            raise ConfigError(f"the kit in {kit} belongs to '{loaded.name}', not to silo '{silo}'")
-    elif silo is None:
-        raise typer.BadParameter("give --silo NAME (or --kit KIT_DIR)", param_hint="--silo")
-    else:
-        loaded = open_workspace(workspace).kit(silo)
-    if loaded.role is not Role.SILO:
-        raise ConfigError(
-            f"the kit of '{loaded.name}' is a {loaded.role} kit; approvals belong to a silo",
-            file=str(loaded.kit_dir),
-        )
-    return loaded
 
 
 def _when(stamp: float | None) -> str:
@@ -94,21 +64,21 @@ def serve_command(
 def list_command(
     silo: SiloOption = None,
     workspace: WorkspaceOption = Path("."),
-    kit: KitOption = None,
+    kit: SiloKitOption = None,
     every: Annotated[
         bool, typer.Option("--all", help="Every request, not only the held ones.")
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List the jobs a silo holds for a person (with --all: decided ones too)."""
-    silo_kit = _silo_kit(silo, workspace, kit)
-    with AdminClient(silo_kit) as client:
+    kit_of_silo = silo_kit(silo, workspace, kit)
+    with AdminClient(kit_of_silo) as client:
         entries = client.list(None if every else QueueState.HELD)
     if as_json:
         typer.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
         return
     title = "requests" if every else "requests held for a person"
-    table = Table(title=f"{title} in silo '{silo_kit.name}'")
+    table = Table(title=f"{title} in silo '{kit_of_silo.name}'")
     for column in ("request", "job", "author", "state", "rule", "asked", "decided by"):
         table.add_column(column, overflow="fold")
     for e in entries:
@@ -128,12 +98,12 @@ def show(
     request_id: RequestArgument,
     silo: SiloOption = None,
     workspace: WorkspaceOption = Path("."),
-    kit: KitOption = None,
+    kit: SiloKitOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show one request: the job, its code's signature, inputs, outputs and state."""
-    silo_kit = _silo_kit(silo, workspace, kit)
-    with AdminClient(silo_kit) as client:
+    kit_of_silo = silo_kit(silo, workspace, kit)
+    with AdminClient(kit_of_silo) as client:
         entry = client.show(request_id)
     if as_json:
         typer.echo(entry.model_dump_json(indent=2))
@@ -169,7 +139,7 @@ def approve(
     request_id: RequestArgument,
     silo: SiloOption = None,
     workspace: WorkspaceOption = Path("."),
-    kit: KitOption = None,
+    kit: SiloKitOption = None,
     reason: ReasonOption = None,
     expires_in: Annotated[
         float | None,
@@ -178,8 +148,8 @@ def approve(
     as_json: JsonOption = False,
 ) -> None:
     """Approve a held job, as the silo's administrator."""
-    silo_kit = _silo_kit(silo, workspace, kit)
-    with AdminClient(silo_kit) as client:
+    kit_of_silo = silo_kit(silo, workspace, kit)
+    with AdminClient(kit_of_silo) as client:
         answer = client.approve(request_id, reason=reason, expires_in_hours=expires_in)
     _print_answer(answer, as_json)
 
@@ -188,13 +158,13 @@ def reject(
     request_id: RequestArgument,
     silo: SiloOption = None,
     workspace: WorkspaceOption = Path("."),
-    kit: KitOption = None,
+    kit: SiloKitOption = None,
     reason: ReasonOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Reject a held job, as the silo's administrator."""
-    silo_kit = _silo_kit(silo, workspace, kit)
-    with AdminClient(silo_kit) as client:
+    kit_of_silo = silo_kit(silo, workspace, kit)
+    with AdminClient(kit_of_silo) as client:
         answer = client.reject(request_id, reason=reason)
     _print_answer(answer, as_json)
 

@@ -12,7 +12,16 @@ from rich.console import Console
 from fedsilo.config import Kit, Role, load_kit, open_workspace
 from fedsilo.errors import ConfigError
 
-__all__ = ["WorkspaceArgument", "WorkspaceOption", "console", "err_console", "submitter_kit"]
+__all__ = [
+    "SiloKitOption",
+    "SiloOption",
+    "WorkspaceArgument",
+    "WorkspaceOption",
+    "console",
+    "err_console",
+    "silo_kit",
+    "submitter_kit",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -38,6 +47,34 @@ KitOption = Annotated[
     Path | None,
     typer.Option("--kit", envvar="FEDSILO_KIT", help="A submitter's kit folder (instead of -w)."),
 ]
+
+
+SiloOption = Annotated[
+    str | None,
+    typer.Option("--silo", help="The silo (may be left out with --kit)."),
+]
+SiloKitOption = Annotated[
+    Path | None,
+    typer.Option("--kit", help="The silo's kit folder, for a silo on its own machine."),
+]
+
+
+def silo_kit(silo: str | None, workspace: Path, kit: Path | None) -> Kit:
+    """The silo kit given by ``--kit`` (checked against ``--silo``), else the workspace's."""
+    if kit is not None:
+        loaded = load_kit(kit)
+        if silo is not None and silo != loaded.name:
+            raise ConfigError(f"the kit in {kit} belongs to '{loaded.name}', not to silo '{silo}'")
+    elif silo is None:
+        raise typer.BadParameter("give --silo NAME (or --kit KIT_DIR)", param_hint="--silo")
+    else:
+        loaded = open_workspace(workspace).kit(silo)
+    if loaded.role is not Role.SILO:
+        raise ConfigError(
+            f"'{loaded.name}' is a {loaded.role}, not a silo; this command needs a silo's kit",
+            file=str(loaded.kit_dir),
+        )
+    return loaded
 
 
 def submitter_kit(workspace: Path, kit: Path | None) -> Kit:

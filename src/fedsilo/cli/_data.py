@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedsilo.config import Classification, Kit, load_kit, open_workspace
-from fedsilo.errors import ConfigError
+from fedsilo.cli._common import SiloKitOption, SiloOption, WorkspaceOption, silo_kit
+from fedsilo.config import Classification
 from fedsilo.storage import add_dataset, open_catalog
 
 data_app = typer.Typer(
@@ -19,35 +19,6 @@ data_app = typer.Typer(
     help="Register data in a silo's catalog and list it.",
     no_args_is_help=True,
 )
-
-SiloOption = Annotated[
-    str | None,
-    typer.Option("--silo", help="The silo (may be left out with --kit)."),
-]
-WorkspaceOption = Annotated[
-    Path,
-    typer.Option(
-        "--workspace",
-        "-w",
-        envvar="FEDSILO_WORKSPACE",
-        help="The provisioned workspace (default: $FEDSILO_WORKSPACE or '.').",
-    ),
-]
-KitOption = Annotated[
-    Path | None,
-    typer.Option("--kit", help="A silo's kit folder, for a silo on its own machine."),
-]
-
-
-def _silo_kit(silo: str | None, workspace: Path, kit: Path | None) -> Kit:
-    if kit is not None:
-        loaded = load_kit(kit)
-        if silo is not None and silo != loaded.name:
-            raise ConfigError(f"the kit in {kit} belongs to '{loaded.name}', not to silo '{silo}'")
-        return loaded
-    if silo is None:
-        raise typer.BadParameter("give --silo NAME (or --kit KIT_DIR)", param_hint="--silo")
-    return open_workspace(workspace).kit(silo)
 
 
 def add(
@@ -59,16 +30,16 @@ def add(
     ],
     silo: SiloOption = None,
     workspace: WorkspaceOption = Path("."),
-    kit: KitOption = None,
+    kit: SiloKitOption = None,
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace an existing dataset of that name.")
     ] = False,
 ) -> None:
     """Copy a file or folder into a silo's storage and record it with its classification."""
-    silo_kit = _silo_kit(silo, workspace, kit)
-    record = add_dataset(silo_kit, name, path, classification, replace=replace)
+    kit_of_silo = silo_kit(silo, workspace, kit)
+    record = add_dataset(kit_of_silo, name, path, classification, replace=replace)
     typer.echo(
-        f"added '{record.name}' to silo '{silo_kit.name}' as {record.classification.value} "
+        f"added '{record.name}' to silo '{kit_of_silo.name}' as {record.classification.value} "
         f"({record.kind}, {_size(record.size_bytes)}, sha256 {record.sha256})"
     )
 
@@ -76,17 +47,17 @@ def add(
 def list_command(
     silo: SiloOption = None,
     workspace: WorkspaceOption = Path("."),
-    kit: KitOption = None,
+    kit: SiloKitOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """List a silo's datasets: name, classification, kind, size and digest."""
-    silo_kit = _silo_kit(silo, workspace, kit)
-    with open_catalog(silo_kit) as catalog:
+    kit_of_silo = silo_kit(silo, workspace, kit)
+    with open_catalog(kit_of_silo) as catalog:
         records = catalog.list()
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
-    table = Table(title=f"datasets of silo '{silo_kit.name}'")
+    table = Table(title=f"datasets of silo '{kit_of_silo.name}'")
     for column in ("name", "classification", "kind", "size", "sha256"):
         table.add_column(column, no_wrap=column != "sha256", overflow="fold")
     for record in records:
