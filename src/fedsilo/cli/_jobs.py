@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, RoundInfo
 from fedsilo.cli._common import KitOption, WorkspaceOption, console, submitter_kit
+from fedsilo.cli._learn import MetricOption, PlotOption, SweepOption, sweep_job
 from fedsilo.jobs import load_job, load_private_key
 
 job_app = typer.Typer(name="job", help="Look at and control FL jobs.", no_args_is_help=True)
@@ -199,12 +200,27 @@ def sim(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write the final model here.")
     ] = None,
+    sweep: SweepOption = None,
+    metric: MetricOption = None,
+    plot: PlotOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the job in this one process, no servers: each silo's data from its catalog."""
+    """Run the job in this one process, no servers: each silo's data from its catalog.
+
+    With --sweep KEY=V1,V2,... it runs once per value and writes a table and a PNG plot
+    of the final metric against the value.
+    """
     from fedsilo.pipelines import simulate, workspace_inputs
     from fedsilo.tensors import save_parameters
 
+    if sweep is not None:
+        if output is not None:
+            raise typer.BadParameter("a sweep trains several models; drop -o", param_hint="-o")
+        sweep_job(job_file, workspace, sweep, metric=metric, plot=plot, as_json=as_json)
+        return
+    for given, name in ((metric, "--metric"), (plot, "--plot")):
+        if given is not None:
+            raise typer.BadParameter("only used with --sweep KEY=V1,V2,...", param_hint=name)
     spec, code_dir = load_job(job_file)
     inputs = workspace_inputs(workspace, spec)
     with tempfile.TemporaryDirectory(prefix="fedsilo-sim-") as tmp:

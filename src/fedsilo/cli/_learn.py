@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from fedsilo.cli._common import WorkspaceOption, console
 from fedsilo.jobs import load_job
+
+if TYPE_CHECKING:
+    from fedsilo.pipelines import SweepRow
 
 JobFile = Annotated[Path, typer.Argument(help="The job spec (YAML).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
@@ -52,35 +55,69 @@ def baseline(
     console.print(table)
 
 
-def sweep(
-    job_file: JobFile,
-    setting: Annotated[
-        str,
-        typer.Option(
-            "--set", help="KEY=V1,V2,...: a dotted key of the job spec and the values to try."
-        ),
-    ],
-    workspace: WorkspaceOption = Path("."),
-    metric: Annotated[
-        str | None, typer.Option("--metric", help="The metric to compare (default: accuracy).")
-    ] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG of the metric against the value.")
-    ] = None,
-    as_json: JsonFlag = False,
+SweepOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sweep",
+        help="KEY=V1,V2,...: run the job once per value of this dotted job-spec key "
+        "(e.g. hyperparameters.lr=0.01,0.1) and compare the final models.",
+    ),
+]
+MetricOption = Annotated[
+    str | None,
+    typer.Option(
+        "--metric", help="With --sweep: the metric to compare and plot (default: accuracy)."
+    ),
+]
+PlotOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="With --sweep: where to write the PNG plot (default: ./JOB-sweep-KEY.png).",
+    ),
+]
+
+
+def sweep_job(
+    job_file: Path,
+    workspace: Path,
+    setting: str,
+    *,
+    metric: str | None,
+    plot: Path | None,
+    as_json: bool,
 ) -> None:
-    """Simulate the job once per value of one setting and compare the final models."""
-    from fedsilo.pipelines import parse_sweep, plot_sweep, run_sweep, workspace_inputs
+    """Run and render a sweep: the one code path of ``sim --sweep`` and ``sweep --set``.
+
+    Every value, and the plot's path, is checked before the first variant runs.
+    """
+    from fedsilo.pipelines import default_plot_path, parse_sweep, run_sweep, workspace_inputs
 
     spec, code_dir = load_job(job_file)
     key, values = parse_sweep(setting)
+    target = plot if plot is not None else default_plot_path(spec.name, key)
     inputs = workspace_inputs(workspace, spec)
+
+    def on_row(row: SweepRow) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in row.metrics.items() if k != "num_samples")
+        console.print(f"{key}={row.value}: {shown} ({row.seconds:.1f} s)", highlight=False)
+
+    if not as_json:
+        console.print(f"sweeping {key} over {', '.join(values)}: {len(values)} simulations")
     with tempfile.TemporaryDirectory(prefix="fedsilo-sweep-") as tmp:
-        result = run_sweep(spec, code_dir, inputs, key, values, work_root=Path(tmp), metric=metric)
-    if plot is not None:
-        plot_sweep(result, plot)
+        result = run_sweep(
+            spec,
+            code_dir,
+            inputs,
+            key,
+            values,
+            work_root=Path(tmp),
+            metric=metric,
+            plot=target,
+            on_row=None if as_json else on_row,
+        )
     if as_json:
-        typer.echo(json.dumps({**result.as_dict(), "plot": str(plot) if plot else None}, indent=2))
+        typer.echo(json.dumps(result.as_dict(), indent=2))
         return
     names = sorted({k for r in result.rows for k in r.metrics} - {"num_samples"})
     table = Table(title=f"{result.job}: sweep over {result.key}")
@@ -88,11 +125,29 @@ def sweep(
     for name in (*names, "seconds"):
         table.add_column(f"[bold]{name}[/]" if name == result.metric else name, justify="right")
     for row in result.rows:
-        values_ = [f"{row.metrics[n]:.4f}" if n in row.metrics else "-" for n in names]
-        table.add_row(row.value, *values_, f"{row.seconds:.2f}")
+        cells = [f"{row.metrics[n]:.4f}" if n in row.metrics else "-" for n in names]
+        table.add_row(row.value, *cells, f"{row.seconds:.2f}")
     console.print(table)
-    if plot is not None:
-        console.print(f"plot of {result.metric} in {plot}")
+    console.print(f"plot of final {result.metric} against {result.key} in {result.plot}")
+
+
+def sweep(
+    job_file: JobFile,
+    setting: Annotated[
+        str,
+        typer.Option(
+            "--set",
+            "--sweep",
+            help="KEY=V1,V2,...: a dotted key of the job spec and the values to try.",
+        ),
+    ],
+    workspace: WorkspaceOption = Path("."),
+    metric: MetricOption = None,
+    plot: PlotOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Simulate the job once per value of one setting: the same as fedsilo sim --sweep."""
+    sweep_job(job_file, workspace, setting, metric=metric, plot=plot, as_json=as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,8 @@ from fedsilo.pipelines._simulation import SimulationResult, simulate, workspace_
 from fedsilo.pipelines._sweep import (
     SweepResult,
     SweepRow,
+    check_plot_path,
+    default_plot_path,
     override_spec,
     parse_sweep,
     plot_sweep,
@@ -30,6 +32,8 @@ __all__ = [
     "SimulationResult",
     "SweepResult",
     "SweepRow",
+    "check_plot_path",
+    "default_plot_path",
     "override_spec",
     "parse_sweep",
     "plot_sweep",

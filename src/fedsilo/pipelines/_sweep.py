@@ -3,14 +3,18 @@
 A sweep names one setting of the job spec by its dotted path (``hyperparameters.lr``,
 ``rounds``, ``strategy.weights.silo-a``) and the values to try. Each value is read as a
 YAML scalar, set in the spec's dict form and validated again, so a sweep can try exactly
-what a job file could say, and every variant is checked before the first one runs.
+what a job file could say, and every variant (and the plot's path) is checked before the
+first one runs. ``fedsilo sim --sweep`` and its alias ``fedsilo sweep`` run through
+:func:`run_sweep`.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +24,18 @@ from fedsilo.config._yamlio import validate_model
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import JobSpec
 
-__all__ = ["SweepResult", "SweepRow", "override_spec", "parse_sweep", "plot_sweep", "run_sweep"]
+__all__ = [
+    "SweepResult",
+    "SweepRow",
+    "check_plot_path",
+    "default_plot_path",
+    "override_spec",
+    "parse_sweep",
+    "plot_sweep",
+    "run_sweep",
+]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class SweepRow(NamedTuple):
@@ -32,20 +47,25 @@ class SweepRow(NamedTuple):
 
 
 class SweepResult(NamedTuple):
-    """Every variant of a sweep over ``key``; ``metric`` is the one to compare them by."""
+    """Every variant of a sweep over ``key``; ``metric`` is the one to compare them by.
+
+    ``plot`` is the PNG :func:`run_sweep` wrote, when it was asked for one.
+    """
 
     job: str
     key: str
     metric: str
     rows: list[SweepRow]
+    plot: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form, for ``fedsilo sweep --json``."""
+        """JSON-ready form, for ``fedsilo sim --sweep ... --json``."""
         return {
             "job": self.job,
             "key": self.key,
             "metric": self.metric,
             "rows": [r._asdict() for r in self.rows],
+            "plot": None if self.plot is None else str(self.plot),
         }
 
 
@@ -58,7 +78,42 @@ def parse_sweep(text: str) -> tuple[str, list[str]]:
         raise ConfigError(
             f"a sweep is written KEY=V1,V2,... (e.g. hyperparameters.lr=0.01,0.1), not {text!r}"
         )
+    twice = sorted({v for v in parts if parts.count(v) > 1})
+    if twice:
+        raise ConfigError(
+            f"the sweep over '{key}' lists {', '.join(twice)} more than once", field=key
+        )
     return key, parts
+
+
+def default_plot_path(job: str, key: str, folder: Path | None = None) -> Path:
+    """Where a sweep's plot goes when no path is given: ``JOB-sweep-KEY.png`` in ``folder``.
+
+    ``folder`` defaults to the current directory, as ``fedsilo model get`` does for models.
+    """
+    name = f"{_UNSAFE.sub('_', job)}-sweep-{_UNSAFE.sub('_', key)}.png"
+    return (folder or Path(".")) / name
+
+
+def check_plot_path(path: Path) -> None:
+    """Refuse, before anything runs, a plot path that could not receive the PNG.
+
+    The path must end in ``.png`` (the plot is always a PNG), must not be a folder, and
+    its nearest existing parent folder must be writable.
+    """
+    if path.suffix.lower() != ".png":
+        raise ConfigError(
+            f"the sweep's plot is a PNG; give a path ending in .png, not '{path}'", field="plot"
+        )
+    if path.is_dir():
+        raise ConfigError(f"the plot path '{path}' is a folder", field="plot")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write the plot '{path}': {parent} is not a writable folder", field="plot"
+        )
 
 
 def _scalar(raw: str) -> Any:
@@ -116,6 +171,8 @@ def run_sweep(
     *,
     work_root: Path,
     metric: str | None = None,
+    plot: Path | None = None,
+    on_row: Callable[[SweepRow], None] | None = None,
 ) -> SweepResult:
     """Simulate ``spec`` once per value of ``key``; every variant is validated first.
 
@@ -125,6 +182,9 @@ def run_sweep(
     ``metric`` picks the metric to compare by (default: ``accuracy`` when the task
     reports it, else its first evaluation metric); naming one the task does not report
     is a :class:`ConfigError` raised after the first variant, not after all of them.
+    ``plot``, when given, is checked before anything runs (:func:`check_plot_path`) and
+    receives the PNG of :func:`plot_sweep` at the end. ``on_row`` sees each variant as it
+    finishes.
     """
     from fedsilo.pipelines._baseline import warm_up
     from fedsilo.pipelines._simulation import simulate
@@ -132,6 +192,8 @@ def run_sweep(
     if not values:
         raise ConfigError(f"the sweep over '{key}' has no values", field=key)
     variants = [(value, override_spec(spec, key, value)) for value in values]
+    if plot is not None:
+        check_plot_path(plot)
     first = variants[0][1]
     warm_up(first, code_dir, inputs[first.silos[0]], work_root / "warm-up")
     rows: list[SweepRow] = []
@@ -143,7 +205,12 @@ def run_sweep(
         rows.append(SweepRow(value, metrics, time.perf_counter() - started))
         if i == 0:
             chosen = _pick_metric(metrics, metric)
-    return SweepResult(job=spec.name, key=key, metric=chosen or "", rows=rows)
+        if on_row is not None:
+            on_row(rows[-1])
+    swept = SweepResult(job=spec.name, key=key, metric=chosen or "", rows=rows)
+    if plot is not None:
+        swept = swept._replace(plot=plot_sweep(swept, plot))
+    return swept
 
 
 def _pick_metric(metrics: Mapping[str, float], wanted: str | None) -> str:
