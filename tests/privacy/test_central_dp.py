@@ -14,7 +14,8 @@ from opacus.accountants import RDPAccountant
 from fedsilo.errors import AggregationError
 from fedsilo.privacy import CentralDPSpec
 from fedsilo.privacy._accounting import silence_opacus_warnings
-from fedsilo.privacy._central import CentralDP, clip_update, clipped_delta
+from fedsilo.privacy._central import CentralDP
+from fedsilo.privacy._clip import clip_update, clipped_delta
 from fedsilo.strategies import FedAvg
 from fedsilo.tensors import save_parameters
 

@@ -15,7 +15,7 @@ from fedsilo.config._federation import Classification
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
 from fedsilo.privacy._spec import PrivacySpec
-from fedsilo.strategies._specs import FedAvgSpec, StrategySpec, Weighting
+from fedsilo.strategies._specs import MEAN_STRATEGIES, FedAvgSpec, StrategySpec, Weighting
 
 __all__ = [
     "LEAVING_OUTPUTS",
@@ -120,7 +120,32 @@ class JobSpec(_Frozen):
                     "strategy weights must give every silo a weight; missing: "
                     + ", ".join(missing),
                 )
+        self._check_secure_aggregation()
         return self
+
+    def _check_secure_aggregation(self) -> None:
+        secure = self.privacy.secure_aggregation
+        if secure is None:
+            return
+        where = ("privacy", "secure_aggregation")
+        if len(self.silos) < 2:
+            raise FieldIssue(
+                where, "secure aggregation needs at least 2 silos; this job names only one"
+            )
+        if secure.threshold is not None and secure.threshold > len(self.silos):
+            raise FieldIssue(
+                (*where, "threshold"),
+                f"threshold {secure.threshold} is more than the job's {len(self.silos)} silos; "
+                "the threshold is how many silos must answer for the sum to be recovered",
+            )
+        if self.strategy.name not in MEAN_STRATEGIES:
+            raise FieldIssue(
+                ("strategy", "name"),
+                f"strategy '{self.strategy.name}' needs every silo's own update, and secure "
+                "aggregation shows the orchestrator only their sum; use one of "
+                + ", ".join(sorted(MEAN_STRATEGIES))
+                + ", or drop privacy.secure_aggregation",
+            )
 
     def inputs_for(self, silo: str) -> dict[str, str]:
         """The role → dataset map the job uses in ``silo``.

@@ -19,10 +19,18 @@ from fedsilo.api import RoundInfo
 from fedsilo.config import open_workspace
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import JobSpec
-from fedsilo.privacy import CentralDP, strategy_for
+from fedsilo.privacy import CentralDP, mask_weights, secure_global, strategy_for
+from fedsilo.privacy.secagg import (
+    SecAggClient,
+    SecAggServer,
+    ServerMessage,
+    UnmaskRequest,
+    mask_update,
+)
 from fedsilo.storage import Catalog
-from fedsilo.strategies import weighted_metrics
+from fedsilo.strategies import Strategy, weighted_metrics
 from fedsilo.task import SiloRunner, load_task
+from fedsilo.tensors import Parameters
 
 __all__ = ["SimulationResult", "simulate", "workspace_inputs"]
 
@@ -63,6 +71,68 @@ def workspace_inputs(workspace: Path, spec: JobSpec) -> dict[str, dict[str, Path
     return out
 
 
+class _SecureRounds:
+    """Secure aggregation in one process: the state machines of the federation, no network.
+
+    Each silo masks its update as its agent would, and the server sums masked vectors
+    only, so the simulated model carries the same fixed-point rounding as a real run's.
+    """
+
+    def __init__(self, spec: JobSpec, strategy: Strategy, job_id: str) -> None:
+        secure = spec.privacy.secure_aggregation
+        assert secure is not None
+        self.strategy = strategy
+        self.weights = mask_weights(strategy, spec.silos)
+        self.clip_norm = spec.privacy.central.clip_norm if spec.privacy.central else None
+        self.server = SecAggServer(
+            spec.silos,
+            job_id=job_id,
+            rounds=spec.rounds,
+            threshold=secure.threshold_for(len(spec.silos)),
+            bits=secure.fixed_point_bits,
+        )
+        self.clients = {
+            silo: SecAggClient(
+                silo,
+                job_id=job_id,
+                rounds=spec.rounds,
+                threshold=secure.threshold,
+                bits=secure.fixed_point_bits,
+                clip_range=secure.clip_range,
+            )
+            for silo in spec.silos
+        }
+        rosters = [m for c in self.clients.values() for m in self.server.feed(c.advertise())]
+        self._relay(rosters)
+        self._requests: list[UnmaskRequest] = []
+
+    def _relay(self, messages: list[ServerMessage]) -> None:
+        """Hand each server message to its client and each answer back, until quiet."""
+        while messages:
+            replies = [r for m in messages for r in self.clients[m.recipient].feed(m)]
+            messages = [out for r in replies for out in self.server.feed(r)]
+
+    def add(
+        self, round_: int, silo: str, params: Parameters, current: Parameters, samples: int
+    ) -> None:
+        weight = self.weights[silo]
+        masked = mask_update(
+            self.clients[silo],
+            round_,
+            params,
+            current,
+            weight=float(samples) if weight is None else weight,
+            clip_norm=self.clip_norm,
+        )
+        self._requests += [m for m in self.server.feed(masked) if isinstance(m, UnmaskRequest)]
+
+    def finish(self, round_: int, current: Parameters) -> dict[str, np.ndarray[Any, Any]]:
+        requests, self._requests = self._requests or self.server.close_inputs(round_), []
+        self._relay(list(requests))
+        result = self.server.finish_round(round_)
+        return secure_global(self.strategy, round_, current, result)
+
+
 def simulate(
     spec: JobSpec,
     code_dir: Path,
@@ -98,6 +168,11 @@ def simulate(
     initial = {silo: timed(silo, runner.prepare) for silo, runner in runners.items()}
     current = initial[spec.silos[0]]
     strategy = strategy_for(spec.strategy, spec.privacy)
+    secure = (
+        _SecureRounds(spec, strategy, job_id=f"{spec.name}-simulation")
+        if spec.privacy.secure_aggregation is not None
+        else None
+    )
     history: list[RoundInfo] = []
     train: dict[str, dict[str, float]] = {}
     central: dict[str, float] = {}
@@ -118,16 +193,28 @@ def simulate(
                 on_round(info)
         if round_ > spec.rounds:
             break
-        aggregation = strategy.begin_aggregation(round_, current)
+        aggregation = strategy.begin_aggregation(round_, current) if secure is None else None
         config = strategy.configure_round(round_, spec.silos)
         train = {}
         for silo, runner in runners.items():
             params, metrics = timed(silo, runner.fit, round_, current, config.get(silo))
             train[silo] = metrics
-            aggregation.add(silo, params, int(metrics["num_samples"]))
-        current = aggregation.finish()
+            samples = int(metrics["num_samples"])
+            if secure is not None:
+                secure.add(round_, silo, params, current, samples)
+            else:
+                assert aggregation is not None
+                aggregation.add(silo, params, samples)
+        if secure is not None:
+            current = secure.finish(round_, current)
+        else:
+            assert aggregation is not None
+            current = aggregation.finish()
+        central = {}
         if isinstance(strategy, CentralDP):
-            central = {"central_epsilon": strategy.epsilon()}
+            central["central_epsilon"] = strategy.epsilon()
+        if secure is not None:
+            central["secure_aggregation_silos"] = float(len(spec.silos))
     return SimulationResult(
         history=history,
         parameters=dict(current),

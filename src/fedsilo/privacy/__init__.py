@@ -10,12 +10,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fedsilo.privacy._spec import CentralDPSpec, LocalDPSpec, PrivacySpec, SecureAggregationSpec
+from fedsilo.privacy._spec import (
+    CentralDPSpec,
+    LocalDPSpec,
+    PrivacySpec,
+    SecureAggregationSpec,
+    default_threshold,
+)
 
 if TYPE_CHECKING:
     from fedsilo.privacy._accounting import silence_opacus_warnings
-    from fedsilo.privacy._central import CentralDP, clip_update, clipped_delta
+    from fedsilo.privacy._central import CentralDP
+    from fedsilo.privacy._clip import clip_update, clipped_delta
     from fedsilo.privacy._local import LocalDP, check_budget
+    from fedsilo.privacy._secure import mask_weights, secure_global
     from fedsilo.privacy._wrap import strategy_for
 
 __all__ = [
@@ -28,18 +36,23 @@ __all__ = [
     "check_budget",
     "clip_update",
     "clipped_delta",
+    "default_threshold",
+    "mask_weights",
+    "secure_global",
     "silence_opacus_warnings",
     "strategy_for",
 ]
 
 _LAZY = {
     "CentralDP": "_central",
-    "clip_update": "_central",
-    "clipped_delta": "_central",
+    "clip_update": "_clip",
+    "clipped_delta": "_clip",
     "LocalDP": "_local",
     "check_budget": "_local",
     "silence_opacus_warnings": "_accounting",
     "strategy_for": "_wrap",
+    "mask_weights": "_secure",
+    "secure_global": "_secure",
 }
 
 

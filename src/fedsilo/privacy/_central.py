@@ -21,9 +21,8 @@ a per-round seed derived from ``seed`` in tests.
 
 from __future__ import annotations
 
-import math
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,13 @@ from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]
 
 from fedsilo.errors import AggregationError, ConfigError
 from fedsilo.privacy._accounting import epsilon_of, history_from_json, history_to_json
+from fedsilo.privacy._clip import cast_like, clip_scale, norm_of_delta
 from fedsilo.privacy._spec import CentralDPSpec
 from fedsilo.strategies._base import Aggregation, Strategy
 from fedsilo.strategies._updates import check_layout, layout_of, open_update
 from fedsilo.tensors import Parameters
 
-__all__ = ["CentralDP", "RoundPrivacy", "clip_update", "clipped_delta"]
+__all__ = ["CentralDP", "RoundPrivacy"]
 
 Arrays = dict[str, npt.NDArray[np.generic]]
 _STATE_FORMAT = 1
@@ -53,72 +53,6 @@ class RoundPrivacy:
     epsilon: float
     delta: float
     silos: int
-
-
-def _norm_of_delta(
-    read: Callable[[str], npt.NDArray[np.generic]], current: Parameters, who: str
-) -> float:
-    """L2 norm of the update ``read(name) - current[name]`` over all tensors, one at a time."""
-    total = 0.0
-    for name, base in current.items():
-        diff = np.asarray(read(name), dtype=np.float64) - np.asarray(base, dtype=np.float64)
-        total += float(np.dot(diff.ravel(), diff.ravel()))
-    norm = math.sqrt(total)
-    if not math.isfinite(norm):
-        raise AggregationError(f"{who} sent an update that is not finite")
-    return norm
-
-
-def _delta_norm(params: Parameters, current: Parameters, who: str) -> float:
-    """L2 norm of in-memory ``params - current``, after checking names and shapes."""
-    if set(params) != set(current):
-        raise AggregationError(
-            f"{who} sent tensors {sorted(set(params) ^ set(current))} that the global model "
-            "does not have (or lacks tensors it has)"
-        )
-    for name, base in current.items():
-        if np.shape(params[name]) != np.shape(base):
-            raise AggregationError(
-                f"{who} sent tensor '{name}' of shape {np.shape(params[name])}, "
-                f"expected {np.shape(base)}"
-            )
-    return _norm_of_delta(lambda name: np.asarray(params[name]), current, who)
-
-
-def _scale(norm: float, clip_norm: float) -> float:
-    return 1.0 if norm <= clip_norm else clip_norm / norm
-
-
-def clipped_delta(
-    params: Parameters, current: Parameters, clip_norm: float
-) -> dict[str, npt.NDArray[np.float64]]:
-    """A silo's update ``params - current``, scaled down to L2 norm ``clip_norm`` if larger.
-
-    Float64; the silo-side step before secure aggregation, whose sum is what
-    :meth:`CentralDP.add_noise_to_sum` expects. Inputs are read, never modified.
-    """
-    if clip_norm <= 0:
-        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
-    scale = _scale(_delta_norm(params, current, "the silo"), clip_norm)
-    return {
-        name: scale * (np.asarray(params[name], dtype=np.float64) - np.asarray(base, np.float64))
-        for name, base in current.items()
-    }
-
-
-def _cast(values: npt.NDArray[np.float64], dtype: np.dtype[Any]) -> npt.NDArray[np.generic]:
-    if np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_):
-        values = np.rint(values)
-    return values.astype(dtype)
-
-
-def clip_update(params: Parameters, current: Parameters, clip_norm: float) -> Arrays:
-    """``current`` plus the clipped update, in each tensor's dtype: parameters to send."""
-    delta = clipped_delta(params, current, clip_norm)
-    return {
-        name: _cast(np.asarray(base, dtype=np.float64) + delta[name], np.asarray(base).dtype)
-        for name, base in current.items()
-    }
 
 
 class CentralDP:
@@ -197,7 +131,7 @@ class CentralDP:
             if std > 0:
                 acc += rng.normal(0.0, std, size=acc.shape)
             base_arr = np.asarray(base)
-            out[name] = _cast(base_arr.astype(np.float64) + acc / n, base_arr.dtype)
+            out[name] = cast_like(base_arr.astype(np.float64) + acc / n, base_arr.dtype)
         self._accountant.step(noise_multiplier=self.spec.noise_multiplier, sample_rate=1.0)
         self._report.append(RoundPrivacy(round_, self.epsilon(), self.spec.target_delta, silos=n))
         return out
@@ -265,8 +199,8 @@ class _ClippedMean:
             raise AggregationError(f"silo '{silo}' sent two results for one round")
         with open_update(silo, params) as update:
             check_layout(update, self._layout)
-            norm = _norm_of_delta(update.tensor, self._current, f"silo '{silo}'")
-            scale = _scale(norm, self._owner.spec.clip_norm)
+            norm = norm_of_delta(update.tensor, self._current, f"silo '{silo}'")
+            scale = clip_scale(norm, self._owner.spec.clip_norm)
             for name, base in self._current.items():
                 diff = np.asarray(update.tensor(name), np.float64) - np.asarray(base, np.float64)
                 self._sums[name] += scale * diff

@@ -6,9 +6,20 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["CentralDPSpec", "LocalDPSpec", "PrivacySpec", "SecureAggregationSpec"]
+__all__ = [
+    "CentralDPSpec",
+    "LocalDPSpec",
+    "PrivacySpec",
+    "SecureAggregationSpec",
+    "default_threshold",
+]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+def default_threshold(parties: int) -> int:
+    """Secure aggregation's default threshold: a strict majority of ``parties``, at least 2."""
+    return max(2, parties // 2 + 1)
 
 
 class LocalDPSpec(BaseModel):
@@ -47,8 +58,12 @@ class CentralDPSpec(BaseModel):
 class SecureAggregationSpec(BaseModel):
     """Pairwise masking: the orchestrator only sees the sum of the silos' updates.
 
-    ``threshold`` is the fewest silos whose shares recover the sum (default: a majority);
-    fewer survivors abort the round cleanly.
+    ``threshold`` is the fewest silos whose shares recover the sum (default: a strict
+    majority of the job's silos); fewer survivors abort the round cleanly. Each silo masks
+    its update (its parameters minus the round's global model), every value clipped to
+    ``±clip_range`` and encoded with ``fixed_point_bits`` fractional bits. A silo that does
+    not answer a stage within ``timeout_seconds`` (default: as long as it stays connected)
+    counts as dropped, and stays out for the rest of the job.
     """
 
     model_config = _FROZEN
@@ -56,6 +71,11 @@ class SecureAggregationSpec(BaseModel):
     threshold: Annotated[int | None, Field(ge=2)] = None
     fixed_point_bits: Annotated[int, Field(ge=8, le=40)] = 24
     clip_range: Annotated[float, Field(gt=0)] = 64.0
+    timeout_seconds: Annotated[float | None, Field(gt=0)] = None
+
+    def threshold_for(self, silos: int) -> int:
+        """The threshold in force for a job of ``silos`` silos."""
+        return self.threshold if self.threshold is not None else default_threshold(silos)
 
 
 class PrivacySpec(BaseModel):

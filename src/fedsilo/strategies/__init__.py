@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from fedsilo.strategies._specs import (
+    MEAN_STRATEGIES,
     FedAvgSpec,
     FedOptSpec,
     FedProxSpec,
@@ -26,13 +27,14 @@ from fedsilo.strategies._specs import (
 )
 
 if TYPE_CHECKING:
-    from fedsilo.strategies._base import Aggregation, Strategy, weighted_metrics
+    from fedsilo.strategies._base import Aggregation, MeanStrategy, Strategy, weighted_metrics
     from fedsilo.strategies._fedavg import FedAvg, FedProx
     from fedsilo.strategies._fedopt import FedOpt, ServerOptimizer
     from fedsilo.strategies._registry import STRATEGIES, build_strategy
     from fedsilo.strategies._robust import Krum, Median, TrimmedMean
 
 __all__ = [
+    "MEAN_STRATEGIES",
     "STRATEGIES",
     "Aggregation",
     "FedAvg",
@@ -43,6 +45,7 @@ __all__ = [
     "FedProxSpec",
     "Krum",
     "KrumSpec",
+    "MeanStrategy",
     "Median",
     "MedianSpec",
     "ServerOptimizer",
@@ -58,6 +61,7 @@ __all__ = [
 # name -> the private module that defines it (loaded on first access, with numpy)
 _LAZY = {
     "Aggregation": "_base",
+    "MeanStrategy": "_base",
     "Strategy": "_base",
     "weighted_metrics": "_base",
     "FedAvg": "_fedavg",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from fedsilo.tensors import Parameters
 
-__all__ = ["Aggregation", "Strategy", "weighted_metrics"]
+__all__ = ["Aggregation", "MeanStrategy", "Strategy", "weighted_metrics"]
 
 
 class Aggregation(Protocol):
@@ -49,6 +49,31 @@ class Strategy(Protocol):
 
         ``current`` is read, never modified; strategies that need it (server optimizers)
         raise :class:`~fedsilo.errors.AggregationError` when it is ``None``.
+        """
+        ...
+
+
+@runtime_checkable
+class MeanStrategy(Strategy, Protocol):
+    """A strategy that needs only the weighted mean of the silos' parameters.
+
+    The FedAvg family (FedAvg, FedProx, the FedOpt server optimizers) computes the next
+    global model from ``sum(w_i * x_i) / sum(w_i)`` alone, so it also runs under secure
+    aggregation, where the orchestrator learns that sum and nothing about any one silo.
+    Robust aggregators (median, trimmed mean, Krum) look at every update and cannot.
+    """
+
+    def silo_weight(self, silo: str) -> float | None:
+        """The weight of ``silo`` in the mean; ``None``: its round's ``num_samples``."""
+        ...
+
+    def from_mean(
+        self, round_: int, current: Parameters, mean: Mapping[str, npt.NDArray[np.floating]]
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """The new global parameters, given the round's weighted mean of parameters.
+
+        ``current`` is read, never modified; ``mean`` (float arrays with ``current``'s names
+        and shapes) may be overwritten. Keeps each tensor's dtype, rounding integers.
         """
         ...
 

@@ -66,6 +66,20 @@ class FedAvg:
         """A fresh streaming weighted mean for this round."""
         return WeightedMean("FedAvg", self.weight)
 
+    def silo_weight(self, silo: str) -> float | None:
+        """The weight of ``silo`` (``None`` when it is the round's ``num_samples``)."""
+        if self.weighting is Weighting.SAMPLES:
+            return None
+        return self.weight(silo, 0)
+
+    def from_mean(
+        self, round_: int, current: Parameters, mean: Mapping[str, npt.NDArray[np.floating]]
+    ) -> Arrays:
+        """The weighted mean itself, in each tensor's dtype: FedAvg's new global model."""
+        return {
+            name: cast_back(mean[name], np.asarray(base).dtype) for name, base in current.items()
+        }
+
     def weight(self, silo: str, num_samples: int) -> float:
         """The weight of ``silo``'s parameters in the mean."""
         if self.weighting is Weighting.SAMPLES:
@@ -110,6 +124,16 @@ class FedProx:
     def begin_aggregation(self, round_: int, current: Parameters | None) -> WeightedMean:
         """A fresh streaming weighted mean for this round, as in FedAvg."""
         return WeightedMean("FedProx", self._fedavg.weight)
+
+    def silo_weight(self, silo: str) -> float | None:
+        """As in FedAvg."""
+        return self._fedavg.silo_weight(silo)
+
+    def from_mean(
+        self, round_: int, current: Parameters, mean: Mapping[str, npt.NDArray[np.floating]]
+    ) -> Arrays:
+        """As in FedAvg: the weighted mean is the new global model."""
+        return self._fedavg.from_mean(round_, current, mean)
 
 
 def accumulator_dtype(dtype: np.dtype[np.generic]) -> np.dtype[np.floating]:

@@ -113,6 +113,14 @@ class FedOpt:
             )
         return _FedOptRound(self, current)
 
+    def silo_weight(self, silo: str) -> float | None:
+        """As in FedAvg: the weight of ``silo`` in the mean the optimizer steps from."""
+        return self._fedavg.silo_weight(silo)
+
+    def from_mean(self, round_: int, current: Parameters, mean: Mapping[str, _Floats]) -> Arrays:
+        """One server optimizer step from ``current`` along ``mean - current``."""
+        return self._step(current, mean)
+
     def _step(self, current: Parameters, means: Mapping[str, _Floats]) -> Arrays:
         """The new global parameters; updates the optimizer state, never ``current``."""
         out: Arrays = {}

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "MEAN_STRATEGIES",
     "FedAvgSpec",
     "FedOptSpec",
     "FedProxSpec",
@@ -157,3 +158,6 @@ StrategySpec = Annotated[
     Field(discriminator="name"),
 ]
 """Any strategy's spec, chosen by its ``name``."""
+
+MEAN_STRATEGIES = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"})
+"""Strategies that need only the silos' weighted mean, and so run under secure aggregation."""

@@ -21,7 +21,8 @@ orchestrator closes it with ``close_keys``, ``close_sharing``, ``close_inputs(r)
 ``finish_round(r)``, which raise :class:`SecAggAborted` below the threshold.
 """
 
-from fedsilo.privacy.secagg._client import SecAggClient, default_threshold
+from fedsilo.privacy._spec import default_threshold
+from fedsilo.privacy.secagg._client import SecAggClient
 from fedsilo.privacy.secagg._errors import (
     FixedPointRangeError,
     SecAggAborted,
@@ -46,8 +47,10 @@ from fedsilo.privacy.secagg._messages import (
     parse_message,
 )
 from fedsilo.privacy.secagg._server import AggregateResult, SecAggServer
+from fedsilo.privacy.secagg._updates import MASKED_TENSOR, load_masked, mask_update, save_masked
 
 __all__ = [
+    "MASKED_TENSOR",
     "AdvertiseKeys",
     "AggregateResult",
     "ClientMessage",
@@ -70,5 +73,8 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "default_threshold",
+    "load_masked",
+    "mask_update",
     "parse_message",
+    "save_masked",
 ]

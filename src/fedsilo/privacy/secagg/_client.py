@@ -23,6 +23,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from fedsilo.privacy._spec import default_threshold
 from fedsilo.privacy.secagg import _crypto, _fixedpoint, _shamir
 from fedsilo.privacy.secagg._errors import SecAggProtocolError, UnmaskRefused
 from fedsilo.privacy.secagg._messages import (
@@ -37,11 +38,6 @@ from fedsilo.privacy.secagg._messages import (
 )
 
 __all__ = ["SecAggClient", "default_threshold"]
-
-
-def default_threshold(parties: int) -> int:
-    """A strict majority of ``parties``, at least 2."""
-    return max(2, parties // 2 + 1)
 
 
 class _Stage(Enum):
