@@ -179,3 +179,34 @@ def test_options_that_need_or_exclude_a_sweep_are_usage_errors(
     result = _invoke(app, "sim", str(job_file), "-w", str(workspace), *extra)
     assert result.exit_code == 2
     assert "sweep" in result.output
+
+
+def test_track_logs_the_simulation_and_each_variant_to_the_workspace_store(
+    app: typer.Typer, setup: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from fedsilo.tracking import Tracker
+
+    workspace, job_file = setup
+    result = _invoke(app, "sim", str(job_file), "-w", str(workspace), "--track", "--json")
+    assert result.exit_code == 0, result.output
+    job_id = json.loads(result.stdout)["tracked"]
+    assert job_id.startswith("digits-sim-")
+    swept = _invoke(
+        app,
+        "sim", str(job_file), "-w", str(workspace), "--sweep", "hyperparameters.lr=0.05,0.2",
+        "--plot", str(tmp_path / "lr.png"), "--track",
+    )  # fmt: skip
+    assert swept.exit_code == 0, swept.output
+    tracker = Tracker.for_workspace(workspace)
+    jobs = {j.job_id: j for j in tracker.jobs()}
+    assert jobs[job_id].status == "FINISHED" and jobs[job_id].rounds == 1
+    runs = tracker.client.search_runs(
+        [tracker.client.get_experiment_by_name("digits").experiment_id],
+        filter_string="tags.`fedsilo.kind` = 'job'",
+    )
+    by_value = {r.data.tags["fedsilo.sweep"]: r for r in runs if "fedsilo.sweep" in r.data.tags}
+    assert sorted(by_value) == ["hyperparameters.lr=0.05", "hyperparameters.lr=0.2"]
+    for tag, run in by_value.items():
+        assert run.data.params["hyperparameters.lr"] == tag.split("=")[1]
+        assert run.data.tags["fedsilo.runtime"] == "simulation"
+        assert "iteration_1/aggregate/accuracy" in run.data.metrics

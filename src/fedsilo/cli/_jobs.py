@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, RoundInfo
 from fedsilo.cli._common import KitOption, WorkspaceOption, console, submitter_kit
-from fedsilo.cli._learn import MetricOption, PlotOption, SweepOption, sweep_job
+from fedsilo.cli._learn import MetricOption, PlotOption, SweepOption, TrackFlag, sweep_job
 from fedsilo.jobs import load_job, load_private_key
 
 job_app = typer.Typer(name="job", help="Look at and control FL jobs.", no_args_is_help=True)
@@ -203,6 +203,7 @@ def sim(
     sweep: SweepOption = None,
     metric: MetricOption = None,
     plot: PlotOption = None,
+    track: TrackFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Run the job in this one process, no servers: each silo's data from its catalog.
@@ -212,11 +213,14 @@ def sim(
     """
     from fedsilo.pipelines import simulate, workspace_inputs
     from fedsilo.tensors import save_parameters
+    from fedsilo.tracking import Tracker, track_simulation
 
     if sweep is not None:
         if output is not None:
             raise typer.BadParameter("a sweep trains several models; drop -o", param_hint="-o")
-        sweep_job(job_file, workspace, sweep, metric=metric, plot=plot, as_json=as_json)
+        sweep_job(
+            job_file, workspace, sweep, metric=metric, plot=plot, as_json=as_json, track=track
+        )
         return
     for given, name in ((metric, "--metric"), (plot, "--plot")):
         if given is not None:
@@ -235,6 +239,7 @@ def sim(
         result = simulate(spec, code_dir, inputs, work_root=Path(tmp), on_round=on_round)
     if output is not None:
         save_parameters(result.parameters, output)
+    tracked = track_simulation(Tracker.for_workspace(workspace), spec, result) if track else None
     if as_json:
         typer.echo(
             json.dumps(
@@ -242,6 +247,7 @@ def sim(
                     "rounds": [r.model_dump(mode="json") for r in result.history],
                     "final": result.final_metrics,
                     "seconds": result.seconds,
+                    "tracked": None if tracked is None else tracked.job_id,
                 },
                 indent=2,
             )
@@ -252,6 +258,10 @@ def sim(
             f"simulated {spec.rounds} rounds over {len(spec.silos)} silos "
             f"in {result.seconds:.1f} s" + (f"; model in {output}" if output else "")
         )
+        if tracked is not None:
+            console.print(
+                f"tracked in MLflow as job {tracked.job_id}: fedsilo tracking ui {workspace}"
+            )
 
 
 job_app.command("show")(show)

@@ -76,6 +76,13 @@ PlotOption = Annotated[
         help="With --sweep: where to write the PNG plot (default: ./JOB-sweep-KEY.png).",
     ),
 ]
+TrackFlag = Annotated[
+    bool,
+    typer.Option(
+        "--track",
+        help="Log the simulation (each variant, with --sweep) to the workspace's MLflow store.",
+    ),
+]
 
 
 def sweep_job(
@@ -86,12 +93,14 @@ def sweep_job(
     metric: str | None,
     plot: Path | None,
     as_json: bool,
+    track: bool = False,
 ) -> None:
     """Run and render a sweep: the one code path of ``sim --sweep`` and ``sweep --set``.
 
     Every value, and the plot's path, is checked before the first variant runs.
     """
     from fedsilo.pipelines import default_plot_path, parse_sweep, run_sweep, workspace_inputs
+    from fedsilo.tracking import Tracker
 
     spec, code_dir = load_job(job_file)
     key, values = parse_sweep(setting)
@@ -115,6 +124,7 @@ def sweep_job(
             metric=metric,
             plot=target,
             on_row=None if as_json else on_row,
+            tracker=Tracker.for_workspace(workspace) if track else None,
         )
     if as_json:
         typer.echo(json.dumps(result.as_dict(), indent=2))
@@ -129,6 +139,8 @@ def sweep_job(
         table.add_row(row.value, *cells, f"{row.seconds:.2f}")
     console.print(table)
     console.print(f"plot of final {result.metric} against {result.key} in {result.plot}")
+    if track:
+        console.print(f"each variant tracked in MLflow: fedsilo tracking runs {workspace}")
 
 
 def sweep(
@@ -144,10 +156,11 @@ def sweep(
     workspace: WorkspaceOption = Path("."),
     metric: MetricOption = None,
     plot: PlotOption = None,
+    track: TrackFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Simulate the job once per value of one setting: the same as fedsilo sim --sweep."""
-    sweep_job(job_file, workspace, setting, metric=metric, plot=plot, as_json=as_json)
+    sweep_job(job_file, workspace, setting, metric=metric, plot=plot, as_json=as_json, track=track)
 
 
 def register(app: typer.Typer) -> None:

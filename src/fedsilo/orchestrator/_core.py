@@ -16,8 +16,7 @@ import shutil
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +39,7 @@ from fedsilo.jobs import JobSpec, unpack_bundle
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._db import JobRow, Store, TaskRow
 from fedsilo.strategies import weighted_metrics
-from fedsilo.tracking import Tracker, track_history
+from fedsilo.tracking import LiveTracking, RoundRecord, Tracker
 
 __all__ = ["HEARTBEAT_SECONDS", "OFFLINE_AFTER_SECONDS", "Orchestrator"]
 
@@ -80,7 +79,7 @@ class Orchestrator:
         self.audit = audit
         self.tracker = tracker
         # MLflow logging runs on one thread of its own, in order, off the event loop
-        self._tracking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking")
+        self._tracking = LiveTracking(tracker) if tracker is not None else None
         self.silos = tuple(silos)
         self.store = store
         self.blobs = blobs
@@ -318,28 +317,35 @@ class Orchestrator:
         self._live.pop(job_id, None)
         self._runs.pop(job_id, None)
 
+    def track_start(self, job_id: str, spec: JobSpec, submitter: str) -> None:
+        """Open the job's MLflow run as the job starts (queued: never blocks, never fails it)."""
+        if self._tracking is not None:
+            params = spec.model_dump(mode="json")
+            self._tracking.start(job_id, spec.name, params, submitter=submitter)
+
+    def track_round(self, job_id: str, metrics: Sequence[RoundRecord]) -> None:
+        """Log the metrics a round closed with, ``(round, silo, phase, metrics)``, queued."""
+        if self._tracking is not None:
+            self._tracking.rounds(job_id, metrics)
+
     def track(self, info: JobInfo, spec: JobSpec, model_digest: str | None) -> None:
-        """Log a finished job to MLflow in the background; a tracking failure is only logged."""
-        if self.tracker is None:
+        """Complete a finished job's MLflow run in the background: what the rounds did not
+        log yet, the final model and the job's state. A tracking failure is only logged."""
+        if self._tracking is None:
             return
-        tracker = self.tracker
         model = self.blobs.path(model_digest) if model_digest else None
+        self._tracking.finish(
+            info.id,
+            info.name,
+            spec.model_dump(mode="json"),
+            info.history,
+            model,
+            info.state.value,
+        )
 
-        def record() -> None:
-            try:
-                track_history(
-                    tracker,
-                    info.id,
-                    info.name,
-                    spec.model_dump(mode="json"),
-                    info.history,
-                    model,
-                    state=info.state.value,
-                )
-            except Exception:
-                log.exception("could not track job %s in MLflow", info.id)
-
-        self._tracking.submit(record)
+    def track_flush(self, timeout: float | None = None) -> bool:
+        """Wait until every tracking call queued so far is done; False on timeout."""
+        return True if self._tracking is None else self._tracking.flush(timeout)
 
     def cancel(self, job_id: str) -> bool:
         run = self._runs.get(job_id)

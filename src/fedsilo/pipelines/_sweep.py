@@ -16,13 +16,17 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 
 from fedsilo.config._yamlio import validate_model
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import JobSpec
+from fedsilo.tracking import track_simulation
+
+if TYPE_CHECKING:
+    from fedsilo.tracking import Tracker
 
 __all__ = [
     "SweepResult",
@@ -173,6 +177,7 @@ def run_sweep(
     metric: str | None = None,
     plot: Path | None = None,
     on_row: Callable[[SweepRow], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> SweepResult:
     """Simulate ``spec`` once per value of ``key``; every variant is validated first.
 
@@ -184,7 +189,8 @@ def run_sweep(
     is a :class:`ConfigError` raised after the first variant, not after all of them.
     ``plot``, when given, is checked before anything runs (:func:`check_plot_path`) and
     receives the PNG of :func:`plot_sweep` at the end. ``on_row`` sees each variant as it
-    finishes.
+    finishes. With a ``tracker`` each variant is logged as a run of its own, tagged
+    ``fedsilo.sweep`` = ``KEY=VALUE``, so the MLflow UI compares them side by side.
     """
     from fedsilo.pipelines._baseline import warm_up
     from fedsilo.pipelines._simulation import simulate
@@ -201,8 +207,11 @@ def run_sweep(
     for i, (value, variant) in enumerate(variants):
         started = time.perf_counter()
         result = simulate(variant, code_dir, inputs, work_root=work_root / f"variant-{i}")
+        seconds = time.perf_counter() - started
+        if tracker is not None:
+            track_simulation(tracker, variant, result, sweep=f"{key}={value}")
         metrics = result.final_metrics
-        rows.append(SweepRow(value, metrics, time.perf_counter() - started))
+        rows.append(SweepRow(value, metrics, seconds))
         if i == 0:
             chosen = _pick_metric(metrics, metric)
         if on_row is not None:

@@ -1,23 +1,35 @@
 """Experiment tracking of FL jobs in MLflow, embedded in the workspace by default.
 
 ``Tracker.for_workspace(root)`` logs to ``root/tracking/mlflow.db`` (artifacts in
-``root/tracking/artifacts``); ``fedsilo tracking ui`` serves it. MLflow itself is imported
+``root/tracking/artifacts``); ``fedsilo tracking ui`` serves it. The orchestrator tracks
+each job while it runs through :class:`LiveTracking`. MLflow itself is imported
 only when a tracker first touches its store, so importing this package is cheap.
 """
 
-from fedsilo.tracking._history import round_metrics, track_history
+from fedsilo.tracking._history import (
+    round_entries,
+    round_metrics,
+    track_history,
+    track_simulation,
+)
+from fedsilo.tracking._live import FEDERATION, LiveTracking, RoundRecord
 from fedsilo.tracking._mlflow import TrackingError
 from fedsilo.tracking._server import UiCommand, ui_command
 from fedsilo.tracking._tracker import JobRun, TrackedJob, Tracker, workspace_store
 
 __all__ = [
+    "FEDERATION",
     "JobRun",
+    "LiveTracking",
+    "RoundRecord",
     "TrackedJob",
     "Tracker",
     "TrackingError",
     "UiCommand",
+    "round_entries",
     "round_metrics",
     "track_history",
+    "track_simulation",
     "ui_command",
     "workspace_store",
 ]

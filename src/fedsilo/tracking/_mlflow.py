@@ -6,11 +6,13 @@ MLflow takes a second or more to import and sends usage telemetry unless told no
 configures its ORM mappers at import time, and SQLAlchemy 2.1 warns there that MLflow
 uses the deprecated ``noload`` loader strategy; that one warning (MLflow's to fix, not
 ours) is silenced where the module is imported, so ``filterwarnings = error`` still
-catches every other.
+catches every other. MLflow's note on stderr that it creates a new store's tables is
+turned down to warnings only: a command's output stays what fedsilo prints.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import warnings
@@ -58,6 +60,7 @@ def _import_stores() -> None:
             )
             import mlflow.store.tracking.sqlalchemy_store
             import mlflow.tracking  # noqa: F401
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         _imported = True
 
 

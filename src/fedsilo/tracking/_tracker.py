@@ -38,6 +38,9 @@ TAG_JOB_ID = "fedsilo.job_id"
 TAG_JOB_NAME = "fedsilo.job_name"
 TAG_SILO = "fedsilo.silo"
 TAG_STATE = "fedsilo.state"
+TAG_SUBMITTER = "fedsilo.submitter"
+TAG_RUNTIME = "fedsilo.runtime"
+TAG_SWEEP = "fedsilo.sweep"
 _PARENT_TAG = "mlflow.parentRunId"
 _MAX_PARAM_CHARS = 6000
 _BAD_NAME_CHARS = re.compile(r"[^\w.\- /]")
@@ -196,18 +199,35 @@ class Tracker:
             self._experiments[name] = experiment_id
             return experiment_id
 
-    def start_job(self, job_id: str, job_name: str, params: Mapping[str, Any]) -> JobRun:
-        """Open the parent run of a job; ``params`` (nested dicts allowed) become its params."""
+    def start_job(
+        self,
+        job_id: str,
+        job_name: str,
+        params: Mapping[str, Any],
+        *,
+        submitter: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> JobRun:
+        """Open the parent run of a job; ``params`` (nested dicts allowed) become its params.
+
+        The run is ``RUNNING`` until :meth:`finish`. ``submitter`` and ``tags`` become
+        tags of the run (``fedsilo.runtime`` is ``federation`` unless ``tags`` say otherwise).
+        """
         from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
 
+        tags = {
+            TAG_KIND: "job",
+            TAG_JOB_ID: job_id,
+            TAG_JOB_NAME: job_name,
+            TAG_RUNTIME: "federation",
+            **(tags or {}),
+        }
+        if submitter is not None:
+            tags[TAG_SUBMITTER] = submitter
         try:
             experiment_id = self._experiment(job_name)
-            run = self.client.create_run(
-                experiment_id,
-                run_name=job_id,
-                tags={TAG_KIND: "job", TAG_JOB_ID: job_id, TAG_JOB_NAME: job_name},
-            )
+            run = self.client.create_run(experiment_id, run_name=job_id, tags=tags)
             flat = [Param(_name(k), v) for k, v in _flatten(params)]
             self.client.log_batch(run.info.run_id, params=flat)
         except MlflowException as exc:

@@ -1,0 +1,214 @@
+"""Tracking FL jobs while they run: the parent run from the start, each round as it closes.
+
+The orchestrator hands :class:`LiveTracking` what happens (a job starts, a round closes
+with the metrics gathered during it, the job ends with its history and model) and goes
+on at once: every MLflow call runs on one thread of its own, in the order the events
+came, never on the event loop. A failure of the tracking store is logged and never
+reaches the job.
+
+A round's metrics arrive as the orchestrator records them: ``(round, silo, phase,
+metrics)`` with phase ``train``, ``evaluate`` or ``privacy``, and silo ``*`` for what
+belongs to the whole federation (``central_epsilon``). The evaluation of round n's global
+model reaches the orchestrator with round n+1's training, so a round's ``accuracy``
+appears one round after its ``train_loss``; the final evaluation comes with the end of
+the job. At the end, whatever the history holds that was not logged yet (or was logged
+with another value) is logged, so the run is complete even if a round's logging failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedsilo.tracking._history import round_entries, track_history
+from fedsilo.tracking._tracker import JobRun, Tracker
+
+if TYPE_CHECKING:
+    from fedsilo.api import RoundInfo
+
+__all__ = ["FEDERATION", "LiveTracking", "RoundRecord"]
+
+log = logging.getLogger("fedsilo.tracking")
+
+FEDERATION = "*"
+"""The silo name under which the orchestrator records federation-wide metrics."""
+
+RoundRecord = tuple[int, str, str, Mapping[str, float]]
+"""``(round, silo, phase, metrics)``, as the orchestrator records them when a round closes."""
+
+_Key = tuple[int, str, str]  # (round, silo or "aggregate", metric)
+
+
+@dataclass
+class _Live:
+    """What the tracking thread knows of one running job (touched only on that thread)."""
+
+    job_id: str
+    job_name: str
+    params: Mapping[str, Any]
+    submitter: str | None = None
+    run: JobRun | None = None
+    phases: dict[int, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
+    logged: dict[_Key, float] = field(default_factory=dict)
+    failures: int = 0
+
+
+class LiveTracking:
+    """Logs running jobs to one MLflow store from a single background thread, in order.
+
+    Every public method only queues work and returns; none raises because of the store.
+    """
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking")
+        self._jobs: dict[str, _Live] = {}  # read and written on the tracking thread only
+        self._closed = threading.Event()
+
+    def _submit(self, job_id: str, what: str, work: Callable[[], None]) -> None:
+        def guarded() -> None:
+            try:
+                work()
+            except Exception as exc:
+                live = self._jobs.get(job_id)
+                first = live is None or live.failures == 0
+                if live is not None:
+                    live.failures += 1
+                if first:
+                    log.warning("could not track job %s in MLflow (%s)", job_id, what, exc_info=exc)
+                else:
+                    log.warning("could not track job %s in MLflow (%s): %s", job_id, what, exc)
+
+        if self._closed.is_set():
+            return
+        self._executor.submit(guarded)
+
+    def start(
+        self, job_id: str, job_name: str, params: Mapping[str, Any], *, submitter: str | None
+    ) -> None:
+        """Open the job's parent run now, so the store shows the job while it runs."""
+        live = _Live(job_id=job_id, job_name=job_name, params=params, submitter=submitter)
+
+        def work() -> None:
+            self._jobs[job_id] = live
+            live.run = self.tracker.start_job(job_id, job_name, params, submitter=submitter)
+
+        self._submit(job_id, "start", work)
+
+    def rounds(self, job_id: str, records: Iterable[RoundRecord]) -> None:
+        """Log the metrics a round closed with: per silo, aggregated, privacy spent."""
+        copied = [(n, silo, phase, dict(metrics)) for n, silo, phase, metrics in records]
+        if not copied:
+            return
+
+        def work() -> None:
+            live = self._jobs.get(job_id)
+            if live is None:
+                return  # not started here: the end of the job logs the whole history
+            if live.run is None:
+                live.run = self.tracker.start_job(
+                    live.job_id, live.job_name, live.params, submitter=live.submitter
+                )
+            touched = sorted({n for n, *_ in copied})
+            for n, silo, phase, metrics in copied:
+                live.phases.setdefault(n, {}).setdefault(phase, {}).setdefault(silo, {}).update(
+                    metrics
+                )
+            for n in touched:
+                self._log(live, _round_info(n, live.phases[n]), extra=live.phases[n])
+
+        self._submit(job_id, "round", work)
+
+    def finish(
+        self,
+        job_id: str,
+        job_name: str,
+        params: Mapping[str, Any],
+        history: Sequence[RoundInfo],
+        model: Path | None,
+        state: str,
+    ) -> None:
+        """Complete the job's run from its whole history, store the model, set its state."""
+        history = list(history)
+
+        def work() -> None:
+            live = self._jobs.pop(job_id, None)
+            if live is None or live.run is None:
+                track_history(self.tracker, job_id, job_name, params, history, model, state=state)
+                return
+            for info in history:
+                self._log(live, info)
+            if model is not None:
+                self.tracker.log_model(live.run, model)
+            self.tracker.finish(live.run, state)
+
+        self._submit(job_id, "finish", work)
+
+    def _log(
+        self,
+        live: _Live,
+        info: RoundInfo,
+        extra: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    ) -> None:
+        """Log what of one round was not logged yet with the same value."""
+        assert live.run is not None
+        per_silo, aggregate = round_entries(info)
+        for phase, silos in (extra or {}).items():
+            if phase in ("train", "evaluate", "privacy"):
+                continue
+            for silo, metrics in silos.items():
+                target = aggregate if silo == FEDERATION else per_silo.setdefault(silo, {})
+                target.update({f"{phase}_{k}": v for k, v in metrics.items()})
+        new_silos = {
+            silo: {k: v for k, v in metrics.items() if live.logged.get((info.round, silo, k)) != v}
+            for silo, metrics in per_silo.items()
+        }
+        new_silos = {silo: metrics for silo, metrics in new_silos.items() if metrics}
+        new_aggregate = {
+            k: v for k, v in aggregate.items() if live.logged.get((info.round, "", k)) != v
+        }
+        if not new_silos and not new_aggregate:
+            return
+        self.tracker.log_round(live.run, info.round, new_silos, new_aggregate)
+        for silo, metrics in new_silos.items():
+            live.logged.update({(info.round, silo, k): v for k, v in metrics.items()})
+        live.logged.update({(info.round, "", k): v for k, v in new_aggregate.items()})
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is logged; False if ``timeout`` ran out."""
+        if self._closed.is_set():
+            return True
+        done: Future[None] = self._executor.submit(lambda: None)
+        try:
+            done.result(timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Log what is queued, then stop the thread; later events are dropped."""
+        self._closed.set()
+        self._executor.shutdown(wait=True)
+
+
+def _round_info(round_: int, phases: Mapping[str, Mapping[str, Mapping[str, float]]]) -> RoundInfo:
+    """The round as the orchestrator's history will show it, from the records so far."""
+    from fedsilo.api import RoundInfo
+    from fedsilo.strategies import weighted_metrics
+
+    evaluate = {s: dict(m) for s, m in phases.get("evaluate", {}).items()}
+    privacy: dict[str, float] = {}
+    for metrics in phases.get("privacy", {}).values():
+        privacy.update(metrics)
+    return RoundInfo(
+        round=round_,
+        train={s: dict(m) for s, m in phases.get("train", {}).items()},
+        evaluate=evaluate,
+        evaluate_aggregate=weighted_metrics(evaluate) if evaluate else {},
+        privacy=privacy,
+    )
