@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +36,7 @@ class TaskKind(StrEnum):
     PREPARE = "prepare"  # fetch and verify the bundle, resolve inputs, preprocess, init model
     FIT = "fit"  # (evaluate the previous global model, then) train one round
     EVALUATE = "evaluate"  # evaluate the final global model
+    SECAGG = "secagg"  # one step of secure aggregation: a message for the silo's party
     RELEASE = "release"  # the job is over: stop its worker
 
 
@@ -53,6 +55,9 @@ class JobState(StrEnum):
 
 
 _HEX64 = r"^[0-9a-f]{64}$"
+# a secure-aggregation message (JSON) relayed in a task or a result: shares for 100 silos
+# over 1,000 rounds fit, base64 included
+_SECAGG_MAX = 64 * 1024 * 1024
 # ids become folder names in a silo's storage: nothing that could climb out of it
 _SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
@@ -80,6 +85,8 @@ class TaskMessage(_Msg):
     outputs: dict[str, str | None] = Field(default_factory=dict)
     rounds: int = Field(default=0, ge=0)
     privacy: PrivacySpec = PrivacySpec()
+    secagg: str | None = Field(default=None, max_length=_SECAGG_MAX)
+    mask_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class TaskResult(_Msg):
@@ -88,7 +95,8 @@ class TaskResult(_Msg):
     ``refused`` marks a silo's refusal (policy, signature, classification) rather than a
     failure of task code. ``seconds`` is the agent's whole handling of the task (downloads
     and uploads included);
-    ``compute_seconds`` the part spent in the job worker running task code.
+    ``compute_seconds`` the part spent in the job worker running task code. ``secagg``
+    holds the silo's secure-aggregation messages (JSON) for the orchestrator to relay.
     """
 
     ok: bool
@@ -99,6 +107,7 @@ class TaskResult(_Msg):
     eval_metrics: dict[str, float] | None = None
     seconds: float = 0.0
     compute_seconds: float = 0.0
+    secagg: tuple[Annotated[str, Field(max_length=_SECAGG_MAX)], ...] = ()
 
 
 class SubmitRequest(_Msg):

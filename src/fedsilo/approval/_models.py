@@ -78,7 +78,8 @@ class Declassification(BaseModel):
 
 
 class PrivacySettings(BaseModel):
-    """The differential-privacy settings the job declares (all optional)."""
+    """The privacy settings the job declares: differential privacy (all optional), and
+    whether the silo's update leaves only masked, under secure aggregation."""
 
     model_config = _FROZEN
 
@@ -86,6 +87,7 @@ class PrivacySettings(BaseModel):
     target_epsilon: float | None = None
     target_delta: float | None = None
     noise_multiplier: float | None = None
+    secure_aggregation: bool = False
 
 
 class ApprovalRequest(BaseModel):

@@ -46,6 +46,7 @@ class Condition(BaseModel):
     declassification_not_in: tuple[Declassification, ...] | None = None
     epsilon_above: float | None = None
     epsilon_missing: bool | None = None
+    secure_aggregation_missing: bool | None = None
 
     def facts(self, request: ApprovalRequest, silo: str) -> list[str] | None:
         """What makes every key hold, one sentence each; ``None`` if some key does not."""
@@ -163,6 +164,14 @@ def _epsilon_missing(c: Condition, r: ApprovalRequest, _silo: str) -> Fact:
     return "the job sets no target epsilon" if epsilon is None else f"target epsilon {epsilon:g}"
 
 
+def _secure_aggregation_missing(c: Condition, r: ApprovalRequest, _silo: str) -> Fact:
+    if r.privacy.secure_aggregation == c.secure_aggregation_missing:
+        return None
+    if r.privacy.secure_aggregation:
+        return "the job uses secure aggregation"
+    return "the job does not use secure aggregation: the orchestrator would see this silo's update"
+
+
 _CHECKS: dict[str, Callable[[Condition, ApprovalRequest, str], Fact]] = {
     "signature": _signature,
     "author_in": _author_in,
@@ -175,6 +184,7 @@ _CHECKS: dict[str, Callable[[Condition, ApprovalRequest, str], Fact]] = {
     "declassification_not_in": _declassification_not_in,
     "epsilon_above": _epsilon_above,
     "epsilon_missing": _epsilon_missing,
+    "secure_aggregation_missing": _secure_aggregation_missing,
 }
 assert set(_CHECKS) == set(Condition.model_fields)
 

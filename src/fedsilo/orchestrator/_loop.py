@@ -11,18 +11,22 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from fedsilo.api._messages import JobState, TaskKind, TaskMessage, TaskResult
 from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, TaskFailed
 from fedsilo.jobs import JobSpec
+from fedsilo.orchestrator._secure import SecureRounds
 from fedsilo.privacy import CentralDP, strategy_for
-from fedsilo.strategies import Aggregation
-from fedsilo.tensors import load_parameters, parameters_to_bytes
+from fedsilo.strategies import Aggregation, Strategy
+from fedsilo.tensors import Parameters, load_parameters, parameters_to_bytes
 
 if TYPE_CHECKING:
     from fedsilo.orchestrator._core import Orchestrator
@@ -58,14 +62,23 @@ class _JobRun:
         kind: TaskKind,
         phase: str,
         config: dict[str, dict[str, float]] | None = None,
+        *,
+        silos: Sequence[str] | None = None,
+        per_silo: Mapping[str, Mapping[str, Any]] | None = None,
+        tolerate: bool = False,
+        timeout: float | None = None,
         **fields: Any,
     ) -> AsyncGenerator[_Outcome, None]:
-        """Offer one task per silo of the job; yield results as they arrive.
+        """Offer one task per silo (the job's, or ``silos``); yield results as they arrive.
 
-        A failed task, or a silo whose agent stops heartbeating while its task is open,
-        ends the fan-out with an error naming the silo.
+        ``per_silo`` adds fields to one silo's task. A failed task, a silo whose agent stops
+        heartbeating while its task is open, or one silent past ``timeout`` seconds ends the
+        fan-out with an error naming the silo; with ``tolerate`` it is yielded instead, as
+        a result that is not ``ok``, and the others go on. A refusal always ends it.
         """
         spec = self.spec
+        targets = tuple(spec.silos if silos is None else silos)
+        extra = per_silo or {}
         messages = [
             (
                 silo,
@@ -86,12 +99,14 @@ class _JobRun:
                         for name, out in spec.outputs.items()
                     },
                     **fields,
+                    **extra.get(silo, {}),
                 ),
             )
-            for silo in spec.silos
+            for silo in targets
         ]
-        pending = dict(zip(self.orch.offer(messages), spec.silos, strict=True))
+        pending = dict(zip(self.orch.offer(messages), targets, strict=True))
         futures = {self.orch.waiter(t): t for t in pending}
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while pending:
                 done, _ = await asyncio.wait(
@@ -102,12 +117,23 @@ class _JobRun:
                     result = fut.result()
                     if result.refused:
                         raise JobFailed(f"{phase}: {result.error}")
-                    if not result.ok:
+                    if not result.ok and not tolerate:
                         raise TaskFailed(silo, f"{phase}: {result.error}")
                     yield _Outcome(silo, result)
-                for silo in pending.values():
-                    if not self.orch.online(silo):
-                        raise SiloUnavailable(silo, f"disconnected during {phase}")
+                late = deadline is not None and time.monotonic() > deadline
+                for task_id, silo in list(pending.items()):
+                    if late:
+                        why = f"did not answer {phase} within {timeout:g} s"
+                    elif not self.orch.online(silo):
+                        why = f"disconnected during {phase}"
+                    else:
+                        continue
+                    if not tolerate:
+                        raise SiloUnavailable(silo, why)
+                    del pending[task_id]
+                    futures = {f: t for f, t in futures.items() if t != task_id}
+                    self.orch.withdraw([task_id])
+                    yield _Outcome(silo, TaskResult(ok=False, error=why))
         finally:
             self.orch.withdraw(pending)
 
@@ -127,11 +153,31 @@ class _JobRun:
 
     def close_round(self, round_: int, digest: str | None) -> None:
         self.orch.store.finish_round(self.job_id, round_, digest, self.metrics)
-        self.orch.track_round(self.job_id, self.metrics)
         self.metrics = []
         if digest is not None:
             self.orch.publish_global(self.job_id, digest)
         self.orch.touch(self.job_id)
+
+    async def plain_round(
+        self, round_: int, strategy: Strategy, current: Parameters, global_digest: str
+    ) -> dict[str, npt.NDArray[np.generic]]:
+        """One round without secure aggregation: each silo's update folded in as it arrives."""
+        aggregation = strategy.begin_aggregation(round_, current)
+        fit = self.fan_out(
+            TaskKind.FIT,
+            f"round {round_}",
+            strategy.configure_round(round_, self.spec.silos),
+            round=round_,
+            params_digest=global_digest,
+            evaluate_first=round_ > 1,
+        )
+        async with aclosing(fit) as outcomes:
+            async for out in outcomes:
+                self.record(round_, out)
+                samples = int((out.result.train_metrics or {}).get("num_samples", 0))
+                path = self.params_path(out)
+                await asyncio.to_thread(_fold, aggregation, out.silo, path, samples)
+        return await asyncio.to_thread(aggregation.finish)
 
     async def run(self) -> str:
         """Run every phase; return the final global model's digest."""
@@ -149,34 +195,33 @@ class _JobRun:
         global_digest = initial[spec.silos[0]]
         self.close_round(0, global_digest)
         strategy = strategy_for(spec.strategy, spec.privacy)
+        secure = None
+        if spec.privacy.secure_aggregation is not None:
+            secure = SecureRounds(self, strategy, spec.privacy.secure_aggregation)
+            await secure.setup()
         for round_ in range(1, spec.rounds + 1):
             orch.store.start_round(job_id, round_)
             orch.update_job(job_id, current_round=round_, detail=f"round {round_}")
             current = await asyncio.to_thread(load_parameters, orch.blobs.path(global_digest))
-            aggregation = strategy.begin_aggregation(round_, current)
-            fit = self.fan_out(
-                TaskKind.FIT,
-                f"round {round_}",
-                strategy.configure_round(round_, spec.silos),
-                round=round_,
-                params_digest=global_digest,
-                evaluate_first=round_ > 1,
-            )
-            async with aclosing(fit) as outcomes:
-                async for out in outcomes:
-                    self.record(round_, out)
-                    samples = int((out.result.train_metrics or {}).get("num_samples", 0))
-                    path = self.params_path(out)
-                    await asyncio.to_thread(_fold, aggregation, out.silo, path, samples)
-            new_params = await asyncio.to_thread(aggregation.finish)
+            privacy: dict[str, float] = {}
+            if secure is not None:
+                new_params, summed = await secure.round(round_, current, global_digest)
+                privacy.update(secure.report(summed))
+            else:
+                new_params = await self.plain_round(round_, strategy, current, global_digest)
             global_digest = orch.blobs.put_bytes(parameters_to_bytes(new_params))
             if isinstance(strategy, CentralDP):
-                epsilon = strategy.epsilon()
-                self.metrics.append((round_, CENTRAL, "privacy", {"central_epsilon": epsilon}))
+                privacy["central_epsilon"] = strategy.epsilon()
+            if privacy:
+                self.metrics.append((round_, CENTRAL, "privacy", privacy))
             self.close_round(round_, global_digest)
         orch.update_job(job_id, detail="final evaluation")
         final = self.fan_out(
-            TaskKind.EVALUATE, "final evaluation", round=spec.rounds, params_digest=global_digest
+            TaskKind.EVALUATE,
+            "final evaluation",
+            silos=secure.active if secure is not None else None,
+            round=spec.rounds,
+            params_digest=global_digest,
         )
         async with aclosing(final) as outcomes:
             async for out in outcomes:
@@ -188,7 +233,6 @@ class _JobRun:
 async def run_job(orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -> None:
     """Run an FL job to its end, recording success, failure or cancellation."""
     orch.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
-    orch.track_start(job_id, spec, author)
     outcome: dict[str, Any]
     try:
         digest = await _JobRun(orch, job_id, spec, author).run()

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from fedsilo.api import MalformedTask, OrchestratorClient, TaskKind, TaskMessage, TaskResult
 from fedsilo.approval import ApprovalClient, Decision, load_policy
@@ -44,6 +45,9 @@ from fedsilo.silo._governance import (
 from fedsilo.silo._sandbox import SandboxSpec, check_sandbox
 from fedsilo.silo._workerproc import WorkerProcess
 from fedsilo.storage import Catalog
+
+if TYPE_CHECKING:
+    from fedsilo.privacy.secagg import SecAggClient
 
 __all__ = ["Agent", "run_agent"]
 
@@ -79,6 +83,7 @@ class Agent:
         self.approval = ApprovalClient(kit)
         self._workers: dict[str, WorkerProcess] = {}
         self._clearances: dict[str, Clearance] = {}
+        self._secagg: dict[str, SecAggClient] = {}
         self._last_used: dict[str, float] = {}
         self._busy = False
         self.stop = threading.Event()
@@ -219,6 +224,8 @@ class Agent:
             return self._fit(task)
         if task.kind is TaskKind.EVALUATE:
             return self._evaluate(task)
+        if task.kind is TaskKind.SECAGG:
+            return self._secure_aggregation(task)
         if task.kind is TaskKind.RELEASE:
             self._release(task.job_id)
             return TaskResult(ok=True)
@@ -231,6 +238,7 @@ class Agent:
             worker.stop()
             self.audit.append("job.ended", job_id=job_id)
         self._clearances.pop(job_id, None)
+        self._secagg.pop(job_id, None)
         shutil.rmtree(self._job_dir(job_id) / "params", ignore_errors=True)
 
     def _job_dir(self, job_id: str) -> Path:
@@ -336,7 +344,13 @@ class Agent:
                 f"'{self.silo}' reads only this silo's storage",
             )
         self._clearances[job_id] = Clearance(
-            job_id, answer.request_id, answer.rule, answer.decided_by, outputs
+            job_id,
+            answer.request_id,
+            answer.rule,
+            answer.decided_by,
+            outputs,
+            privacy=task.privacy,
+            rounds=task.rounds,
         )
         return self._start_worker(task, code_dir, inputs)
 
@@ -397,7 +411,7 @@ class Agent:
             ok=True, params_digest=self._upload(task, out, "model"), compute_seconds=compute
         )
 
-    def _upload(self, task: TaskMessage, path: Path, output: str) -> str:
+    def _upload(self, task: TaskMessage, path: Path, output: str, **audit: Any) -> str:
         """Upload an output file if its classification lets it leave; else keep it here."""
         assert task.job_id is not None
         clearance = self._clearances[task.job_id]
@@ -424,6 +438,7 @@ class Agent:
             round=task.round,
             sha256=digest,
             classification=classification.value,
+            **audit,
         )
         return digest
 
@@ -462,6 +477,9 @@ class Agent:
 
     def _fit(self, task: TaskMessage) -> TaskResult:
         assert task.job_id is not None
+        clearance = self._clearances.get(task.job_id)
+        if clearance is not None and clearance.privacy.secure_aggregation is not None:
+            self._party(task.job_id)  # no training, and no update, without the masks
         worker = self._worker(task.job_id)
         params = self._global(task)
         out = self._job_dir(task.job_id) / "params" / f"update-{task.round}.safetensors"
@@ -477,7 +495,14 @@ class Agent:
         compute = time.perf_counter() - started
         train = self._metrics(task, reply["train_metrics"])
         evaluation = self._metrics(task, reply.get("eval_metrics"))
-        digest = self._upload(task, out, "model")
+        if clearance is not None and clearance.privacy.secure_aggregation is not None:
+            samples = float(reply["train_metrics"].get("num_samples", 0))
+            masked = self._mask(task, out, params, samples)
+            out.unlink(missing_ok=True)  # the plain update never leaves, nor stays around
+            digest = self._upload(task, masked, "model", masked=True)
+            masked.unlink(missing_ok=True)
+        else:
+            digest = self._upload(task, out, "model")
         params.unlink(missing_ok=True)
         return TaskResult(
             ok=True,
@@ -486,6 +511,97 @@ class Agent:
             eval_metrics=evaluation,
             compute_seconds=compute,
         )
+
+    # -- secure aggregation -----------------------------------------------------------------
+
+    def _secure_aggregation(self, task: TaskMessage) -> TaskResult:
+        """Hand one secure-aggregation message to this silo's party; return its answers.
+
+        The party holds this silo's keys and the shares other silos dealt it, here in the
+        agent, never in the job worker that runs the job's code. It is built from the
+        privacy settings the silo approved, not from anything the task says, and refuses
+        (as the silo, in its audit log) any message that would reveal too much.
+        """
+        from fedsilo.privacy.secagg import (
+            KeyRoster,
+            SecAggClient,
+            SecAggProtocolError,
+            ShareDelivery,
+            UnmaskRequest,
+            parse_message,
+        )
+
+        assert task.job_id is not None
+        clearance = self._clearances.get(task.job_id)
+        secure = clearance.privacy.secure_aggregation if clearance is not None else None
+        if clearance is None or secure is None:
+            raise self._refuse(
+                task,
+                "secure-aggregation",
+                "this silo approved no secure aggregation for the job",
+            )
+        try:
+            if task.secagg is None:
+                if task.job_id in self._secagg:
+                    raise SecAggProtocolError("secure aggregation is already set up for the job")
+                party = SecAggClient(
+                    self.silo,
+                    job_id=task.job_id,
+                    rounds=clearance.rounds,
+                    threshold=secure.threshold,
+                    bits=secure.fixed_point_bits,
+                    clip_range=secure.clip_range,
+                )
+                self._secagg[task.job_id] = party
+                self.audit.append("secagg.setup", job_id=task.job_id, rounds=clearance.rounds)
+                return TaskResult(ok=True, secagg=(party.advertise().model_dump_json(),))
+            party = self._party(task.job_id)
+            message = parse_message(task.secagg)
+            if not isinstance(message, KeyRoster | ShareDelivery | UnmaskRequest):
+                raise SecAggProtocolError(
+                    f"a silo takes no {type(message).__name__} from the orchestrator"
+                )
+            if isinstance(message, UnmaskRequest):
+                self.audit.append(
+                    "secagg.unmask",
+                    job_id=task.job_id,
+                    round=message.round,
+                    survivors=list(message.survivors),
+                    dropped=list(message.dropped),
+                )
+            replies = party.feed(message)
+        except SecAggProtocolError as exc:
+            raise self._refuse(task, "secure-aggregation", str(exc)) from exc
+        return TaskResult(ok=True, secagg=tuple(r.model_dump_json() for r in replies))
+
+    def _party(self, job_id: str) -> SecAggClient:
+        party = self._secagg.get(job_id)
+        if party is None:
+            raise FedsiloError(
+                f"secure aggregation of job {job_id} is not set up in silo '{self.silo}' "
+                "(its agent may have restarted); the silo sends no update in the clear"
+            )
+        return party
+
+    def _mask(self, task: TaskMessage, update: Path, current: Path, samples: float) -> Path:
+        """Mask this silo's update (clipped under central DP); return the file to upload."""
+        from fedsilo.privacy.secagg import mask_update, save_masked
+        from fedsilo.tensors import load_parameters
+
+        assert task.job_id is not None
+        party = self._party(task.job_id)
+        central = self._clearances[task.job_id].privacy.central
+        masked = mask_update(
+            party,
+            task.round,
+            load_parameters(update),
+            load_parameters(current),
+            weight=samples if task.mask_weight is None else task.mask_weight,
+            clip_norm=central.clip_norm if central is not None else None,
+        )
+        path = update.with_name(f"masked-{task.round}.safetensors")
+        save_masked(masked, path)
+        return path
 
     def _evaluate(self, task: TaskMessage) -> TaskResult:
         assert task.job_id is not None

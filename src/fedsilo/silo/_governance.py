@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsilo.api import TaskMessage
@@ -60,13 +60,17 @@ class ResolvedInput:
 
 @dataclass(frozen=True)
 class Clearance:
-    """What this silo's approval covered for one job: each output's classification."""
+    """What this silo's approval covered for one job: each output's classification, and the
+    privacy and number of rounds the approved request declared (which later tasks of the
+    job cannot change)."""
 
     job_id: str
     request_id: str
     rule: str
     decided_by: str
     outputs: Mapping[str, Classification]
+    privacy: PrivacySpec = field(default_factory=PrivacySpec)
+    rounds: int = 0
 
 
 def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[ResolvedInput]:
@@ -147,21 +151,25 @@ def approval_request(
 
 
 def privacy_settings(spec: PrivacySpec) -> PrivacySettings:
-    """What the approval endpoint sees of a job's privacy: mechanism, target, noise."""
+    """What the approval endpoint sees of a job's privacy: mechanism, target, noise, and
+    whether the silo's update leaves only masked (secure aggregation)."""
     if spec.local is not None:
         return PrivacySettings(
             mechanism="dp-sgd",
             target_epsilon=spec.local.target_epsilon,
             target_delta=spec.local.target_delta,
             noise_multiplier=spec.local.noise_multiplier,
+            secure_aggregation=spec.secure_aggregation is not None,
         )
+    secure = spec.secure_aggregation is not None
     if spec.central is not None:
         return PrivacySettings(
             mechanism="dp-fedavg",
             target_delta=spec.central.target_delta,
             noise_multiplier=spec.central.noise_multiplier,
+            secure_aggregation=secure,
         )
-    return PrivacySettings()
+    return PrivacySettings(secure_aggregation=secure)
 
 
 def check_leaving(silo: str, name: str, classification: Classification) -> None:

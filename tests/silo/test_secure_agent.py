@@ -1,0 +1,143 @@
+"""A silo's agent under secure aggregation, played against a dishonest orchestrator.
+
+The agent runs in this process from a real silo kit; the tasks a compromised orchestrator
+could send are handed to it directly. The silo must never upload an update in the clear,
+never take its masking settings from the task, and never reveal both secrets of a party.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedsilo.api import TaskKind, TaskMessage
+from fedsilo.audit import audit_path, read_log
+from fedsilo.config import Classification, open_workspace, provision
+from fedsilo.errors import FedsiloError, PolicyRejected
+from fedsilo.privacy import PrivacySpec
+from fedsilo.privacy.secagg import (
+    AdvertiseKeys,
+    SecAggClient,
+    SecAggServer,
+    UnmaskRequest,
+    parse_message,
+)
+from fedsilo.silo._agent import Agent
+from fedsilo.silo._governance import Clearance
+
+FEDERATION = """\
+name: secure
+orchestrator:
+  storage: {root: storage/orchestrator}
+  compute: {name: orchestrator-cpu}
+silos:
+  - {name: silo-a, storage: {root: storage/silo-a}, compute: {name: a-cpu}}
+  - {name: silo-b, storage: {root: storage/silo-b}, compute: {name: b-cpu}}
+  - {name: silo-c, storage: {root: storage/silo-c}, compute: {name: c-cpu}}
+submitters: [alice]
+"""
+SILOS = ("silo-a", "silo-b", "silo-c")
+SECURE = PrivacySpec.model_validate({"secure_aggregation": {}})
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[Agent]:
+    (tmp_path / "federation.yaml").write_text(FEDERATION)
+    ws = provision(tmp_path / "federation.yaml", tmp_path / "ws")
+    agent = Agent(open_workspace(ws.root).kit("silo-a"))
+    try:
+        yield agent
+    finally:
+        agent.client.close()
+        agent.catalog.close()
+
+
+def _clear(agent: Agent, job_id: str, privacy: PrivacySpec, rounds: int = 2) -> None:
+    outputs = {"model": Classification.INTERMEDIATE, "metrics": Classification.INTERMEDIATE}
+    agent._clearances[job_id] = Clearance(
+        job_id, "request", "rule", "policy", outputs, privacy=privacy, rounds=rounds
+    )
+
+
+def _task(job_id: str, kind: TaskKind, **fields: Any) -> TaskMessage:
+    return TaskMessage(task_id=uuid.uuid4().hex, kind=kind, job_id=job_id, **fields)
+
+
+def _refusals(agent: Agent) -> list[dict[str, object]]:
+    return [e.data for e in read_log(audit_path(agent.storage)) if e.event == "job.refused"]
+
+
+def test_no_update_leaves_a_secure_job_before_its_masks_are_set_up(agent: Agent) -> None:
+    _clear(agent, "job-1", SECURE)
+    # the orchestrator skips the setup and asks for a round, even claiming no privacy
+    fit = _task("job-1", TaskKind.FIT, round=1, params_digest="0" * 64, privacy=PrivacySpec())
+    with pytest.raises(FedsiloError, match="sends no update in the clear"):
+        agent._dispatch(fit)
+
+
+def test_a_silo_sets_up_secure_aggregation_only_for_a_job_it_approved_with_it(
+    agent: Agent,
+) -> None:
+    _clear(agent, "job-2", PrivacySpec())
+    with pytest.raises(PolicyRejected, match="approved no secure aggregation"):
+        agent._dispatch(_task("job-2", TaskKind.SECAGG))
+    assert _refusals(agent)[-1]["rule"] == "secure-aggregation"
+
+
+def test_the_party_is_built_from_what_the_silo_approved(agent: Agent) -> None:
+    _clear(agent, "job-3", SECURE, rounds=5)
+    result = agent._dispatch(_task("job-3", TaskKind.SECAGG, rounds=1))
+    (text,) = result.secagg
+    message = parse_message(text)
+    assert isinstance(message, AdvertiseKeys) and message.sender == "silo-a"
+    assert len(message.keys.s_public) == 5  # the approved rounds, not the task's
+    with pytest.raises(PolicyRejected, match="already set up"):
+        agent._dispatch(_task("job-3", TaskKind.SECAGG))
+
+
+def test_a_request_for_both_secrets_of_a_party_is_refused_and_audited(agent: Agent) -> None:
+    job = "job-4"
+    _clear(agent, job, SECURE)
+    server = SecAggServer(SILOS, job_id=job, rounds=2)
+    others = {s: SecAggClient(s, job_id=job, rounds=2) for s in SILOS[1:]}
+    (ad,) = agent._dispatch(_task(job, TaskKind.SECAGG)).secagg
+    rosters = [m for c in others.values() for m in server.feed(c.advertise())]
+    rosters += server.feed(parse_message(ad))
+    deliveries = []
+    for roster in rosters:
+        if roster.recipient == "silo-a":
+            replies = agent._dispatch(
+                _task(job, TaskKind.SECAGG, secagg=roster.model_dump_json())
+            ).secagg
+            bundles = [parse_message(t) for t in replies]
+        else:
+            bundles = list(others[roster.recipient].feed(roster))
+        for bundle in bundles:
+            deliveries += server.feed(bundle)
+    for delivery in deliveries:
+        if delivery.recipient == "silo-a":
+            agent._dispatch(_task(job, TaskKind.SECAGG, secagg=delivery.model_dump_json()))
+        else:
+            others[delivery.recipient].feed(delivery)
+    party = agent._secagg[job]
+    assert party.ready
+    party.masked_input(1, {"w": np.zeros(3)}, 1.0)
+    # first it reveals silo-b's self-mask seed (b: silo-b survived) ...
+    honest = UnmaskRequest(job_id=job, recipient="silo-a", round=1, survivors=SILOS, dropped=())
+    agent._dispatch(_task(job, TaskKind.SECAGG, secagg=honest.model_dump_json()))
+    # ... then a dishonest orchestrator claims silo-b dropped, to get its s key too
+    greedy = UnmaskRequest(
+        job_id=job,
+        recipient="silo-a",
+        round=1,
+        survivors=("silo-a", "silo-c"),
+        dropped=("silo-b",),
+    )
+    with pytest.raises(PolicyRejected, match="would expose its input"):
+        agent._dispatch(_task(job, TaskKind.SECAGG, secagg=greedy.model_dump_json()))
+    assert _refusals(agent)[-1]["rule"] == "secure-aggregation"
