@@ -153,6 +153,7 @@ class _JobRun:
 
     def close_round(self, round_: int, digest: str | None) -> None:
         self.orch.store.finish_round(self.job_id, round_, digest, self.metrics)
+        self.orch.track_round(self.job_id, self.metrics)
         self.metrics = []
         if digest is not None:
             self.orch.publish_global(self.job_id, digest)
@@ -233,6 +234,7 @@ class _JobRun:
 async def run_job(orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -> None:
     """Run an FL job to its end, recording success, failure or cancellation."""
     orch.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
+    orch.track_start(job_id, spec, author)
     outcome: dict[str, Any]
     try:
         digest = await _JobRun(orch, job_id, spec, author).run()
