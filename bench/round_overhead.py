@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from fedsilo.api import JobState, OrchestratorClient
-from fedsilo.config import open_workspace, provision
-from fedsilo.jobs import load_job
-from fedsilo.orchestrator._db import Store
+from _harness import job_record, provision_bench, run_job, write_task
+
 from fedsilo.runtime import down, processes, up
 
 TASK = """
@@ -48,12 +45,6 @@ def evaluate(model, ctx):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS"):
@@ -62,65 +53,29 @@ def _rss_mb(pid: int) -> float:
 
 
 def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
-    names = [f"s{i:03d}" for i in range(silos)]
-    spec = tmp / "federation.yaml"
-    spec.write_text(
-        f"name: bench\norchestrator:\n  port: {_free_port()}\n"
-        "  storage: {root: storage/orchestrator}\n  compute: {name: orch}\nsilos:\n"
-        + "".join(
-            f"  - {{name: {n}, storage: {{root: storage/{n}}}, compute: {{name: {n}-cpu}}}}\n"
-            for n in names
-        )
-    )
-    root = tmp / "ws"
-    provision(spec, root)
-    (tmp / "task").mkdir()
-    (tmp / "task" / "task.py").write_text(TASK)
+    ws, names = provision_bench(tmp, silos)
+    write_task(tmp, TASK)
     job = tmp / "job.yaml"
     job.write_text(
         f"name: bench\ncode: task\nsilos: [{', '.join(names)}]\nrounds: {rounds}\n"
         f"hyperparameters: {{extra: {{params: {params}}}}}\n"
     )
-    ws = open_workspace(root)
     t0 = time.perf_counter()
-    up(root, timeout=300)
+    up(ws.root, timeout=300)
     up_seconds = time.perf_counter() - t0
     time.sleep(2.0)
-    agent_mb = [_rss_mb(p.pid) for p in processes(root) if p.role == "silo"]
+    agent_mb = [_rss_mb(p.pid) for p in processes(ws.root) if p.role == "silo"]
     try:
-        job_spec, code_dir = load_job(job)
-        with OrchestratorClient(ws.kit(ws.submitter_name), timeout=120) as client:
-            job_id = client.submit(job_spec, code_dir)
-            info = client.wait(job_id, timeout=900)
-        if info.state is not JobState.SUCCEEDED:
-            raise SystemExit(f"job {job_id} {info.state.value}: {info.error}")
+        job_id = run_job(ws, job, timeout=900)
     finally:
-        down(root)
-    store = Store(f"sqlite:///{ws.kit('orchestrator').storage_path / 'orchestrator.db'}")
-    try:
-        job_row = store.job(job_id)
-        assert job_row is not None
-        round_rows = {r.round: r for r in store.rounds(job_id)}
-        from sqlalchemy import select
-
-        from fedsilo.orchestrator._db import TaskRow
-
-        with store.session() as s:
-            tasks = list(s.scalars(select(TaskRow).where(TaskRow.job_id == job_id)))
-    finally:
-        store.close()
-    compute: dict[tuple[str, int], float] = {}
-    for t in tasks:
-        if t.result_json and t.kind in ("prepare", "fit"):
-            result = json.loads(t.result_json)
-            key = (t.kind, t.round)
-            compute[key] = max(compute.get(key, 0.0), float(result.get("compute_seconds", 0.0)))
-    overheads = []
-    for n in range(2, rounds + 1):  # round 1 is a warm-up
-        r = round_rows[n]
-        assert r.finished_at is not None
-        overheads.append((r.finished_at - r.started_at) - compute[("fit", n)])
-    start_overhead = (round_rows[1].started_at - job_row.created_at) - compute[("prepare", 0)]
+        down(ws.root)
+    record = job_record(ws, job_id)
+    overheads = [  # round 1 is a warm-up
+        record.round_seconds(n) - record.compute[("fit", n)] for n in range(2, rounds + 1)
+    ]
+    start_overhead = (record.rounds[1].started_at - record.created_at) - record.compute[
+        ("prepare", 0)
+    ]
     return {
         "silos": silos,
         "rounds_measured": len(overheads),
@@ -129,7 +84,7 @@ def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
         "round_overhead_mean_s": statistics.fmean(overheads),
         "round_overhead_max_s": max(overheads),
         "job_start_overhead_s": start_overhead,
-        "slowest_preprocess_s": compute[("prepare", 0)],
+        "slowest_preprocess_s": record.compute[("prepare", 0)],
         "agent_rss_mb_max": max(agent_mb),
         "agent_rss_mb_mean": statistics.fmean(agent_mb),
         "up_seconds": up_seconds,

@@ -17,7 +17,15 @@ import numpy.typing as npt
 from fedsilo.errors import AggregationError
 from fedsilo.tensors import Parameters
 
-__all__ = ["cast_like", "clip_scale", "clip_update", "clipped_delta", "delta_norm", "norm_of_delta"]
+__all__ = [
+    "cast_like",
+    "check_like",
+    "clip_scale",
+    "clip_update",
+    "clipped_delta",
+    "delta_norm",
+    "norm_of_delta",
+]
 
 Arrays = dict[str, npt.NDArray[np.generic]]
 
@@ -38,6 +46,12 @@ def norm_of_delta(
 
 def delta_norm(params: Parameters, current: Parameters, who: str) -> float:
     """L2 norm of in-memory ``params - current``, after checking names and shapes."""
+    check_like(params, current, who)
+    return norm_of_delta(lambda name: np.asarray(params[name]), current, who)
+
+
+def check_like(params: Parameters, current: Parameters, who: str) -> None:
+    """Refuse ``params`` unless it has exactly ``current``'s tensor names and shapes."""
     if set(params) != set(current):
         raise AggregationError(
             f"{who} sent tensors {sorted(set(params) ^ set(current))} that the global model "
@@ -49,7 +63,6 @@ def delta_norm(params: Parameters, current: Parameters, who: str) -> float:
                 f"{who} sent tensor '{name}' of shape {np.shape(params[name])}, "
                 f"expected {np.shape(base)}"
             )
-    return norm_of_delta(lambda name: np.asarray(params[name]), current, who)
 
 
 def clip_scale(norm: float, clip_norm: float) -> float:
@@ -67,8 +80,11 @@ def clipped_delta(
     """
     if clip_norm is not None and clip_norm <= 0:
         raise ValueError(f"clip_norm must be positive, got {clip_norm}")
-    norm = delta_norm(params, current, who)
-    scale = 1.0 if clip_norm is None else clip_scale(norm, clip_norm)
+    if clip_norm is None:
+        check_like(params, current, who)
+        scale = 1.0
+    else:
+        scale = clip_scale(delta_norm(params, current, who), clip_norm)
     return {
         name: scale * (np.asarray(params[name], dtype=np.float64) - np.asarray(base, np.float64))
         for name, base in current.items()
