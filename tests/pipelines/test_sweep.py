@@ -115,6 +115,8 @@ def test_categorical_values_plot_too(swept: SweepResult, tmp_path: Path) -> None
             lambda s: s.privacy.local is not None and s.privacy.local.target_epsilon == 4.0,
         ),
         ("privacy.central.noise_multiplier", "0.5", lambda s: s.privacy.central is not None),
+        ("strategy.name", "median", lambda s: s.strategy.name == "median"),
+        ("strategy.name", "fedadam", lambda s: getattr(s.strategy, "server_lr", 0) == 0.01),
     ],
 )
 def test_override_sets_one_setting(

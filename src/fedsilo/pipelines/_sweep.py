@@ -131,13 +131,17 @@ def override_spec(spec: JobSpec, key: str, value: str) -> JobSpec:
     """``spec`` with the setting at dotted path ``key`` set to ``value`` (a YAML scalar).
 
     Missing parents are created (``privacy.local.target_epsilon`` on a job without privacy
-    settings); a key the spec does not have or a value it does not accept is a
-    :class:`ConfigError` naming the key.
+    settings), and settings the job file leaves to their defaults are derived again, so
+    ``strategy.name=median`` works on a job that names no strategy parameters. A key the
+    spec does not have or a value it does not accept is a :class:`ConfigError` naming
+    the key.
     """
     parts = key.split(".")
     if not all(parts):
         raise ConfigError(f"'{key}' is not a dotted path into the job spec", field=key)
-    data: Any = spec.model_dump(mode="json")
+    # what the job file says, so defaults follow the override (strategy.name=median must
+    # not carry FedAvg's default weighting into a strategy that has none)
+    data: Any = spec.model_dump(mode="json", exclude_unset=True)
     node: Any = data
     for depth, part in enumerate(parts[:-1]):
         here = ".".join(parts[: depth + 1])
