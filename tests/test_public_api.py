@@ -12,6 +12,7 @@ PACKAGES = [
     "fedsilo.approval",
     "fedsilo.audit",
     "fedsilo.config",
+    "fedsilo.datasets",
     "fedsilo.errors",
     "fedsilo.jobs",
     "fedsilo.orchestrator",

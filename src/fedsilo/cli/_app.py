@@ -26,6 +26,7 @@ def _register() -> None:
         _approval,
         _audit,
         _data,
+        _examples,
         _federation,
         _jobs,
         _keys,
@@ -39,6 +40,7 @@ def _register() -> None:
         module.register(app)
     for module in (_learn, _tracking):
         module.register(app)
+    _examples.register(app)
 
 
 def main() -> None:
