@@ -9,9 +9,14 @@ serves the same store. Every job's metrics are logged twice in its parent run:
 * ``{silo}/{metric}`` and ``aggregate/{metric}`` with ``step=n``, which the MLflow UI plots
   as curves over rounds.
 
-Each silo's nested child run holds that silo's ``{metric}`` with ``step=n``, so the UI can
-overlay the silos. Only :class:`mlflow.tracking.MlflowClient` is used, never MLflow's
-global "active run", so one process may track several jobs from several threads.
+Per silo, ``{metric}`` is an evaluation metric, ``train_{metric}`` a training one and
+``epsilon`` the local DP-SGD spend so far; the aggregate also carries the federation's
+privacy record (``central_epsilon``). Each silo's nested child run holds that silo's
+``{metric}`` with ``step=n``, so the UI can overlay the silos. docs/tracking.md documents
+every key; the orchestrator logs them while the job runs (:mod:`fedsilo.tracking._live`).
+
+Only :class:`mlflow.tracking.MlflowClient` is used, never MLflow's global "active run", so
+one process may track several jobs from several threads.
 """
 
 from __future__ import annotations
