@@ -20,6 +20,7 @@ enter, so callers catch one family::
     ├── SandboxUnavailable       a silo cannot confine job code (bubblewrap missing or failing)
     ├── TaskFailed               task code raised inside a silo
     ├── JobFailed                an FL job ended in failure
+    ├── StepRefused              a literal pipeline asked for a step its job does not allow
     ├── PrivacyBudgetExceeded    a job would spend more epsilon than allowed
     └── AggregationError         results could not be aggregated
 """
@@ -42,6 +43,7 @@ __all__ = [
     "SandboxUnavailable",
     "SignatureError",
     "SiloUnavailable",
+    "StepRefused",
     "TaskFailed",
     "TransportError",
     "WorkspaceError",
@@ -171,6 +173,12 @@ class TaskFailed(FedsiloError):
 
 class JobFailed(FedsiloError):
     """An FL job ended in failure; the message names the job and the cause."""
+
+
+class StepRefused(FedsiloError):
+    """A literal pipeline asked for a step its job does not allow (the message says why):
+    a silo or round outside the job, a model that is not one of its global models, a
+    round trained or aggregated twice."""
 
 
 class PrivacyBudgetExceeded(FedsiloError):

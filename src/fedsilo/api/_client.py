@@ -19,11 +19,18 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel
 
 from fedsilo.api._messages import (
+    AggregateRequest,
     CheckReport,
+    FinishRequest,
     JobInfo,
+    LiteralState,
+    ModelRef,
     StatusReport,
+    StepInfo,
+    StepRequest,
     SubmitRequest,
     TaskMessage,
     TaskResult,
@@ -216,6 +223,46 @@ class OrchestratorClient:
     def download_model(self, job_id: str, dest: Path) -> str:
         """Fetch a finished job's global model to ``dest`` (safetensors); return its sha256."""
         return self._download(f"/v1/jobs/{job_id}/model", dest)
+
+    # -- literal pipelines ------------------------------------------------------------------
+
+    def literal_state(self, job_id: str, *, wait: float = 0.0) -> LiteralState:
+        """A literal pipeline's job; with ``wait``, once its silos are prepared."""
+        response = self._request(
+            "GET", f"/v1/jobs/{job_id}/literal", params={"wait": wait}, timeout=wait + 15
+        )
+        return LiteralState.model_validate_json(response.content)
+
+    def _post(self, path: str, body: BaseModel, timeout: float | None = None) -> bytes:
+        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        response = self._request(
+            "POST",
+            path,
+            content=body.model_dump_json(),
+            headers={"content-type": "application/json"},
+            **extra,
+        )
+        return response.content
+
+    def start_step(self, job_id: str, request: StepRequest) -> StepInfo:
+        """Start one step of a literal pipeline in one silo."""
+        return StepInfo.model_validate_json(self._post(f"/v1/jobs/{job_id}/steps", request))
+
+    def step(self, job_id: str, step_id: str, *, wait: float = 0.0) -> StepInfo:
+        """A step's state; with ``wait``, once it finished (or ``wait`` seconds passed)."""
+        response = self._request(
+            "GET", f"/v1/jobs/{job_id}/steps/{step_id}", params={"wait": wait}, timeout=wait + 15
+        )
+        return StepInfo.model_validate_json(response.content)
+
+    def aggregate(self, job_id: str, request: AggregateRequest) -> ModelRef:
+        """Aggregate finished train steps with the job's strategy; the new global model."""
+        content = self._post(f"/v1/jobs/{job_id}/aggregate", request, timeout=600)
+        return ModelRef.model_validate_json(content)
+
+    def finish(self, job_id: str, model: str) -> None:
+        """End a literal pipeline's job with ``model`` as its final model."""
+        self._post(f"/v1/jobs/{job_id}/finish", FinishRequest(model=model))
 
     def status(self) -> StatusReport:
         return StatusReport.model_validate_json(self._request("GET", "/v1/status").content)

@@ -11,13 +11,21 @@ from fedsilo.jobs import JobSpec
 from fedsilo.privacy._spec import PrivacySpec
 
 __all__ = [
+    "AggregateRequest",
     "CheckReport",
+    "FinishRequest",
     "JobInfo",
     "JobState",
+    "LiteralState",
+    "ModelRef",
     "RoundInfo",
     "SiloCheck",
     "SiloStatus",
     "StatusReport",
+    "StepInfo",
+    "StepKind",
+    "StepRequest",
+    "StepState",
     "SubmitRequest",
     "TaskKind",
     "TaskMessage",
@@ -182,3 +190,77 @@ class CheckReport(_Msg):
     """The result of a no-op job sent through every silo."""
 
     silos: list[SiloCheck]
+
+
+# -- literal pipelines: the submitter's loop drives the job step by step --------------------
+
+
+class StepKind(StrEnum):
+    """What a step of a literal pipeline runs in one silo."""
+
+    TRAIN = "train"  # train from a global model: the silo's update stays with the orchestrator
+    EVALUATE = "evaluate"  # evaluate a global model on the silo's data
+
+
+class StepState(StrEnum):
+    """Where a step stands."""
+
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class StepRequest(_Msg):
+    """Run one step in one silo, from a global model of the job (its digest)."""
+
+    kind: StepKind
+    silo: str
+    model: str = Field(pattern=_HEX64)
+    round: int = Field(default=0, ge=0)
+
+
+class StepInfo(_Msg):
+    """A step as the orchestrator sees it: its metrics once done, never the silo's update."""
+
+    step: str
+    kind: StepKind
+    silo: str
+    round: int
+    model: str
+    state: StepState
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    compute_seconds: float = 0.0
+
+
+class AggregateRequest(_Msg):
+    """Aggregate finished train steps of one round with the job's strategy."""
+
+    steps: tuple[str, ...] = Field(min_length=1)
+    round: int = Field(ge=1)
+
+
+class ModelRef(_Msg):
+    """A global model of the job, kept by the orchestrator: its digest and its round."""
+
+    model: str = Field(pattern=_HEX64)
+    round: int = Field(ge=0)
+
+
+class FinishRequest(_Msg):
+    """End a literal pipeline's job; ``model`` becomes its final model."""
+
+    model: str = Field(pattern=_HEX64)
+
+
+class LiteralState(_Msg):
+    """A literal pipeline's job: whether its silos are prepared, and its initial model."""
+
+    job_id: str
+    state: JobState
+    ready: bool
+    silos: list[str]
+    rounds: int
+    initial_model: str | None = None
+    error: str | None = None

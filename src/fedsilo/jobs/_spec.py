@@ -6,6 +6,7 @@ inconsistent choices are :class:`~fedsilo.errors.ConfigError` naming the file an
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = [
     "Hyperparameters",
     "JobSpec",
     "OutputSpec",
+    "PipelineStyle",
     "StrategySpec",
     "Weighting",
     "load_job",
@@ -45,6 +47,19 @@ class OutputSpec(_Frozen):
     """
 
     classification: Classification | None = None
+
+
+class PipelineStyle(StrEnum):
+    """Who drives an FL job's rounds.
+
+    ``scatter_gather``: the job spec is the whole pipeline (each silo's subgraph, the gather
+    step, the number of iterations) and the orchestrator runs it. ``literal``: the
+    submitter's own Python loop drives it step by step (:mod:`fedsilo.pipelines`), within
+    the rounds, silos, inputs and outputs the spec declares and the silos approved.
+    """
+
+    SCATTER_GATHER = "scatter_gather"
+    LITERAL = "literal"
 
 
 class Hyperparameters(_Frozen):
@@ -75,6 +90,7 @@ class JobSpec(_Frozen):
     strategy: StrategySpec = FedAvgSpec()
     privacy: PrivacySpec = PrivacySpec()
     hyperparameters: Hyperparameters = Hyperparameters()
+    pipeline: PipelineStyle = PipelineStyle.SCATTER_GATHER
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -128,6 +144,12 @@ class JobSpec(_Frozen):
         if secure is None:
             return
         where = ("privacy", "secure_aggregation")
+        if self.pipeline is PipelineStyle.LITERAL:
+            raise FieldIssue(
+                ("pipeline",),
+                "a literal pipeline does not run secure aggregation; write the job as a "
+                "scatter-gather job spec (pipeline: scatter_gather) to use it",
+            )
         if len(self.silos) < 2:
             raise FieldIssue(
                 where, "secure aggregation needs at least 2 silos; this job names only one"

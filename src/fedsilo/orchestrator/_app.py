@@ -10,9 +10,15 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from fedsilo.api._messages import (
+    AggregateRequest,
     CheckReport,
+    FinishRequest,
     JobInfo,
+    LiteralState,
+    ModelRef,
     StatusReport,
+    StepInfo,
+    StepRequest,
     SubmitRequest,
     TaskResult,
 )
@@ -216,6 +222,46 @@ def create_app(
             media_type="application/octet-stream",
             headers={"x-fedsilo-sha256": row.model_digest},
         )
+
+    # -- literal pipelines: the job's own submitter drives it step by step ------------------
+
+    @app.get("/v1/jobs/{job_id}/literal")
+    async def literal_state(
+        job_id: str,
+        name: Annotated[str, Depends(submitter)],
+        wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 0.0,
+    ) -> LiteralState:
+        return await orchestrator.literal(job_id, name).wait_ready(wait)
+
+    @app.post("/v1/jobs/{job_id}/steps", status_code=201)
+    async def literal_step(
+        job_id: str, body: StepRequest, name: Annotated[str, Depends(submitter)]
+    ) -> StepInfo:
+        run = orchestrator.literal(job_id, name)
+        return run.step(body.kind, body.silo, body.model, body.round)
+
+    @app.get("/v1/jobs/{job_id}/steps/{step_id}")
+    async def literal_step_info(
+        job_id: str,
+        step_id: str,
+        name: Annotated[str, Depends(submitter)],
+        wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 0.0,
+    ) -> StepInfo:
+        return await orchestrator.literal(job_id, name).step_info(step_id, wait)
+
+    @app.post("/v1/jobs/{job_id}/aggregate")
+    async def literal_aggregate(
+        job_id: str, body: AggregateRequest, name: Annotated[str, Depends(submitter)]
+    ) -> ModelRef:
+        digest = await orchestrator.literal(job_id, name).aggregate(body.steps, body.round)
+        return ModelRef(model=digest, round=body.round)
+
+    @app.post("/v1/jobs/{job_id}/finish", status_code=202)
+    async def literal_finish(
+        job_id: str, body: FinishRequest, name: Annotated[str, Depends(submitter)]
+    ) -> dict[str, bool]:
+        orchestrator.literal(job_id, name).finish(body.model)
+        return {"finished": True}
 
     @app.get("/v1/status")
     async def status(_: Annotated[str, Depends(submitter)]) -> StatusReport:

@@ -34,10 +34,11 @@ from fedsilo.api._messages import (
     TaskResult,
 )
 from fedsilo.audit import AuditLog
-from fedsilo.errors import FedsiloError, SiloUnavailable
-from fedsilo.jobs import JobSpec, unpack_bundle
+from fedsilo.errors import FedsiloError, SiloUnavailable, StepRefused
+from fedsilo.jobs import JobSpec, PipelineStyle, unpack_bundle
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._db import JobRow, Store, TaskRow
+from fedsilo.orchestrator._literal import LiteralRun
 from fedsilo.strategies import weighted_metrics
 from fedsilo.tracking import LiveTracking, RoundRecord, Tracker
 
@@ -93,6 +94,7 @@ class Orchestrator:
         self._waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._live: dict[str, _LiveJob] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self._literal: dict[str, LiteralRun] = {}
 
     # -- presence ---------------------------------------------------------------------------
 
@@ -284,7 +286,10 @@ class Orchestrator:
             silos=list(spec.silos),
             rounds=spec.rounds,
         )
-        self._runs[job_id] = asyncio.create_task(run_job(self, job_id, spec, submitter))
+        runner = None
+        if spec.pipeline is PipelineStyle.LITERAL:
+            runner = self._literal[job_id] = LiteralRun(self, job_id, spec, submitter)
+        self._runs[job_id] = asyncio.create_task(run_job(self, job_id, spec, submitter, runner))
         log.info(
             "job %s submitted by %s: %d silos, %d rounds",
             job_id,
@@ -316,6 +321,24 @@ class Orchestrator:
         self.touch(job_id)
         self._live.pop(job_id, None)
         self._runs.pop(job_id, None)
+        self._literal.pop(job_id, None)
+
+    def literal(self, job_id: str, submitter: str) -> LiteralRun:
+        """The running literal pipeline ``job_id``, which only its own submitter drives."""
+        run = self._literal.get(job_id)
+        if run is None:
+            row = self.store.job(job_id)
+            if row is None:
+                raise StepRefused(f"no job '{job_id}'")
+            raise StepRefused(
+                f"job '{job_id}' is not a running literal pipeline (state: {row.state})"
+                + (f": {row.error}" if row.error else "")
+            )
+        if run.author != submitter:
+            raise StepRefused(
+                f"job '{job_id}' belongs to submitter '{run.author}'; only it drives the job"
+            )
+        return run
 
     def track_start(self, job_id: str, spec: JobSpec, submitter: str) -> None:
         """Open the job's MLflow run as the job starts (queued: never blocks, never fails it)."""

@@ -212,16 +212,14 @@ class Store:
                 .where(RoundRow.job_id == job_id, RoundRow.round == round_)
                 .values(global_digest=global_digest, finished_at=time.time())
             )
-            for metric_round, silo, phase, values in metrics:
-                s.merge(
-                    MetricRow(
-                        job_id=job_id,
-                        round=metric_round,
-                        silo=silo,
-                        phase=phase,
-                        metrics_json=json.dumps(values),
-                    )
-                )
+            _merge_metrics(s, job_id, metrics)
+
+    def add_metrics(
+        self, job_id: str, metrics: Sequence[tuple[int, str, str, dict[str, float]]]
+    ) -> None:
+        """Record ``(round, silo, phase, values)`` metrics of rounds already closed."""
+        with self.session() as s:
+            _merge_metrics(s, job_id, metrics)
 
     def rounds(self, job_id: str) -> list[RoundRow]:
         with self.session() as s:
@@ -247,3 +245,18 @@ class Store:
         with self.session() as s:
             if s.get(BlobRow, digest) is None:
                 s.add(BlobRow(digest=digest, size=size, owner=owner, created_at=time.time()))
+
+
+def _merge_metrics(
+    session: Session, job_id: str, metrics: Sequence[tuple[int, str, str, dict[str, float]]]
+) -> None:
+    for metric_round, silo, phase, values in metrics:
+        session.merge(
+            MetricRow(
+                job_id=job_id,
+                round=metric_round,
+                silo=silo,
+                phase=phase,
+                metrics_json=json.dumps(values),
+            )
+        )

@@ -57,6 +57,30 @@ class _JobRun:
         self.author = author
         self.metrics: list[_Metric] = []
 
+    def task_message(
+        self, silo: str, kind: TaskKind, config: Mapping[str, float], **fields: Any
+    ) -> TaskMessage:
+        """A task of this job for ``silo``: the job's code, inputs and settings, and ``fields``."""
+        spec = self.spec
+        return TaskMessage(
+            task_id=uuid.uuid4().hex,
+            kind=kind,
+            job_id=self.job_id,
+            job_name=spec.name,
+            entrypoint=spec.entrypoint,
+            inputs=spec.inputs_for(silo),
+            hyperparameters=spec.hyperparameters.model_dump(),
+            config=dict(config),
+            author=self.author,
+            rounds=spec.rounds,
+            privacy=spec.privacy,
+            outputs={
+                name: (out.classification.value if out.classification else None)
+                for name, out in spec.outputs.items()
+            },
+            **fields,
+        )
+
     async def fan_out(
         self,
         kind: TaskKind,
@@ -76,30 +100,13 @@ class _JobRun:
         fan-out with an error naming the silo; with ``tolerate`` it is yielded instead, as
         a result that is not ``ok``, and the others go on. A refusal always ends it.
         """
-        spec = self.spec
-        targets = tuple(spec.silos if silos is None else silos)
+        targets = tuple(self.spec.silos if silos is None else silos)
         extra = per_silo or {}
         messages = [
             (
                 silo,
-                TaskMessage(
-                    task_id=uuid.uuid4().hex,
-                    kind=kind,
-                    job_id=self.job_id,
-                    job_name=spec.name,
-                    entrypoint=spec.entrypoint,
-                    inputs=spec.inputs_for(silo),
-                    hyperparameters=spec.hyperparameters.model_dump(),
-                    config=(config or {}).get(silo, {}),
-                    author=self.author,
-                    rounds=spec.rounds,
-                    privacy=spec.privacy,
-                    outputs={
-                        name: (out.classification.value if out.classification else None)
-                        for name, out in spec.outputs.items()
-                    },
-                    **fields,
-                    **extra.get(silo, {}),
+                self.task_message(
+                    silo, kind, (config or {}).get(silo, {}), **fields, **extra.get(silo, {})
                 ),
             )
             for silo in targets
@@ -180,8 +187,11 @@ class _JobRun:
                 await asyncio.to_thread(_fold, aggregation, out.silo, path, samples)
         return await asyncio.to_thread(aggregation.finish)
 
-    async def run(self) -> str:
-        """Run every phase; return the final global model's digest."""
+    async def prepare(self) -> str:
+        """Preprocess in every silo and start its job worker; return the initial model's digest.
+
+        Every silo builds the model from the job's seed; the first silo's is the global one.
+        """
         orch, spec, job_id = self.orch, self.spec, self.job_id
         await orch.await_online(spec.silos)
         orch.update_job(job_id, detail="preprocessing in every silo")
@@ -195,6 +205,12 @@ class _JobRun:
                 initial[out.silo] = self.params_path(out).name
         global_digest = initial[spec.silos[0]]
         self.close_round(0, global_digest)
+        return global_digest
+
+    async def run(self) -> str:
+        """Run every phase; return the final global model's digest."""
+        orch, spec, job_id = self.orch, self.spec, self.job_id
+        global_digest = await self.prepare()
         strategy = strategy_for(spec.strategy, spec.privacy)
         secure = None
         if spec.privacy.secure_aggregation is not None:
@@ -231,13 +247,18 @@ class _JobRun:
         return global_digest
 
 
-async def run_job(orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -> None:
-    """Run an FL job to its end, recording success, failure or cancellation."""
+async def run_job(
+    orch: Orchestrator, job_id: str, spec: JobSpec, author: str, runner: _JobRun | None = None
+) -> None:
+    """Run an FL job to its end, recording success, failure or cancellation.
+
+    ``runner`` drives the job: by default the scatter-gather loop of its spec.
+    """
     orch.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
     orch.track_start(job_id, spec, author)
     outcome: dict[str, Any]
     try:
-        digest = await _JobRun(orch, job_id, spec, author).run()
+        digest = await (runner or _JobRun(orch, job_id, spec, author)).run()
         outcome = {"state": JobState.SUCCEEDED.value, "model_digest": digest}
         log.info("job %s succeeded", job_id)
     except asyncio.CancelledError:

@@ -1,4 +1,5 @@
-"""Ways to run an FL job's pipeline: the in-process simulation, centralized baselines, sweeps."""
+"""Ways to run an FL job's pipeline: the in-process simulation, literal pipelines (a loop of
+your own over silos and rounds), centralized baselines, sweeps."""
 
 from fedsilo.pipelines._baseline import (
     BaselineKind,
@@ -10,6 +11,13 @@ from fedsilo.pipelines._baseline import (
     pool_inputs,
     run_baselines,
     train_centralized,
+)
+from fedsilo.pipelines._literal import (
+    LiteralJob,
+    ModelHandle,
+    StepHandle,
+    local_literal,
+    start_literal,
 )
 from fedsilo.pipelines._simulation import SimulationResult, simulate, workspace_inputs
 from fedsilo.pipelines._sweep import (
@@ -28,12 +36,16 @@ __all__ = [
     "BaselineReport",
     "BaselineResult",
     "BaselineRow",
+    "LiteralJob",
+    "ModelHandle",
     "Pool",
     "SimulationResult",
+    "StepHandle",
     "SweepResult",
     "SweepRow",
     "check_plot_path",
     "default_plot_path",
+    "local_literal",
     "override_spec",
     "parse_sweep",
     "plot_sweep",
@@ -42,6 +54,7 @@ __all__ = [
     "run_baselines",
     "run_sweep",
     "simulate",
+    "start_literal",
     "train_centralized",
     "workspace_inputs",
 ]

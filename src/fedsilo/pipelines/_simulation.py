@@ -133,19 +133,12 @@ class _SecureRounds:
         return secure_global(self.strategy, round_, current, result)
 
 
-def simulate(
-    spec: JobSpec,
-    code_dir: Path,
-    inputs: Mapping[str, Mapping[str, Path]],
-    *,
-    work_root: Path,
-    on_round: Callable[[RoundInfo], None] | None = None,
-) -> SimulationResult:
-    """Run ``spec`` with every silo in this process; ``inputs[silo][role]`` is a data path."""
-    started = time.perf_counter()
+def silo_runners(
+    spec: JobSpec, code_dir: Path, inputs: Mapping[str, Mapping[str, Path]], work_root: Path
+) -> dict[str, SiloRunner]:
+    """One :class:`SiloRunner` per silo of ``spec``, as its job worker would build it."""
     task = load_task(code_dir, spec.entrypoint)
-    silo_seconds = dict.fromkeys(spec.silos, 0.0)
-    runners = {
+    return {
         silo: SiloRunner(
             task,
             silo=silo,
@@ -157,6 +150,20 @@ def simulate(
         )
         for silo in spec.silos
     }
+
+
+def simulate(
+    spec: JobSpec,
+    code_dir: Path,
+    inputs: Mapping[str, Mapping[str, Path]],
+    *,
+    work_root: Path,
+    on_round: Callable[[RoundInfo], None] | None = None,
+) -> SimulationResult:
+    """Run ``spec`` with every silo in this process; ``inputs[silo][role]`` is a data path."""
+    started = time.perf_counter()
+    silo_seconds = dict.fromkeys(spec.silos, 0.0)
+    runners = silo_runners(spec, code_dir, inputs, work_root)
 
     def timed(silo: str, fn: Callable[..., Any], *args: Any) -> Any:
         t0 = time.perf_counter()
