@@ -178,3 +178,10 @@ def test_other_strategies_send_no_configuration() -> None:
 def test_from_spec_refuses_another_strategys_spec() -> None:
     with pytest.raises(TypeError, match="FedOptSpec"):
         FedOpt.from_spec(FedAvgSpec())
+
+
+def test_a_default_server_lr_is_not_written_back_as_the_users() -> None:
+    spec = FedOptSpec(name="fedadam")
+    assert spec.server_lr == 0.01 and "server_lr" not in spec.model_fields_set
+    again = FedOptSpec.model_validate({**spec.model_dump(exclude_unset=True), "name": "fedavgm"})
+    assert again.server_lr == 1.0  # fedavgm's own default, not fedadam's

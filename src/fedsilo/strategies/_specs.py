@@ -9,7 +9,7 @@ nothing here imports the job spec.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -92,7 +92,7 @@ class FedOptSpec(_Frozen):
     """
 
     name: Literal["fedavgm", "fedadam", "fedyogi", "fedadagrad"]
-    server_lr: float = Field(gt=0)
+    server_lr: float | None = Field(default=None, gt=0)
     server_momentum: float = Field(default=0.9, ge=0, lt=1)
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.99, ge=0, lt=1)
@@ -100,16 +100,12 @@ class FedOptSpec(_Frozen):
     weighting: Weighting = Weighting.SAMPLES
     weights: dict[str, float] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_server_lr(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("server_lr") is None:
-            data = {k: v for k, v in data.items() if k != "server_lr"}
-            data["server_lr"] = 1.0 if data.get("name") == "fedavgm" else 0.01
-        return data
-
     @model_validator(mode="after")
     def _parameters_match_variant(self) -> FedOptSpec:
+        if self.server_lr is None:
+            # the variant's default, filled in without counting as set: a spec written
+            # back out (or swept to another variant) does not carry it as the user's value
+            object.__setattr__(self, "server_lr", 1.0 if self.name == "fedavgm" else 0.01)
         _check_weights(self.weighting, self.weights)
         given = self.model_fields_set
         if self.name == "fedavgm":
