@@ -106,6 +106,24 @@ def test_the_orchestrator_sees_only_masked_updates_and_gets_the_plain_model(
         assert "secagg.setup" in events and "secagg.unmask" in events
 
 
+def test_central_dp_over_secure_aggregation_clips_in_the_silos(running: Federation) -> None:
+    """DP-FedAvg without the orchestrator seeing an update: silos clip, the sum is noised."""
+    folder = running.scratch / "secure-dp"
+    job = write_job(
+        folder,
+        rounds=2,
+        privacy="{secure_aggregation: {}, central: {clip_norm: 0.5, noise_multiplier: 0.5}}",
+    )
+    (folder / "task" / "task.py").write_text(SLOW_TASK)
+    spec, code_dir = load_job(job)
+    with OrchestratorClient(running.submitter) as client:
+        info = client.wait(client.submit(spec, code_dir, signing_key=running.key), timeout=180)
+    assert info.state is JobState.SUCCEEDED, info.error
+    epsilons = [r.privacy["central_epsilon"] for r in info.history]
+    assert 0 < epsilons[0] < epsilons[1] < float("inf")  # spent over the rounds
+    assert all(r.privacy["secure_aggregation_silos"] == 3 for r in info.history)
+
+
 def _kill_silo_agent(fed: Federation, silo: str) -> None:
     proc = next(p for p in processes(fed.root) if p.name == silo and p.role == "silo")
     os.killpg(proc.pid, signal.SIGKILL)
