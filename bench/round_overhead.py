@@ -70,9 +70,9 @@ def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
     finally:
         down(ws.root)
     record = job_record(ws, job_id)
-    overheads = [  # round 1 is a warm-up
-        record.round_seconds(n) - record.compute[("fit", n)] for n in range(2, rounds + 1)
-    ]
+    measured = range(2, rounds + 1)  # round 1 is a warm-up
+    overheads = [record.round_seconds(n) - record.compute[("fit", n)] for n in measured]
+    round_seconds = [record.round_seconds(n) for n in measured]
     start_overhead = (record.rounds[1].started_at - record.created_at) - record.compute[
         ("prepare", 0)
     ]
@@ -83,6 +83,7 @@ def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
         "round_overhead_median_s": statistics.median(overheads),
         "round_overhead_mean_s": statistics.fmean(overheads),
         "round_overhead_max_s": max(overheads),
+        "round_median_s": statistics.median(round_seconds),
         "job_start_overhead_s": start_overhead,
         "slowest_preprocess_s": record.compute[("prepare", 0)],
         "agent_rss_mb_max": max(agent_mb),

@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from fedsilo.tensors import Parameters, save_parameters
+
 __all__ = ["BlobStore", "DigestMismatch", "TooLarge", "valid_digest"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
@@ -72,6 +74,22 @@ class BlobStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return size
+
+    def put_parameters(self, params: Parameters) -> str:
+        """Store parameters the orchestrator computed (a global model); return the digest."""
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".put-")
+        os.close(fd)
+        try:
+            digest = save_parameters(params, Path(tmp))
+            target = self.path(digest)
+            if target.exists():
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return digest
 
     def put_bytes(self, data: bytes) -> str:
         """Store bytes produced by the orchestrator itself; return their digest."""

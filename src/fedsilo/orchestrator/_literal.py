@@ -32,7 +32,7 @@ from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, StepRefused
 from fedsilo.jobs._steps import Step, StepLedger
 from fedsilo.orchestrator._loop import CENTRAL, _JobRun, _Outcome
 from fedsilo.privacy import CentralDP, strategy_for
-from fedsilo.tensors import load_parameters, parameters_to_bytes
+from fedsilo.tensors import load_parameters
 
 if TYPE_CHECKING:
     from fedsilo.jobs import JobSpec
@@ -126,16 +126,14 @@ class LiteralRun(_JobRun):
 
     def state(self) -> LiteralState:
         """Whether the silos are prepared, and the initial model."""
-        error = None
-        if self._done.done() and not self._done.cancelled() and self._done.exception():
-            error = str(self._done.exception())
+        error, state = None, JobState.RUNNING
+        if self._done.done():
+            failure = None if self._done.cancelled() else self._done.exception()
+            error = str(failure) if failure is not None else None
+            state = JobState.FAILED if failure is not None else JobState.SUCCEEDED
         return LiteralState(
             job_id=self.job_id,
-            state=JobState.RUNNING
-            if not self._done.done()
-            else JobState.FAILED
-            if error
-            else JobState.SUCCEEDED,
+            state=state,
             ready=self._ready.is_set(),
             silos=list(self.spec.silos),
             rounds=self.spec.rounds,
@@ -220,7 +218,7 @@ class LiteralRun(_JobRun):
             samples = int((out.result.train_metrics or {}).get("num_samples", 0))
             await asyncio.to_thread(aggregation.add, step.silo, self.params_path(out), samples)
         params = await asyncio.to_thread(aggregation.finish)
-        digest = self.orch.blobs.put_bytes(parameters_to_bytes(params))
+        digest = self.orch.blobs.put_parameters(params)
         self.ledger.aggregated(steps, round_, digest)
         if isinstance(self.strategy, CentralDP):
             epsilon = self.strategy.epsilon()

@@ -26,7 +26,7 @@ from fedsilo.jobs import JobSpec
 from fedsilo.orchestrator._secure import SecureRounds
 from fedsilo.privacy import CentralDP, strategy_for
 from fedsilo.strategies import Aggregation, Strategy
-from fedsilo.tensors import Parameters, load_parameters, parameters_to_bytes
+from fedsilo.tensors import Parameters, load_parameters
 
 if TYPE_CHECKING:
     from fedsilo.orchestrator._core import Orchestrator
@@ -226,7 +226,7 @@ class _JobRun:
                 privacy.update(secure.report(summed))
             else:
                 new_params = await self.plain_round(round_, strategy, current, global_digest)
-            global_digest = orch.blobs.put_bytes(parameters_to_bytes(new_params))
+            global_digest = orch.blobs.put_parameters(new_params)
             if isinstance(strategy, CentralDP):
                 privacy["central_epsilon"] = strategy.epsilon()
             if privacy:

@@ -327,7 +327,7 @@ class _InProcess:
     def _keep(self, params: Any, round_: int) -> str:
         from fedsilo.tensors import parameters_to_bytes
 
-        digest = hashlib.sha256(parameters_to_bytes(params)).hexdigest()
+        digest = hashlib.sha256(parameters_to_bytes(params)).hexdigest()  # an id, not a file
         self.params[digest] = params
         self.ledger.add_model(digest, round_)
         return digest

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save as _st_save
 
 from fedsilo.privacy._clip import clipped_delta
 from fedsilo.privacy.secagg._client import SecAggClient
 from fedsilo.privacy.secagg._errors import SecAggProtocolError
 from fedsilo.privacy.secagg._messages import MaskedInput, TensorLayout
-from fedsilo.tensors import Parameters, sha256_file
+from fedsilo.tensors import Parameters, save_parameters
 
 __all__ = ["MASKED_TENSOR", "load_masked", "mask_update", "save_masked"]
 
@@ -55,14 +54,9 @@ def save_masked(message: MaskedInput, path: Path) -> str:
         "round": message.round,
         "layout": [[t.name, list(t.shape)] for t in message.layout],
     }
-    data = _st_save(
-        {MASKED_TENSOR: message.vector().copy()}, metadata={_META_KEY: json.dumps(header)}
+    return save_parameters(
+        {MASKED_TENSOR: message.vector()}, path, metadata={_META_KEY: json.dumps(header)}
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-    return sha256_file(path)
 
 
 def load_masked(path: Path, *, job_id: str, sender: str, round_: int) -> MaskedInput:
