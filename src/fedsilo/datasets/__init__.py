@@ -10,6 +10,9 @@
 * :func:`split` and :func:`write_shards` turn a dataset into per-silo files
   (``fedsilo data split``); :func:`prepare_example` registers an example's shards in each
   silo's catalog as ``sensitive`` data (``fedsilo example NAME prepare``).
+* For the examples' own formats: :func:`chronological_parts` (the latest rows as test),
+  :func:`sliding_windows` (each row's preceding rows, for sequence models),
+  :class:`SentenceFolder` and :func:`read_sentences` (tagged sentences as folders).
 """
 
 from fedsilo.datasets._loaders import (
@@ -42,6 +45,11 @@ from fedsilo.datasets._prepare import (
     prepare_example,
 )
 from fedsilo.datasets._records import Arrays, Sentence, Sentences, Shardable
+from fedsilo.datasets._sequences import (
+    chronological_parts,
+    load_creditcard_by_time,
+    sliding_windows,
+)
 from fedsilo.datasets._source import DATA_ENV, SOURCES, DataSource, data_root, source_file
 from fedsilo.datasets._split import (
     MANIFEST,
@@ -52,6 +60,7 @@ from fedsilo.datasets._split import (
     split,
     write_shards,
 )
+from fedsilo.datasets._tagged import SentenceFolder, load_wnut16_folders, read_sentences
 
 __all__ = [
     "DATA_ENV",
@@ -66,11 +75,13 @@ __all__ = [
     "PreparedExample",
     "Scheme",
     "Sentence",
+    "SentenceFolder",
     "Sentences",
     "Shardable",
     "Shards",
     "SplitPlan",
     "check_partition",
+    "chronological_parts",
     "column_partition",
     "column_rule",
     "data_root",
@@ -78,16 +89,20 @@ __all__ = [
     "example_data",
     "iid_partition",
     "load_creditcard",
+    "load_creditcard_by_time",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
     "load_npz",
     "load_pneumoniamnist",
     "load_wnut16",
+    "load_wnut16_folders",
     "parse_plan",
     "prepare_example",
     "read_conll",
     "read_idx",
+    "read_sentences",
+    "sliding_windows",
     "source_file",
     "split",
     "time_partition",

@@ -21,7 +21,9 @@ import numpy as np
 from fedsilo.config import Classification, open_workspace
 from fedsilo.datasets._loaders import load_fashion_mnist, load_pneumoniamnist
 from fedsilo.datasets._records import Arrays, Shardable
+from fedsilo.datasets._sequences import load_creditcard_by_time
 from fedsilo.datasets._split import MANIFEST, Scheme, SplitPlan, split, write_shards
+from fedsilo.datasets._tagged import load_wnut16_folders
 from fedsilo.errors import ConfigError
 from fedsilo.storage import DatasetRecord, add_dataset
 
@@ -98,6 +100,22 @@ EXAMPLES: dict[str, ExampleData] = {
             source="pneumoniamnist",
             load=_parts(load_pneumoniamnist, ("train", "test")),
             datasets={"train": "pneumonia-train", "test": "pneumonia-test"},
+        ),
+        ExampleData(
+            name="ner",
+            summary="WNUT-16 tweets with entity tags, dealt IID, a fifth of each silo's held out",
+            source="wnut16",
+            load=load_wnut16_folders,
+            datasets={"train": "ner-train", "test": "ner-test"},
+            plan=SplitPlan(test_fraction=0.2),
+        ),
+        ExampleData(
+            name="ccfraud",
+            summary="ULB card transactions by amount band, the last fifth in time as test",
+            source="creditcard",
+            load=load_creditcard_by_time,
+            datasets={"train": "ccfraud-train", "test": "ccfraud-test"},
+            plan=SplitPlan(scheme=Scheme.COLUMN, column="amount"),
         ),
     )
 }
