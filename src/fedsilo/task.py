@@ -274,12 +274,23 @@ class SiloRunner:
 
         The model is built from the job's seed alone, so every silo starts identical.
         """
+        self.preprocess()
+        return self.build()
+
+    def preprocess(self) -> None:
+        """Run the task's ``preprocess`` (if it has one), which writes to the work folder."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.task.preprocess is None:
+            return
+        with _single_thread():
+            ctx = self._context(0)
+            seed_everything(ctx.seed)
+            self.task.preprocess(ctx)
+
+    def build(self) -> dict[str, np.ndarray[Any, Any]]:
+        """Build the model from the job's seed; return its initial parameters."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with _single_thread():
-            if self.task.preprocess is not None:
-                ctx = self._context(0)
-                seed_everything(ctx.seed)
-                self.task.preprocess(ctx)
             seed_everything(self.hp.seed)
             model = self.task.model(self._context(0))
             if not isinstance(model, torch.nn.Module):

@@ -90,6 +90,30 @@ ERROR_CASES = {
         "silos.1.compute.name",
         "with the orchestrator",
     ),
+    "a second compute shares another silo's name": (
+        _edit(
+            "    compute: {name: silo-b-cpu}\n",
+            "    compute: {name: silo-b-cpu}\n    computes:\n      - {name: silo-a-cpu, kind: gpu}  #!\n",
+        ),
+        "silos.1.computes.0.name",
+        "shares compute 'silo-a-cpu' with silo 'silo-a'",
+    ),
+    "two computes of one kind in a silo": (
+        _edit(
+            "    compute: {name: silo-b-cpu}\n",
+            "    compute: {name: silo-b-cpu}\n    computes:\n      - {name: silo-b-2}  #!\n",
+        ),
+        "silos.1.computes.0.kind",
+        "two computes of kind 'cpu' (silo-b-cpu and silo-b-2)",
+    ),
+    "a compute may not set the sandbox's variables": (
+        _edit(
+            "{name: silo-b-cpu}",
+            "{name: silo-b-cpu, environment: {PATH: /evil}}  #!",
+        ),
+        "silos.1.compute",
+        "may not set PATH",
+    ),
     "bad classification word": (
         _edit("classification: sensitive}", "classification: secret}  #!"),
         "silos.0.datasets.0.classification",

@@ -95,6 +95,7 @@ class TaskMessage(_Msg):
     privacy: PrivacySpec = PrivacySpec()
     secagg: str | None = Field(default=None, max_length=_SECAGG_MAX)
     mask_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    computes: dict[str, str] = Field(default_factory=dict)
 
 
 class TaskResult(_Msg):

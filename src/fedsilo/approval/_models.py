@@ -94,8 +94,9 @@ class ApprovalRequest(BaseModel):
     """Everything a silo's approval endpoint decides on, for one FL job in that silo.
 
     It is asked once per FL job and covers all of the job's tasks in this silo
-    (preprocessing and every training round). ``signing_key`` names the trusted key that
-    signed the code (or the key id of an untrusted one).
+    (preprocessing and every training round). ``compute`` is the compute that trains;
+    ``computes`` names the compute of each step of the silo subgraph. ``signing_key`` names
+    the trusted key that signed the code (or the key id of an untrusted one).
     """
 
     model_config = _FROZEN
@@ -104,6 +105,7 @@ class ApprovalRequest(BaseModel):
     job_name: str
     silo: str
     compute: str
+    computes: dict[str, str] = Field(default_factory=dict)
     bundle_digest: str
     manifest_digest: str
     author: str

@@ -123,6 +123,9 @@ def _print_entry(entry: QueueEntry) -> None:
         f"code         {signed}, bundle sha256 {r.bundle_digest}",
         f"compute      {r.compute} of silo {r.silo}",
     ]
+    if len(set(r.computes.values())) > 1:
+        steps = ", ".join(f"{step} on {name}" for step, name in sorted(r.computes.items()))
+        lines.append(f"steps        {steps}")
     for i in r.inputs:
         level = i.classification.value if i.classification else "unknown"
         lines.append(f"input        {i.storage}:{i.dataset} ({level})")
@@ -132,6 +135,8 @@ def _print_entry(entry: QueueEntry) -> None:
         lines.append(f"declassify   {d.output}: {d.from_.value} -> {d.to.value}")
     if r.privacy.target_epsilon is not None:
         lines.append(f"privacy      epsilon {r.privacy.target_epsilon:g}")
+    if r.privacy.secure_aggregation:
+        lines.append("privacy      secure aggregation: the update leaves masked")
     typer.echo("\n".join(lines))
 
 

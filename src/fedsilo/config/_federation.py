@@ -81,12 +81,38 @@ class StorageSpec(BaseModel):
     root: Annotated[str, Field(min_length=1)]
 
 
+# Variables a compute's environment may not set: the sandbox and the Python environment the
+# job worker runs with depend on them.
+_RESERVED_ENVIRONMENT = frozenset(
+    {"PATH", "HOME", "PYTHONPATH", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH"}
+)
+
+
 class ComputeSpec(BaseModel):
-    """What runs a participant's code, by name (unique in the federation)."""
+    """What runs a participant's code, by name (unique in the federation).
+
+    ``kind`` is the label a job spec's ``computes`` picks it by (``cpu`` unless said
+    otherwise); ``environment`` holds variables set for every job worker on this compute,
+    such as ``CUDA_VISIBLE_DEVICES`` or ``OMP_NUM_THREADS``.
+    """
 
     model_config = _FROZEN
 
     name: Annotated[str, Field(min_length=1)]
+    kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "cpu"
+    environment: dict[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")], str] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _no_reserved_variables(self) -> ComputeSpec:
+        reserved = sorted(set(self.environment) & _RESERVED_ENVIRONMENT)
+        if reserved:
+            raise ValueError(
+                f"compute '{self.name}' may not set {', '.join(reserved)}: the job sandbox "
+                "and its Python environment depend on them"
+            )
+        return self
 
 
 class DatasetSpec(BaseModel):
@@ -132,6 +158,7 @@ class SiloSpec(BaseModel):
     name: ParticipantName
     storage: StorageSpec
     compute: ComputeSpec
+    computes: tuple[ComputeSpec, ...] = ()
     datasets: tuple[DatasetSpec, ...] = ()
     approval: ApprovalSpec = ApprovalSpec()
     sandbox: Literal["bubblewrap", "none"] = "bubblewrap"
@@ -139,6 +166,15 @@ class SiloSpec(BaseModel):
 
     @model_validator(mode="after")
     def _unique_datasets(self) -> SiloSpec:
+        kinds: dict[str, str] = {}
+        for position, compute in enumerate((self.compute, *self.computes)):
+            if compute.kind in kinds:
+                raise FieldIssue(
+                    ("computes", position - 1, "kind") if position else ("compute", "kind"),
+                    f"silo '{self.name}' has two computes of kind '{compute.kind}' "
+                    f"({kinds[compute.kind]} and {compute.name}); a job picks a compute by kind",
+                )
+            kinds[compute.kind] = compute.name
         seen: set[str] = set()
         for position, dataset in enumerate(self.datasets):
             if dataset.name in seen:
@@ -148,6 +184,16 @@ class SiloSpec(BaseModel):
                 )
             seen.add(dataset.name)
         return self
+
+    def all_computes(self) -> tuple[ComputeSpec, ...]:
+        """The silo's default compute, then the others."""
+        return (self.compute, *self.computes)
+
+    def compute_of_kind(self, kind: str | None) -> ComputeSpec | None:
+        """The compute of ``kind`` (``None``: the default compute); ``None`` if it has none."""
+        if kind is None:
+            return self.compute
+        return next((c for c in self.all_computes() if c.kind == kind), None)
 
     def dataset(self, name: str) -> DatasetSpec | None:
         """The declared dataset called ``name``, or ``None`` when the silo does not declare it."""
@@ -224,14 +270,16 @@ class FederationSpec(BaseModel):
     def _check_computes(self) -> None:
         computes = {self.orchestrator.compute.name: "the orchestrator"}
         for position, silo in enumerate(self.silos):
-            name = silo.compute.name
-            if name in computes:
-                raise FieldIssue(
-                    ("silos", position, "compute", "name"),
-                    f"silo '{silo.name}' shares compute '{name}' with {computes[name]}; "
-                    "each silo needs its own compute",
-                )
-            computes[name] = f"silo '{silo.name}'"
+            for index, compute in enumerate(silo.all_computes()):
+                name = compute.name
+                if name in computes:
+                    where = ("compute",) if index == 0 else ("computes", index - 1)
+                    raise FieldIssue(
+                        ("silos", position, *where, "name"),
+                        f"silo '{silo.name}' shares compute '{name}' with {computes[name]}; "
+                        "each compute belongs to one participant",
+                    )
+                computes[name] = f"silo '{silo.name}'"
 
     def storage_roots(self, workspace: PurePosixPath | Path) -> dict[str, PurePosixPath | Path]:
         """Each participant's normalised storage root, relative ones placed under ``workspace``."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -24,6 +24,7 @@ __all__ = [
     "JobSpec",
     "OutputSpec",
     "PipelineStyle",
+    "SiloStep",
     "StrategySpec",
     "Weighting",
     "load_job",
@@ -62,6 +63,17 @@ class PipelineStyle(StrEnum):
     LITERAL = "literal"
 
 
+class SiloStep(StrEnum):
+    """The steps of a job's silo subgraph, each run on a compute of the silo.
+
+    ``preprocess`` runs once (the task's ``preprocess``); ``train`` builds the model, then
+    trains and evaluates it every round. Both write and read the job's work folder.
+    """
+
+    PREPROCESS = "preprocess"
+    TRAIN = "train"
+
+
 class Hyperparameters(_Frozen):
     """Training hyperparameters handed to the task's code in every silo."""
 
@@ -91,6 +103,9 @@ class JobSpec(_Frozen):
     privacy: PrivacySpec = PrivacySpec()
     hyperparameters: Hyperparameters = Hyperparameters()
     pipeline: PipelineStyle = PipelineStyle.SCATTER_GATHER
+    computes: dict[SiloStep, Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]] = Field(
+        default_factory=dict
+    )
 
     @field_validator("strategy", mode="before")
     @classmethod

@@ -74,6 +74,7 @@ class _JobRun:
             author=self.author,
             rounds=spec.rounds,
             privacy=spec.privacy,
+            computes={step.value: kind for step, kind in spec.computes.items()},
             outputs={
                 name: (out.classification.value if out.classification else None)
                 for name, out in spec.outputs.items()

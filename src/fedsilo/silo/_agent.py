@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from fedsilo.api import MalformedTask, OrchestratorClient, TaskKind, TaskMessage, TaskResult
 from fedsilo.approval import ApprovalClient, Decision, load_policy
 from fedsilo.audit import AuditLog, audit_path
-from fedsilo.config import Classification, Kit, Role, load_kit
+from fedsilo.config import Classification, ComputeSpec, Kit, Role, load_kit
 from fedsilo.errors import (
     ClassificationError,
     ConfigError,
@@ -32,7 +32,13 @@ from fedsilo.errors import (
     SignatureError,
     TaskFailed,
 )
-from fedsilo.jobs import bundle_signature, check_signature, parse_public_key, unpack_bundle
+from fedsilo.jobs import (
+    SiloStep,
+    bundle_signature,
+    check_signature,
+    parse_public_key,
+    unpack_bundle,
+)
 from fedsilo.silo._governance import (
     Clearance,
     ResolvedInput,
@@ -295,10 +301,12 @@ class Agent:
         signature = check_signature(manifest.digest, bundle_signature(code_dir), self.trusted)
         inputs = resolve_inputs(task, self.catalog, self.silo)
         outputs, declassifications = classify_outputs(task.outputs, inputs)
+        computes = self._computes(task)
         request = approval_request(
             task,
             silo=self.silo,
-            compute=self.spec.compute.name,
+            compute=computes[SiloStep.TRAIN].name,
+            computes={step.value: c.name for step, c in computes.items()},
             manifest_digest=manifest.digest,
             signature=signature,
             inputs=inputs,
@@ -352,10 +360,31 @@ class Agent:
             privacy=task.privacy,
             rounds=task.rounds,
         )
-        return self._start_worker(task, code_dir, inputs)
+        return self._start_worker(task, code_dir, inputs, computes)
+
+    def _computes(self, task: TaskMessage) -> dict[SiloStep, ComputeSpec]:
+        """The compute of this silo each step of the job runs on, picked by kind."""
+        chosen = {}
+        for step in SiloStep:
+            kind = task.computes.get(step.value)
+            compute = self.spec.compute_of_kind(kind)
+            if compute is None:
+                kinds = ", ".join(c.kind for c in self.spec.all_computes())
+                raise self._refuse(
+                    task,
+                    "compute",
+                    f"the job runs its {step.value} step on a compute of kind '{kind}'; silo "
+                    f"'{self.silo}' has none (its computes are of kind: {kinds})",
+                )
+            chosen[step] = compute
+        return chosen
 
     def _start_worker(
-        self, task: TaskMessage, code_dir: Path, inputs: list[ResolvedInput]
+        self,
+        task: TaskMessage,
+        code_dir: Path,
+        inputs: list[ResolvedInput],
+        computes: dict[SiloStep, ComputeSpec],
     ) -> TaskResult:
         assert task.job_id is not None
         job_dir = self._job_dir(task.job_id)
@@ -377,14 +406,6 @@ class Agent:
         old = self._workers.pop(task.job_id, None)
         if old is not None:
             old.stop()
-        started = time.perf_counter()
-        worker = WorkerProcess(
-            silo=self.silo, cwd=work, log_file=job_dir / "worker.log", sandbox=sandbox
-        )
-        self._workers[task.job_id] = worker
-        self.audit.append(
-            "job.started", job_id=task.job_id, sandbox=self.spec.sandbox, worker_pid=worker.pid
-        )
         for i, _ in resolved:
             self.audit.append(
                 "dataset.read",
@@ -393,23 +414,64 @@ class Agent:
                 classification=(i.classification or Classification.SENSITIVE).value,
                 sha256=i.sha256,
             )
-        worker.request(
-            "init",
-            code_dir=str(code_dir),
-            entrypoint=task.entrypoint,
-            silo=self.silo,
-            inputs={i.role: str(path) for i, path in resolved},
-            work_dir=str(work),
-            hyperparameters=task.hyperparameters,
-            rounds=task.rounds,
-            privacy=task.privacy.model_dump(mode="json"),
-        )
+        init = {
+            "code_dir": str(code_dir),
+            "entrypoint": task.entrypoint,
+            "silo": self.silo,
+            "inputs": {i.role: str(path) for i, path in resolved},
+            "work_dir": str(work),
+            "hyperparameters": task.hyperparameters,
+            "rounds": task.rounds,
+            "privacy": task.privacy.model_dump(mode="json"),
+        }
+        started = time.perf_counter()
         out = params / "initial.safetensors"
-        worker.request("prepare", out=str(out))
+        first, train = computes[SiloStep.PREPROCESS], computes[SiloStep.TRAIN]
+        if first.name != train.name:  # the silo subgraph spans two of the silo's computes
+            pre = self._spawn(task.job_id, first, work, job_dir, sandbox, init)
+            try:
+                pre.request("preprocess")
+            finally:
+                pre.stop()
+        worker = self._workers[task.job_id] = self._spawn(
+            task.job_id, train, work, job_dir, sandbox, init
+        )
+        worker.request("prepare" if first.name == train.name else "build", out=str(out))
         compute = time.perf_counter() - started
         return TaskResult(
             ok=True, params_digest=self._upload(task, out, "model"), compute_seconds=compute
         )
+
+    def _spawn(
+        self,
+        job_id: str,
+        compute: ComputeSpec,
+        work: Path,
+        job_dir: Path,
+        sandbox: SandboxSpec | None,
+        init: dict[str, Any],
+    ) -> WorkerProcess:
+        """A job worker on ``compute``, initialised with the job's code and inputs."""
+        worker = WorkerProcess(
+            silo=self.silo,
+            cwd=work,
+            log_file=job_dir / "worker.log",
+            sandbox=sandbox,
+            environment=compute.environment,
+        )
+        self.audit.append(
+            "job.started",
+            job_id=job_id,
+            sandbox=self.spec.sandbox,
+            compute=compute.name,
+            worker_pid=worker.pid,
+        )
+        try:
+            worker.request("init", **init)
+        except BaseException:
+            worker.stop()
+            raise
+        return worker
 
     def _upload(self, task: TaskMessage, path: Path, output: str, **audit: Any) -> str:
         """Upload an output file if its classification lets it leave; else keep it here."""

@@ -54,12 +54,14 @@ class SandboxSpec:
     ``code_dir`` is the unpacked bundle (read-only); ``inputs`` are the approved datasets
     of this silo, files or folders (read-only); ``writable`` are the job's folders the code
     may write (its work folder, then its params folder). The first writable folder is the
-    working directory and ``HOME`` inside.
+    working directory and ``HOME`` inside. ``environment`` adds variables of the compute the
+    job runs on (the ones a compute spec may set) to the clean environment inside.
     """
 
     code_dir: Path
     inputs: tuple[Path, ...] = ()
     writable: tuple[Path, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
 
 
 def bwrap_path() -> str | None:
@@ -173,6 +175,7 @@ def sandbox_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
         "OMP_NUM_THREADS": "1",
         "LANG": "C.UTF-8",
         "TMPDIR": tmpdir,
+        **dict(spec.environment),
     }
     for key, value in env.items():
         argv += ["--setenv", key, value]

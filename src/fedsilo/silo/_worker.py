@@ -32,8 +32,14 @@ class _Worker:
             raise RuntimeError(f"'{op}' before 'init'")
         from fedsilo.tensors import load_parameters, save_parameters
 
-        if op == "prepare":
+        if op == "prepare":  # preprocess, then build the model
             params = self.runner.prepare()
+            return {"digest": save_parameters(params, Path(msg["out"]))}
+        if op == "preprocess":  # preprocessing alone, on a compute of its own
+            self.runner.preprocess()
+            return {}
+        if op == "build":  # the model alone, on the compute that trains it
+            params = self.runner.build()
             return {"digest": save_parameters(params, Path(msg["out"]))}
         if op == "fit":
             global_params = load_parameters(Path(msg["params"]))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,16 +28,23 @@ def _tail(path: Path, lines: int = 15) -> str:
 class WorkerProcess:
     """Starts ``fedsilo.silo._worker`` and exchanges one message at a time with it.
 
-    The worker gets a clean environment (no credentials of the agent), the job's folder
-    as working directory, and its output in ``log_file``. With ``sandbox`` it runs under
-    bubblewrap as :func:`~fedsilo.silo._sandbox.sandbox_argv` says: the two pipes pass
-    through ``bwrap`` (it keeps inherited descriptors open), and the sandbox's writable
-    folders are created first so they can be bound. ``cwd`` should then be one of them
-    (the work folder), since the sandbox starts in its first writable folder.
+    The worker gets a clean environment (no credentials of the agent) with the variables of
+    the compute it runs on (``environment``), the job's folder as working directory, and
+    its output in ``log_file``. With ``sandbox`` it runs under bubblewrap as
+    :func:`~fedsilo.silo._sandbox.sandbox_argv` says: the two pipes pass through ``bwrap``
+    (it keeps inherited descriptors open), and the sandbox's writable folders are created
+    first so they can be bound. ``cwd`` should then be one of them (the work folder), since
+    the sandbox starts in its first writable folder.
     """
 
     def __init__(
-        self, *, silo: str, cwd: Path, log_file: Path, sandbox: SandboxSpec | None = None
+        self,
+        *,
+        silo: str,
+        cwd: Path,
+        log_file: Path,
+        sandbox: SandboxSpec | None = None,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         self.silo = silo
         self.log_file = log_file
@@ -50,6 +59,7 @@ class WorkerProcess:
             "OMP_NUM_THREADS": "1",
             "HOME": str(cwd),
             "LANG": "C.UTF-8",
+            **(environment or {}),  # the compute's own variables (checked in its spec)
         }
         command = [
             sys.executable,
@@ -59,6 +69,7 @@ class WorkerProcess:
             str(from_worker_w),
         ]
         if sandbox is not None:
+            sandbox = dataclasses.replace(sandbox, environment=tuple((environment or {}).items()))
             for folder in sandbox.writable:
                 folder.mkdir(parents=True, exist_ok=True)
             command = sandbox_argv(sandbox, command)
