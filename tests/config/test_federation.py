@@ -93,7 +93,8 @@ ERROR_CASES = {
     "a second compute shares another silo's name": (
         _edit(
             "    compute: {name: silo-b-cpu}\n",
-            "    compute: {name: silo-b-cpu}\n    computes:\n      - {name: silo-a-cpu, kind: gpu}  #!\n",
+            "    compute: {name: silo-b-cpu}\n"
+            "    computes:\n      - {name: silo-a-cpu, kind: gpu}  #!\n",
         ),
         "silos.1.computes.0.name",
         "shares compute 'silo-a-cpu' with silo 'silo-a'",

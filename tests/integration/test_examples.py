@@ -136,16 +136,7 @@ def fashion(abc: ExampleFederation) -> ExampleFederation:
     return abc
 
 
-# FedAdam's spec does not survive the JSON round trip to the orchestrator: its dump sets
-# server_momentum, which the adaptive variants refuse (fedsilo.strategies._specs).
-_SPEC_ROUND_TRIP = pytest.mark.xfail(
-    strict=True, reason="FedOptSpec refuses its own dump (server_momentum) on submit"
-)
-
-
-@pytest.mark.parametrize(
-    "job", ["fedavg.yaml", "fedprox.yaml", pytest.param("fedadam.yaml", marks=_SPEC_ROUND_TRIP)]
-)
+@pytest.mark.parametrize("job", ["fedavg.yaml", "fedprox.yaml", "fedadam.yaml"])
 def test_fashion_mnist_strategies_learn_under_label_skew(
     fashion: ExampleFederation, job: str
 ) -> None:

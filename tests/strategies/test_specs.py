@@ -185,3 +185,9 @@ def test_a_default_server_lr_is_not_written_back_as_the_users() -> None:
     assert spec.server_lr == 0.01 and "server_lr" not in spec.model_fields_set
     again = FedOptSpec.model_validate({**spec.model_dump(exclude_unset=True), "name": "fedavgm"})
     assert again.server_lr == 1.0  # fedavgm's own default, not fedadam's
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedyogi", "fedadagrad"])
+def test_a_server_optimizer_spec_survives_its_own_json(name: str) -> None:
+    spec = FedOptSpec(name=name)  # type: ignore[arg-type]
+    assert FedOptSpec.model_validate_json(spec.model_dump_json()) == spec

@@ -107,7 +107,13 @@ class FedOptSpec(_Frozen):
             # back out (or swept to another variant) does not carry it as the user's value
             object.__setattr__(self, "server_lr", 1.0 if self.name == "fedavgm" else 0.01)
         _check_weights(self.weighting, self.weights)
-        given = self.model_fields_set
+        # set, and to something else than its default: a spec's own JSON (every field
+        # written out, as it travels to the orchestrator) must read back as the same spec
+        given = {
+            key
+            for key in self.model_fields_set
+            if getattr(self, key) != type(self).model_fields[key].default
+        }
         if self.name == "fedavgm":
             unread = [key for key in _ADAPTIVE_ONLY if key in given]
         else:
