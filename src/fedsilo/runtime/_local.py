@@ -51,17 +51,16 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:  # a pid reused by an unrelated program is not ours
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return True
-    if b"fedsilo" not in cmdline:
+    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
         return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    # a pid reused by an unrelated program is not ours; an empty command line is a process
+    # still in exec (just started), which cannot be told apart yet
+    return not cmdline or b"fedsilo" in cmdline
 
 
 def processes(workspace: Path) -> list[ProcessInfo]:
