@@ -101,19 +101,41 @@ def _round_table(history: list[RoundInfo]) -> Table:
     for name in metrics:
         table.add_column(name, justify="right")
     table.add_column("train loss", justify="right")
+    private = any(r.privacy or any("epsilon" in m for m in r.train.values()) for r in history)
+    if private:
+        table.add_column("privacy")
     for r in history:
         for silo in silos:
             ev = r.evaluate.get(silo, {})
-            loss = r.train.get(silo, {}).get("loss")
-            table.add_row(str(r.round), silo, *(_num(ev.get(m)) for m in metrics), _num(loss))
-        table.add_row(
+            train = r.train.get(silo, {})
+            row = [str(r.round), silo, *(_num(ev.get(m)) for m in metrics), _num(train.get("loss"))]
+            if private:
+                row.append(f"ε {train['epsilon']:.3g}" if "epsilon" in train else "")
+            table.add_row(*row)
+        row = [
             str(r.round),
             "[bold]all[/]",
             *(f"[bold]{_num(r.evaluate_aggregate.get(m))}[/]" for m in metrics),
             "",
-            end_section=True,
-        )
+        ]
+        if private:
+            row.append(_privacy_note(r.privacy))
+        table.add_row(*row, end_section=True)
     return table
+
+
+def _privacy_note(privacy: dict[str, float]) -> str:
+    """The federation's privacy in a round: central epsilon, silos in the secure sum."""
+    parts = []
+    if "central_epsilon" in privacy:
+        parts.append(f"central ε {privacy['central_epsilon']:.3g}")
+    if "secure_aggregation_silos" in privacy:
+        dropped = int(privacy.get("secure_aggregation_dropped", 0))
+        parts.append(
+            f"secure sum of {int(privacy['secure_aggregation_silos'])}"
+            + (f", {dropped} dropped" if dropped else "")
+        )
+    return "; ".join(parts)
 
 
 def _num(value: float | None) -> str:
