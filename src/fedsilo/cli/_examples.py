@@ -31,7 +31,8 @@ def example(
     name: Annotated[
         str,
         typer.Argument(
-            help="The example, as in examples/NAME: helloworld, fashion-mnist, pneumonia.",
+            help="The example, as in examples/NAME: helloworld, fashion-mnist, pneumonia, "
+            "ccfraud, ner.",
             show_default=False,
         ),
     ],
