@@ -67,7 +67,8 @@ def test_ner_tagger_finds_entities(newsrooms: ExampleFederation) -> None:
 
 
 def test_ner_with_dp_sgd_reports_its_epsilon(newsrooms: ExampleFederation) -> None:
-    info = newsrooms.run(NER / "job-dp.yaml", rounds="2", **{"hyperparameters.epochs": "1"})
+    quick = {"hyperparameters.epochs": "1", "hyperparameters.batch_size": "64"}
+    info = newsrooms.run(NER / "job-dp.yaml", rounds="2", **quick)
     for silo in info.silos:
         spent = [r.train[silo]["epsilon"] for r in info.history]
         assert spent == sorted(spent) and 0 < spent[-1] <= 8.0 * 1.01, spent
