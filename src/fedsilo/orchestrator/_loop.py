@@ -180,12 +180,20 @@ class _JobRun:
             params_digest=global_digest,
             evaluate_first=round_ > 1,
         )
+        # Updates are folded in the job's silo order, so the model does not depend on which
+        # silo answered first (float sums are not associative); one that arrives early waits
+        # on disk, as an uploaded file, until the silos before it are in: memory stays flat.
+        order = list(self.spec.silos)
+        arrived: dict[str, tuple[Path, int]] = {}
         async with aclosing(fit) as outcomes:
             async for out in outcomes:
                 self.record(round_, out)
                 samples = int((out.result.train_metrics or {}).get("num_samples", 0))
-                path = self.params_path(out)
-                await asyncio.to_thread(_fold, aggregation, out.silo, path, samples)
+                arrived[out.silo] = (self.params_path(out), samples)
+                while order and order[0] in arrived:
+                    silo = order.pop(0)
+                    path, count = arrived.pop(silo)
+                    await asyncio.to_thread(_fold, aggregation, silo, path, count)
         return await asyncio.to_thread(aggregation.finish)
 
     async def prepare(self) -> str:
