@@ -40,6 +40,18 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> tuple[JobSpec, Path]:
     return load_job(path)
 
 
+@pytest.fixture
+def one_round_job_file(job: tuple[JobSpec, Path], tmp_path: Path) -> Path:
+    """A job file of the digits task with one round and the default hyperparameters."""
+    _, code_dir = job
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"name: digits\ncode: {code_dir}\nsilos: [{', '.join(SILOS)}]\n"
+        "inputs: {train: digits-train, test: digits-test}\nrounds: 1\n"
+    )
+    return path
+
+
 FEDERATION = """\
 name: pipelines
 orchestrator:

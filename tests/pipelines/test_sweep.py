@@ -23,7 +23,6 @@ from fedsilo.pipelines import (
     plot_sweep,
     run_sweep,
 )
-from fedsilo.quickstart._quickstart import SILOS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -240,14 +239,9 @@ def test_parse_sweep() -> None:
 
 
 def test_cli_sim_sweeps_and_plots(
-    job: tuple[JobSpec, Path], workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    one_round_job_file: Path, workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _, code_dir = job
-    job_file = tmp_path / "job.yaml"
-    job_file.write_text(
-        f"name: digits\ncode: {code_dir}\nsilos: [{', '.join(SILOS)}]\n"
-        "inputs: {train: digits-train, test: digits-test}\nrounds: 1\n"
-    )
+    job_file = one_round_job_file
     app = typer.Typer()
     _jobs.register(app)
     args = ["sim", str(job_file), "-w", str(workspace), "--sweep", "rounds=1,2"]

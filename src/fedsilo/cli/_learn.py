@@ -18,15 +18,28 @@ if TYPE_CHECKING:
 
 JobFile = Annotated[Path, typer.Argument(help="The job spec (YAML).")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+SeedsOption = Annotated[
+    int,
+    typer.Option(
+        "--seeds",
+        min=1,
+        help="Train every model with this many seeds (the job's seed, then the next ones) "
+        "and report each metric's mean and standard deviation.",
+    ),
+]
 
 
 def baseline(
-    job_file: JobFile, workspace: WorkspaceOption = Path("."), as_json: JsonFlag = False
+    job_file: JobFile,
+    workspace: WorkspaceOption = Path("."),
+    seeds: SeedsOption = 1,
+    as_json: JsonFlag = False,
 ) -> None:
     """Train the job federated, on all data pooled, and on each silo's data alone.
 
     Every model is evaluated on the same pooled test data; each silo's data is read from
-    its catalog in the workspace (local development only).
+    its catalog in the workspace (local development only). With --seeds N every model
+    is trained N times and each cell reads mean ± standard deviation.
     """
     from fedsilo.pipelines import run_baselines, workspace_inputs
 
@@ -36,23 +49,31 @@ def baseline(
         console.print(
             f"training {spec.name}: FL, Central-all and Central-1/k for each of "
             f"{len(spec.silos)} silos, {spec.rounds} rounds each"
+            + (f", {seeds} seeds" if seeds > 1 else "")
         )
     with tempfile.TemporaryDirectory(prefix="fedsilo-baseline-") as tmp:
-        report = run_baselines(spec, code_dir, inputs, work_root=Path(tmp))
+        report = run_baselines(spec, code_dir, inputs, work_root=Path(tmp), seeds=seeds)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), indent=2))
         return
     metrics = report.metric_names
+    over = f", mean ± std over seeds {', '.join(map(str, report.seeds))}" if report.runs else ""
     table = Table(
-        title=f"{report.job}: FL vs centralized ({report.rounds} rounds, pooled test data)"
+        title=f"{report.job}: FL vs centralized ({report.rounds} rounds, pooled test data{over})"
     )
     table.add_column("model")
     for name in (*metrics, "wall-clock s", "compute s"):
         table.add_column(name, justify="right")
     for row in report.rows:
-        values = [f"{row.metrics[m]:.4f}" if m in row.metrics else "-" for m in metrics]
+        values = [_cell(row.metrics.get(m), row.spread.get(m)) for m in metrics]
         table.add_row(row.label, *values, f"{row.seconds:.2f}", f"{row.compute_seconds:.2f}")
     console.print(table)
+
+
+def _cell(value: float | None, spread: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if spread is None else f"{value:.4f} ± {spread:.4f}"
 
 
 SweepOption = Annotated[

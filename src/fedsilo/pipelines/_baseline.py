@@ -7,7 +7,11 @@
 * **Central-1/k**: the task trained on each silo's data alone, what a silo gets without
   the federation.
 
-Every model is evaluated on the same pooled test data, so the numbers compare. Pooling
+Every model is evaluated on the same pooled test data, so the numbers compare. One run
+of each model is one draw: with a few hundred test examples, a model trained on a third of
+the data can land several points from another trained with another seed. ``seeds=N``
+trains every model N times (the job's seed, seed + 1, ...) and reports each metric's mean
+and standard deviation over the seeds. Pooling
 needs to know the data's format: :func:`pool_files` pools ``.npz`` files (arrays
 concatenated), CSV files (rows concatenated) and folders (files merged); any other task
 passes its own ``pool`` function.
@@ -19,7 +23,7 @@ import csv
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -95,7 +99,9 @@ class BaselineRow:
     """One model of the comparison: its metrics on the pooled test data and its cost.
 
     ``seconds`` is wall-clock time; ``compute_seconds`` adds up the time every silo spent
-    (for FL the sum over silos, for a centralized model the same as ``seconds``).
+    (for FL the sum over silos, for a centralized model the same as ``seconds``). Over
+    several seeds, ``metrics`` and the times are means over the seeds and ``spread`` holds
+    each metric's standard deviation over them (empty for a single run).
     """
 
     kind: BaselineKind
@@ -103,6 +109,7 @@ class BaselineRow:
     metrics: dict[str, float]
     seconds: float
     compute_seconds: float
+    spread: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -117,6 +124,9 @@ class BaselineReport:
     job: str
     rounds: int
     rows: tuple[BaselineRow, ...]
+    seeds: tuple[int, ...] = ()
+    runs: tuple[BaselineReport, ...] = ()
+    """Over several seeds, each seed's own report, in :attr:`seeds` order."""
 
     @property
     def metric_names(self) -> list[str]:
@@ -133,11 +143,15 @@ class BaselineReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, for ``fedsilo baseline --json``."""
-        return {
+        data: dict[str, Any] = {
             "job": self.job,
             "rounds": self.rounds,
+            "seeds": list(self.seeds),
             "rows": [{**asdict(r), "kind": r.kind.value, "label": r.label} for r in self.rows],
         }
+        if self.runs:
+            data["runs"] = [run.as_dict() for run in self.runs]
+        return data
 
 
 def run_baselines(
@@ -147,6 +161,7 @@ def run_baselines(
     *,
     work_root: Path,
     pool: Pool | None = None,
+    seeds: int = 1,
 ) -> BaselineReport:
     """Train ``spec``'s task federated, on all data pooled, and on each silo's data alone.
 
@@ -155,14 +170,42 @@ def run_baselines(
     silos, so that every number is measured on the same examples. One untimed round runs
     first, so that one-time library start-up does not count against whichever model
     trains first. ``work_root`` receives the pooled data and every run's working folders.
+
+    With ``seeds`` above 1, the whole comparison runs once per seed (the job's
+    ``hyperparameters.seed``, then each next integer) and every row reports the mean and
+    the standard deviation over the seeds; :attr:`BaselineReport.runs` keeps each seed's.
     """
+    if seeds < 1:
+        raise ConfigError(f"seeds is {seeds}; give 1 or more", field="seeds")
+    first = spec.hyperparameters.seed
+    if first + seeds > 2**31:
+        raise ConfigError(
+            f"seeds {first} to {first + seeds - 1} go past the largest seed, 2**31 - 1; "
+            "lower hyperparameters.seed or the number of seeds",
+            field="hyperparameters.seed",
+        )
+    pooled = pool_inputs(inputs_per_silo, work_root / "pooled", pool or pool_files)
+    warm_up(spec, code_dir, inputs_per_silo[spec.silos[0]], work_root / "warm-up")
+    if seeds == 1:
+        return _compare(spec, code_dir, inputs_per_silo, pooled, work_root)
+    runs = []
+    for seed in range(first, first + seeds):
+        hyperparameters = spec.hyperparameters.model_copy(update={"seed": seed})
+        seeded = spec.model_copy(update={"hyperparameters": hyperparameters})
+        runs.append(_compare(seeded, code_dir, inputs_per_silo, pooled, work_root / f"seed-{seed}"))
+    return _over_seeds(runs)
+
+
+def _compare(
+    spec: JobSpec,
+    code_dir: Path,
+    inputs_per_silo: Mapping[str, Mapping[str, Path]],
+    pooled: Mapping[str, Path],
+    work_root: Path,
+) -> BaselineReport:
     from fedsilo.pipelines._simulation import simulate
 
-    pooler = pool or pool_files
-    pooled = pool_inputs(inputs_per_silo, work_root / "pooled", pooler)
     task = load_task(code_dir, spec.entrypoint)
-
-    warm_up(spec, code_dir, inputs_per_silo[spec.silos[0]], work_root / "warm-up")
     fl = simulate(spec, code_dir, inputs_per_silo, work_root=work_root / "fl")
     evaluator = SiloRunner(
         task,
@@ -202,7 +245,38 @@ def run_baselines(
         singles.append(central(inputs, BaselineKind.CENTRAL_ONE, silo))
     rows += singles
     rows.append(_mean(singles))
-    return BaselineReport(job=spec.name, rounds=spec.rounds, rows=tuple(rows))
+    return BaselineReport(
+        job=spec.name,
+        rounds=spec.rounds,
+        rows=tuple(rows),
+        seeds=(spec.hyperparameters.seed,),
+    )
+
+
+def _over_seeds(runs: list[BaselineReport]) -> BaselineReport:
+    """One report whose rows are the runs' rows averaged, with their spread over the runs."""
+    rows = []
+    for index, row in enumerate(runs[0].rows):
+        same = [run.rows[index] for run in runs]
+        names = sorted(set.intersection(*(set(r.metrics) for r in same)))
+        values = {k: np.array([r.metrics[k] for r in same], dtype=np.float64) for k in names}
+        rows.append(
+            BaselineRow(
+                kind=row.kind,
+                silo=row.silo,
+                metrics={k: float(v.mean()) for k, v in values.items()},
+                seconds=float(np.mean([r.seconds for r in same])),
+                compute_seconds=float(np.mean([r.compute_seconds for r in same])),
+                spread={k: float(v.std(ddof=1)) for k, v in values.items() if k != "num_samples"},
+            )
+        )
+    return BaselineReport(
+        job=runs[0].job,
+        rounds=runs[0].rounds,
+        rows=tuple(rows),
+        seeds=tuple(seed for run in runs for seed in run.seeds),
+        runs=tuple(runs),
+    )
 
 
 def warm_up(spec: JobSpec, code_dir: Path, inputs: Mapping[str, Path], work_dir: Path) -> None:
