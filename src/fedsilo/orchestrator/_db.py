@@ -1,7 +1,10 @@
 """The orchestrator's state in SQL: jobs, tasks, rounds, metrics and blobs.
 
-SQLite in the orchestrator's storage by default; any SQLAlchemy URL (PostgreSQL in
-production) by changing one setting. Every method is one short transaction.
+SQLite in the orchestrator's storage by default; PostgreSQL in production by changing one
+setting (``--database-url postgresql://USER@HOST/DB``, driven by psycopg 3, the
+``fedsilo[postgres]`` extra). Every method is one short transaction, and each reads and
+writes only what the same statement decides, so two transactions at once on a server
+database cannot undo one another.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Float,
     ForeignKey,
     Integer,
@@ -23,10 +27,22 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-__all__ = ["BlobRow", "JobRow", "MetricRow", "RoundRow", "Store", "TaskRow"]
+from fedsilo.errors import ConfigError
+
+__all__ = [
+    "BlobRow",
+    "JobRow",
+    "MetricRow",
+    "RoundRow",
+    "Store",
+    "TaskRow",
+    "database_url",
+    "redacted",
+]
 
 
 class _Base(DeclarativeBase):
@@ -86,7 +102,7 @@ class MetricRow(_Base):
 class BlobRow(_Base):
     __tablename__ = "blobs"
     digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)  # a model may pass 2 GiB
     owner: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
 
@@ -99,16 +115,72 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def database_url(url: str) -> str:
+    """``url`` with a plain ``postgresql://`` given psycopg 3, the driver fedsilo installs.
+
+    SQLAlchemy would otherwise pick psycopg2 for ``postgresql://``; a URL naming its own
+    driver (``postgresql+psycopg2://``) is kept as it is.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"the database URL {url!r} is not a SQLAlchemy URL ({exc}); give for example "
+            "postgresql://USER@HOST:5432/DATABASE or sqlite:////path/to/orchestrator.db",
+            field="database_url",
+        ) from exc
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<not a URL>"
+
+
 class Store:
-    """Persistence for the orchestrator; one instance per process."""
+    """Persistence for the orchestrator; one instance per process.
+
+    Opening a store creates the tables that are missing, so a new database (an empty
+    PostgreSQL database, or no SQLite file yet) is ready at once; a database that cannot be
+    reached, or whose driver is not installed, is a :class:`ConfigError` naming the URL
+    (its password masked).
+    """
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine: Engine = create_engine(url)
-        if url.startswith("sqlite"):
+        self.url = database_url(url)
+        shown = redacted(self.url)
+        try:
+            self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
+        except (NoSuchModuleError, ModuleNotFoundError) as exc:
+            raise ConfigError(
+                f"no database driver for {shown} ({exc}); for PostgreSQL install "
+                "fedsilo[postgres] (psycopg 3) next to fedsilo",
+                field="database_url",
+            ) from exc
+        if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        _Base.metadata.create_all(self.engine)
+        try:
+            _Base.metadata.create_all(self.engine)
+        except OperationalError as exc:
+            self.engine.dispose()
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise ConfigError(
+                f"cannot open the orchestrator's database {shown}: {reason}; check "
+                "--database-url (or FEDSILO_DATABASE_URL), that the server runs and "
+                "accepts this user, and that the database exists",
+                field="database_url",
+            ) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``: the kind of database the state is in."""
+        return str(self.engine.dialect.name)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -242,9 +314,17 @@ class Store:
     # -- blobs ------------------------------------------------------------------------------
 
     def add_blob(self, digest: str, size: int, owner: str) -> None:
-        with self.session() as s:
-            if s.get(BlobRow, digest) is None:
-                s.add(BlobRow(digest=digest, size=size, owner=owner, created_at=time.time()))
+        """Record a blob once; the same content uploaded again (or at the same time) is kept
+        under its first record."""
+        try:
+            with self.session() as s:
+                if s.get(BlobRow, digest) is None:
+                    s.add(BlobRow(digest=digest, size=size, owner=owner, created_at=time.time()))
+        except IntegrityError:
+            # Another transaction recorded the same digest between the check and the insert.
+            with self.session() as s:
+                if s.get(BlobRow, digest) is None:
+                    raise
 
 
 def _merge_metrics(

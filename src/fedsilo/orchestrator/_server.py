@@ -16,7 +16,7 @@ from fedsilo.errors import ConfigError
 from fedsilo.orchestrator._app import Participant, create_app
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._core import Orchestrator
-from fedsilo.orchestrator._db import Store
+from fedsilo.orchestrator._db import Store, redacted
 from fedsilo.orchestrator._tls import MutualTLSProtocol, server_ssl_context
 from fedsilo.tracking import Tracker
 
@@ -37,6 +37,7 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
             f"kit '{kit.name}' belongs to a {kit.role}, not the orchestrator", file=str(kit.kit_dir)
         )
     store = Store(database_url or default_database_url(kit))
+    log.info("the orchestrator's state: %s database %s", store.dialect, redacted(store.url))
     blobs = BlobStore(kit.storage_path / "blobs")
     engine = Orchestrator(
         federation=kit.federation,
