@@ -8,7 +8,11 @@ does no work, and reads the orchestrator's own records:
   (compute = time the silo's job worker spent in task code, reported by the agent);
 * job start overhead = submit -> round 1 begun, less the slowest silo's preprocessing
   (which is the worker's start and its imports);
-* idle agent memory = resident set size of each agent process before any job.
+* idle agent memory = resident set size of each agent process before any job;
+* federation memory = the peak, while the job runs, of the proportional set size (shared
+  pages divided among the processes sharing them) summed over the orchestrator, every
+  agent and approval endpoint and every job worker: what the whole federation takes of
+  the machine's memory.
 
 Usage: python bench/round_overhead.py [--silos 3 10 30] [--rounds 20] [--params N]
 """
@@ -19,7 +23,9 @@ import argparse
 import json
 import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from _harness import job_record, provision_bench, run_job, write_task
@@ -52,6 +58,55 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _pss_mb(pids: Iterable[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue  # the process ended between the listing and the read
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+class _MemorySampler(threading.Thread):
+    """Samples the federation's summed PSS every ``interval`` seconds; keeps the peak."""
+
+    def __init__(self, roots: list[int], interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.interval = roots, interval
+        self.peak_mb = 0.0
+        self.peak_processes = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            pids = [d for root in self.roots for d in _descendants(root)]
+            total = _pss_mb(pids)
+            if total > self.peak_mb:
+                self.peak_mb, self.peak_processes = total, len(pids)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+
 def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
     ws, names = provision_bench(tmp, silos)
     write_task(tmp, TASK)
@@ -64,10 +119,14 @@ def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
     up(ws.root, timeout=300)
     up_seconds = time.perf_counter() - t0
     time.sleep(2.0)
-    agent_mb = [_rss_mb(p.pid) for p in processes(ws.root) if p.role == "silo"]
+    participants = processes(ws.root)
+    agent_mb = [_rss_mb(p.pid) for p in participants if p.role == "silo"]
+    sampler = _MemorySampler([p.pid for p in participants])
+    sampler.start()
     try:
-        job_id = run_job(ws, job, timeout=900)
+        job_id = run_job(ws, job, timeout=1800)
     finally:
+        sampler.stop()
         down(ws.root)
     record = job_record(ws, job_id)
     measured = range(2, rounds + 1)  # round 1 is a warm-up
@@ -89,6 +148,8 @@ def run(silos: int, rounds: int, params: int, tmp: Path) -> dict[str, object]:
         "agent_rss_mb_max": max(agent_mb),
         "agent_rss_mb_mean": statistics.fmean(agent_mb),
         "up_seconds": up_seconds,
+        "federation_pss_mb_peak": sampler.peak_mb,
+        "processes_at_peak": sampler.peak_processes,
     }
 
 

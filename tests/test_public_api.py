@@ -63,14 +63,27 @@ def test_errors_all_derive_from_the_root() -> None:
         assert issubclass(getattr(errors, symbol), errors.FedsiloError)
 
 
-def test_agents_import_neither_numpy_nor_the_server() -> None:
+def _imported(modules: str, heavy: tuple[str, ...]) -> list[str]:
+    """Which of ``heavy`` a fresh interpreter has loaded after importing ``modules``."""
     import subprocess
     import sys
 
-    code = (
-        "import sys, fedsilo.silo._agent, fedsilo.cli._app; "
-        "bad = [m for m in ('numpy', 'torch', 'fastapi', 'uvicorn', 'sqlalchemy') "
-        "if m in sys.modules]; print(','.join(bad))"
-    )
+    code = f"import sys, {modules}; print(','.join(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_agents_import_neither_numpy_nor_the_server() -> None:
+    heavy = ("numpy", "torch", "fastapi", "uvicorn", "sqlalchemy")
+    assert _imported("fedsilo.silo._agent, fedsilo.cli._app", heavy) == []
+
+
+def test_each_process_loads_only_what_it_runs() -> None:
+    # A silo's approval endpoint shares only the TLS layer with the orchestrator: loading
+    # the orchestrator (and Opacus, torch and SciPy with it) cost it 250 MB.
+    server = ("numpy", "torch", "opacus", "scipy", "sqlalchemy", "mlflow")
+    assert _imported("fedsilo.approval._server", server) == []
+    # The orchestrator loads torch and Opacus only for a job with central DP.
+    assert _imported("fedsilo.orchestrator._server", ("torch", "opacus", "scipy")) == []
+    # A job worker loads Opacus only when its job asks for local DP-SGD.
+    assert _imported("fedsilo.task, fedsilo.silo._worker", ("opacus", "scipy", "mlflow")) == []

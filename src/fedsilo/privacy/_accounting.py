@@ -19,8 +19,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from opacus.accountants import create_accountant  # type: ignore[import-untyped]
-
 __all__ = [
     "HistoryEntry",
     "epsilon_of",
@@ -75,6 +73,10 @@ def epsilon_of(mechanism: str, history: Sequence[HistoryEntry], delta: float) ->
         return 0.0
     if any(sigma <= 0 for sigma, _, _ in entries):
         return math.inf
+    # Opacus (and torch with it) loads on the first epsilon asked for, not with fedsilo:
+    # the processes that only read privacy settings stay light.
+    from opacus.accountants import create_accountant  # type: ignore[import-untyped]
+
     accountant: Any = create_accountant(mechanism=mechanism)
     accountant.history = list(entries)
     with silence_opacus_warnings():

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]
 
 from fedsilo.errors import AggregationError, ConfigError
 from fedsilo.privacy._accounting import epsilon_of, history_from_json, history_to_json
@@ -69,6 +68,8 @@ class CentralDP:
         self.inner = inner
         self.spec = spec
         self.seed = seed
+        from opacus.accountants import RDPAccountant  # type: ignore[import-untyped]
+
         self._accountant: Any = RDPAccountant()
         self._report: list[RoundPrivacy] = []
 
