@@ -11,7 +11,7 @@ mkdir -p "$out"
 rm -rf "$ws"
 fedsilo provision "$here/federation.yaml" --out "$ws" > /dev/null
 fedsilo example pneumonia prepare "$ws" --json > "$out/split.json"
-fedsilo baseline "$here/job.yaml" -w "$ws" --json > "$out/baseline.json"
+fedsilo baseline "$here/job.yaml" -w "$ws" --seeds 3 --json > "$out/baseline.json"
 fedsilo baseline "$here/job-dp.yaml" -w "$ws" --json > "$out/baseline-dp.json"
 # Both jobs through the real processes: wall-clock with the hospitals training at once,
 # and the epsilon each hospital reports.
