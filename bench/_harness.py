@@ -18,10 +18,10 @@ from fedsilo.config import Workspace, open_workspace, provision
 from fedsilo.jobs import load_job, load_private_key
 from fedsilo.orchestrator._db import RoundRow, Store, TaskRow
 
-__all__ = ["JobRecord", "job_record", "provision_bench", "run_job", "write_task"]
+__all__ = ["JobRecord", "free_port", "job_record", "provision_bench", "run_job", "write_task"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -32,7 +32,7 @@ def provision_bench(tmp: Path, silos: int) -> tuple[Workspace, list[str]]:
     names = [f"s{i:03d}" for i in range(silos)]
     spec = tmp / "federation.yaml"
     spec.write_text(
-        f"name: bench\norchestrator:\n  port: {_free_port()}\n"
+        f"name: bench\norchestrator:\n  port: {free_port()}\n"
         "  storage: {root: storage/orchestrator}\n  compute: {name: orch}\nsilos:\n"
         + "".join(
             f"  - {{name: {n}, storage: {{root: storage/{n}}}, compute: {{name: {n}-cpu}}}}\n"
@@ -68,6 +68,7 @@ class JobRecord:
     """A finished job as the orchestrator recorded it."""
 
     created_at: float
+    finished_at: float
     rounds: dict[int, RoundRow]
     compute: dict[tuple[str, int], float]  # (task kind, round) -> the slowest silo's compute
 
@@ -90,8 +91,11 @@ def job_record(ws: Workspace, job_id: str) -> JobRecord:
         store.close()
     compute: dict[tuple[str, int], float] = {}
     for t in tasks:
-        if t.result_json and t.kind in ("prepare", "fit"):
+        if t.result_json and t.kind in ("prepare", "fit", "evaluate"):
             seconds = float(json.loads(t.result_json).get("compute_seconds", 0.0))
             key = (t.kind, t.round)
             compute[key] = max(compute.get(key, 0.0), seconds)
-    return JobRecord(created_at=job.created_at, rounds=rounds, compute=compute)
+    assert job.finished_at is not None
+    return JobRecord(
+        created_at=job.created_at, finished_at=job.finished_at, rounds=rounds, compute=compute
+    )
