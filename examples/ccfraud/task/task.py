@@ -8,11 +8,13 @@ model:
 * ``dense``: a feed-forward network on each transaction alone.
 * ``lstm``: an LSTM over a window of the bank's consecutive transactions (the ``extra.window``
   rows up to and including the one scored), its last state scoring the last transaction.
-* ``autoencoder``: an LSTM encoder-decoder that learns to reconstruct windows ending in a
-  normal transaction; the anomaly score of a transaction is the error of its
-  reconstruction. A score has no natural threshold, so the bank works to an alert
-  budget: the ``extra.alert_rate`` share of its transactions with the highest scores
-  (0.2 %, about the fraud rate) is flagged for review. Labels play no part in it.
+* ``autoencoder``: an LSTM encoder-decoder over the same windows that learns to
+  reconstruct the last transaction of windows ending in a normal one, the rows before it
+  serving as context. The anomaly score of a transaction is the error of its
+  reconstruction, each feature's squared error divided by a variance the model learns
+  (see :class:`Autoencoder`). A score has no natural threshold, so the bank works to an
+  alert budget: the ``extra.alert_rate`` share of its transactions with the highest
+  scores (0.2 %, about the fraud rate) is flagged for review. Labels play no part in it.
 
 Frauds are 0.17 % of the rows, so the two classifiers weigh each fraud ``extra.fraud_weight``
 times a normal transaction in their binary cross-entropy. Every feature transform is fixed
@@ -104,7 +106,17 @@ class Recurrent(nn.Module):
 
 
 class Autoencoder(nn.Module):
-    """LSTM encoder to a small code, LSTM decoder back to the window."""
+    """LSTM encoder to a small code, LSTM decoder back over the window.
+
+    What is learnt and scored is the reconstruction of the window's last transaction,
+    the one scored: a fraud's error is not diluted by the normal transactions before
+    it. Each feature's squared error is divided by its own variance, ``exp(log_var)``,
+    a parameter trained with the rest (a Gaussian negative log-likelihood), so features
+    the model reconstructs closely count for more than ones it cannot, and a component
+    with a wide spread does not drown the others. The variances are part of the model,
+    learnt from every bank's data and averaged by FedAvg like the weights, so all banks
+    score with the same ones.
+    """
 
     def __init__(self, window: int, hidden: int, latent: int) -> None:
         super().__init__()
@@ -113,6 +125,7 @@ class Autoencoder(nn.Module):
         self.code = nn.Linear(hidden, latent)
         self.decoder = nn.LSTM(latent, hidden, batch_first=True)
         self.out = nn.Linear(hidden, FEATURES)
+        self.log_var = nn.Parameter(torch.zeros(FEATURES))
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         """The reconstructed windows."""
@@ -122,8 +135,9 @@ class Autoencoder(nn.Module):
         return self.out(decoded)
 
     def score(self, windows: torch.Tensor) -> torch.Tensor:
-        """The anomaly score: the squared error of the last transaction's reconstruction."""
-        return (self(windows)[:, -1] - windows[:, -1]).pow(2).mean(dim=1)
+        """The anomaly score and training loss: the last transaction's negative log-likelihood."""
+        error = (self(windows)[:, -1] - windows[:, -1]).pow(2)
+        return 0.5 * (error * torch.exp(-self.log_var) + self.log_var).mean(dim=1)
 
 
 def model(ctx: Context) -> nn.Module:
@@ -158,7 +172,7 @@ def _scores(net: nn.Module, x: torch.Tensor, index: torch.Tensor) -> torch.Tenso
 
 
 def train(model: nn.Module, ctx: Context) -> dict[str, float]:
-    """Adam on this bank's transactions: weighted cross-entropy, or reconstruction error."""
+    """Adam on this bank's transactions: weighted cross-entropy, or the anomaly score."""
     x, y = _load(ctx.input("train"))
     hp = ctx.hyperparameters
     window = int(model.window)  # type: ignore[arg-type]
@@ -176,7 +190,7 @@ def train(model: nn.Module, ctx: Context) -> dict[str, float]:
             windows = _windows(x, index[batch], window)
             optimizer.zero_grad()
             if isinstance(model, Autoencoder):
-                loss = nn.functional.mse_loss(model(windows), windows)
+                loss = model.score(windows).mean()
             else:
                 loss = nn.functional.binary_cross_entropy_with_logits(
                     model(windows), y[batch], pos_weight=weight
