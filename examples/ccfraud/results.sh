@@ -14,3 +14,5 @@ fedsilo example ccfraud prepare "$ws" --json > "$out/split.json"
 for model in dense lstm autoencoder; do
   fedsilo baseline "$here/$model.yaml" -w "$ws" --json > "$out/$model-baseline.json"
 done
+# The autoencoder's figures move more between runs: the same comparison over three seeds.
+fedsilo baseline "$here/autoencoder.yaml" -w "$ws" --seeds 3 --json > "$out/autoencoder-seeds.json"
