@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures every row of README.md's results, at full size, and writes them as JSON into
-# OUT (default: ner-results). Needs FEDSILO_DATA; takes about 25 minutes on 2 cores.
+# OUT (default: ner-results). Needs FEDSILO_DATA; takes about 15 minutes on 2 cores.
 #   examples/ner/results.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,5 +14,5 @@ fedsilo example ner prepare "$ws" --json > "$out/split.json"
 fedsilo baseline "$here/job.yaml" -w "$ws" --json > "$out/baseline.json"
 # The DP-SGD job, simulated once per epsilon: F1 against the privacy budget.
 fedsilo sim "$here/job-dp.yaml" -w "$ws" --json \
-  --sweep privacy.local.target_epsilon=8,64,1000 --metric f1 --plot "$out/dp-sweep.png" \
+  --sweep privacy.local.target_epsilon=8,20,64,1000 --metric f1 --plot "$out/dp-sweep.png" \
   > "$out/dp-sweep.json"
