@@ -42,8 +42,7 @@ def test_a_job_its_tasks_rounds_and_metrics_survive_reopening(store_url: str) ->
     store = Store(store_url)
     store.add_job(_job("job-1", name=LONGEST_NAME))
     store.add_tasks([_task("t-1", "job-1", LONGEST_SILO), _task("t-2", "job-1", "silo-b")])
-    store.mark_assigned("t-1")
-    store.finish_task("t-1", ok=True, result_json='{"ok": true}')
+    store.finish_task("t-1", ok=True, result_json='{"ok": true}', assigned_at=time.time())
     store.finish_task("t-2", ok=False, result_json='{"ok": false}')
     store.start_round("job-1", 1)
     store.finish_round(

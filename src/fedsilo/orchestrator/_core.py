@@ -91,6 +91,7 @@ class Orchestrator:
         self._queues: dict[str, deque[tuple[str, str]]] = {s: deque() for s in self.silos}
         self._open: dict[str, str] = {}  # task id -> silo, for tasks not yet answered
         self._task_jobs: dict[str, str] = {}  # task id -> job id, for open tasks
+        self._assigned_at: dict[str, float] = {}  # task id -> when its silo took it
         self._waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._live: dict[str, _LiveJob] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
@@ -178,13 +179,17 @@ class Orchestrator:
             silo = self._open.pop(task_id, None)
             self._waiters.pop(task_id, None)
             self._task_jobs.pop(task_id, None)
+            assigned_at = self._assigned_at.pop(task_id, None)
             if silo is not None:
                 queue = self._queues[silo]
                 for item in list(queue):
                     if item[0] == task_id:
                         queue.remove(item)
                 self.store.finish_task(
-                    task_id, ok=False, result_json='{"ok":false,"error":"withdrawn"}'
+                    task_id,
+                    ok=False,
+                    result_json='{"ok":false,"error":"withdrawn"}',
+                    assigned_at=assigned_at,
                 )
 
     async def next_task(self, silo: str, wait: float) -> str | None:
@@ -197,7 +202,8 @@ class Orchestrator:
             event.clear()
             if queue:
                 task_id, message_json = queue.popleft()
-                self.store.mark_assigned(task_id)
+                # Kept in memory and written with the result: one commit per task, not two.
+                self._assigned_at[task_id] = time.time()
                 return message_json
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -211,7 +217,12 @@ class Orchestrator:
             return False
         del self._open[task_id]
         self._task_jobs.pop(task_id, None)
-        self.store.finish_task(task_id, ok=result.ok, result_json=result.model_dump_json())
+        self.store.finish_task(
+            task_id,
+            ok=result.ok,
+            result_json=result.model_dump_json(),
+            assigned_at=self._assigned_at.pop(task_id, None),
+        )
         waiter = self._waiters.pop(task_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(result)

@@ -232,25 +232,19 @@ class Store:
         with self.session() as s:
             s.add_all(rows)
 
-    def mark_assigned(self, task_id: str) -> None:
+    def finish_task(
+        self, task_id: str, *, ok: bool, result_json: str, assigned_at: float | None = None
+    ) -> None:
+        """Record a task's result, and when it reached its silo if that is known."""
+        values: dict[str, Any] = {
+            "state": "done" if ok else "failed",
+            "result_json": result_json,
+            "finished_at": time.time(),
+        }
+        if assigned_at is not None:
+            values["assigned_at"] = assigned_at
         with self.session() as s:
-            s.execute(
-                update(TaskRow)
-                .where(TaskRow.id == task_id)
-                .values(state="assigned", assigned_at=time.time())
-            )
-
-    def finish_task(self, task_id: str, *, ok: bool, result_json: str) -> None:
-        with self.session() as s:
-            s.execute(
-                update(TaskRow)
-                .where(TaskRow.id == task_id)
-                .values(
-                    state="done" if ok else "failed",
-                    result_json=result_json,
-                    finished_at=time.time(),
-                )
-            )
+            s.execute(update(TaskRow).where(TaskRow.id == task_id).values(**values))
 
     def cancel_pending_tasks(self, job_id: str) -> None:
         with self.session() as s:

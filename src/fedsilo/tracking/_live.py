@@ -6,6 +6,12 @@ on at once: every MLflow call runs on one thread of its own, in the order the ev
 came, never on the event loop. A failure of the tracking store is logged and never
 reaches the job.
 
+Rounds that close within ``interval`` seconds of a job's last logging are logged
+together, one MLflow batch per silo for all of them: a job of second-long rounds shows
+each round as it closes, and a job of very short rounds (tenths of a second, where one
+batch per silo and round would cost the federation more CPU than the rounds themselves)
+shows them at most ``interval`` late.
+
 A round's metrics arrive as the orchestrator records them: ``(round, silo, phase,
 metrics)`` with phase ``train``, ``evaluate`` or ``privacy``, and silo ``*`` for what
 belongs to the whole federation (``central_epsilon``). The evaluation of round n's global
@@ -17,8 +23,11 @@ with another value) is logged, so the run is complete even if a round's logging 
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +40,7 @@ from fedsilo.tracking._tracker import JobRun, Tracker
 if TYPE_CHECKING:
     from fedsilo.api import RoundInfo
 
-__all__ = ["FEDERATION", "LiveTracking", "RoundRecord"]
+__all__ = ["FEDERATION", "LIVE_INTERVAL", "LiveTracking", "RoundRecord"]
 
 log = logging.getLogger("fedsilo.tracking")
 
@@ -40,6 +49,11 @@ FEDERATION = "*"
 
 RoundRecord = tuple[int, str, str, Mapping[str, float]]
 """``(round, silo, phase, metrics)``, as the orchestrator records them when a round closes."""
+
+LIVE_INTERVAL = 1.0
+"""Seconds between two loggings of a running job's rounds, at most one per interval."""
+
+_Entry = tuple[int, dict[str, dict[str, float]], dict[str, float]]  # round, per silo, aggregate
 
 _Key = tuple[int, str, str]  # (round, silo or "aggregate", metric)
 
@@ -64,11 +78,18 @@ class LiveTracking:
     Every public method only queues work and returns; none raises because of the store.
     """
 
-    def __init__(self, tracker: Tracker) -> None:
+    def __init__(self, tracker: Tracker, *, interval: float = LIVE_INTERVAL) -> None:
         self.tracker = tracker
+        self.interval = interval
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracking")
         self._jobs: dict[str, _Live] = {}  # read and written on the tracking thread only
         self._closed = threading.Event()
+        # Rounds waiting to be logged, per job; guarded by _lock (the event loop adds, the
+        # tracking thread drains).
+        self._lock = threading.Lock()
+        self._pending: dict[str, list[RoundRecord]] = {}
+        self._timers: dict[str, threading.Timer] = {}
+        self._last: dict[str, float] = {}
 
     def _submit(self, job_id: str, what: str, work: Callable[[], None]) -> None:
         def guarded() -> None:
@@ -101,28 +122,49 @@ class LiveTracking:
         self._submit(job_id, "start", work)
 
     def rounds(self, job_id: str, records: Iterable[RoundRecord]) -> None:
-        """Log the metrics a round closed with: per silo, aggregated, privacy spent."""
+        """Log the metrics a round closed with: per silo, aggregated, privacy spent.
+
+        Logged at once, or with the next rounds when the job was logged less than
+        ``interval`` seconds ago.
+        """
         copied = [(n, silo, phase, dict(metrics)) for n, silo, phase, metrics in records]
         if not copied:
             return
+        with self._lock:
+            waiting = job_id in self._pending
+            self._pending.setdefault(job_id, []).extend(copied)
+            if waiting:
+                return  # a logging of this job is already due; it takes these too
+            delay = self._last.get(job_id, -math.inf) + self.interval - time.monotonic()
+            if delay > 0:
+                timer = threading.Timer(delay, self._due, args=(job_id,))
+                timer.daemon = True
+                self._timers[job_id] = timer
+                timer.start()
+                return
+        self._due(job_id)
 
-        def work() -> None:
-            live = self._jobs.get(job_id)
-            if live is None:
-                return  # not started here: the end of the job logs the whole history
-            if live.run is None:
-                live.run = self.tracker.start_job(
-                    live.job_id, live.job_name, live.params, submitter=live.submitter
-                )
-            touched = sorted({n for n, *_ in copied})
-            for n, silo, phase, metrics in copied:
-                live.phases.setdefault(n, {}).setdefault(phase, {}).setdefault(silo, {}).update(
-                    metrics
-                )
-            for n in touched:
-                self._log(live, _round_info(n, live.phases[n]), extra=live.phases[n])
+    def _due(self, job_id: str) -> None:
+        with self._lock:
+            self._timers.pop(job_id, None)
+        self._submit(job_id, "round", functools.partial(self._log_pending, job_id))
 
-        self._submit(job_id, "round", work)
+    def _log_pending(self, job_id: str) -> None:
+        """On the tracking thread: log every round of ``job_id`` waiting, in one go."""
+        with self._lock:
+            copied = self._pending.pop(job_id, [])
+            self._last[job_id] = time.monotonic()
+        live = self._jobs.get(job_id)
+        if not copied or live is None:
+            return  # not started here: the end of the job logs the whole history
+        if live.run is None:
+            live.run = self.tracker.start_job(
+                live.job_id, live.job_name, live.params, submitter=live.submitter
+            )
+        touched = sorted({n for n, *_ in copied})
+        for n, silo, phase, metrics in copied:
+            live.phases.setdefault(n, {}).setdefault(phase, {}).setdefault(silo, {}).update(metrics)
+        self._log(live, [(_round_info(n, live.phases[n]), live.phases[n]) for n in touched])
 
     def finish(
         self,
@@ -137,12 +179,18 @@ class LiveTracking:
         history = list(history)
 
         def work() -> None:
+            with self._lock:
+                timer = self._timers.pop(job_id, None)
+            if timer is not None:
+                timer.cancel()
+            self._log_pending(job_id)  # rounds held back for the interval, first
+            with self._lock:
+                self._last.pop(job_id, None)
             live = self._jobs.pop(job_id, None)
             if live is None or live.run is None:
                 track_history(self.tracker, job_id, job_name, params, history, model, state=state)
                 return
-            for info in history:
-                self._log(live, info)
+            self._log(live, [(info, None) for info in history])
             if model is not None:
                 self.tracker.log_model(live.run, model)
             self.tracker.finish(live.run, state)
@@ -152,37 +200,50 @@ class LiveTracking:
     def _log(
         self,
         live: _Live,
-        info: RoundInfo,
-        extra: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+        rounds: Sequence[tuple[RoundInfo, Mapping[str, Mapping[str, Mapping[str, float]]] | None]],
     ) -> None:
-        """Log what of one round was not logged yet with the same value."""
+        """Log what of these rounds was not logged yet with the same value, in one batch."""
         assert live.run is not None
-        per_silo, aggregate = round_entries(info)
-        for phase, silos in (extra or {}).items():
-            if phase in ("train", "evaluate", "privacy"):
-                continue
-            for silo, metrics in silos.items():
-                target = aggregate if silo == FEDERATION else per_silo.setdefault(silo, {})
-                target.update({f"{phase}_{k}": v for k, v in metrics.items()})
-        new_silos = {
-            silo: {k: v for k, v in metrics.items() if live.logged.get((info.round, silo, k)) != v}
-            for silo, metrics in per_silo.items()
-        }
-        new_silos = {silo: metrics for silo, metrics in new_silos.items() if metrics}
-        new_aggregate = {
-            k: v for k, v in aggregate.items() if live.logged.get((info.round, "", k)) != v
-        }
-        if not new_silos and not new_aggregate:
+        entries: list[_Entry] = []
+        for info, extra in rounds:
+            per_silo, aggregate = round_entries(info)
+            for phase, silos in (extra or {}).items():
+                if phase in ("train", "evaluate", "privacy"):
+                    continue
+                for silo, metrics in silos.items():
+                    target = aggregate if silo == FEDERATION else per_silo.setdefault(silo, {})
+                    target.update({f"{phase}_{k}": v for k, v in metrics.items()})
+            new_silos = {
+                silo: {
+                    k: v for k, v in metrics.items() if live.logged.get((info.round, silo, k)) != v
+                }
+                for silo, metrics in per_silo.items()
+            }
+            new_silos = {silo: metrics for silo, metrics in new_silos.items() if metrics}
+            new_aggregate = {
+                k: v for k, v in aggregate.items() if live.logged.get((info.round, "", k)) != v
+            }
+            if new_silos or new_aggregate:
+                entries.append((info.round, new_silos, new_aggregate))
+        if not entries:
             return
-        self.tracker.log_round(live.run, info.round, new_silos, new_aggregate)
-        for silo, metrics in new_silos.items():
-            live.logged.update({(info.round, silo, k): v for k, v in metrics.items()})
-        live.logged.update({(info.round, "", k): v for k, v in new_aggregate.items()})
+        self.tracker.log_rounds(live.run, entries)
+        for round_, new_silos, new_aggregate in entries:
+            for silo, metrics in new_silos.items():
+                live.logged.update({(round_, silo, k): v for k, v in metrics.items()})
+            live.logged.update({(round_, "", k): v for k, v in new_aggregate.items()})
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued so far is logged; False if ``timeout`` ran out."""
+        """Wait until everything queued so far is logged (rounds held for the interval
+        too); False if ``timeout`` ran out."""
         if self._closed.is_set():
             return True
+        with self._lock:
+            held = list(self._timers.items())
+            self._timers.clear()
+        for job_id, timer in held:
+            timer.cancel()
+            self._submit(job_id, "round", functools.partial(self._log_pending, job_id))
         done: Future[None] = self._executor.submit(lambda: None)
         try:
             done.result(timeout=timeout)
@@ -192,6 +253,7 @@ class LiveTracking:
 
     def close(self) -> None:
         """Log what is queued, then stop the thread; later events are dropped."""
+        self.flush()
         self._closed.set()
         self._executor.shutdown(wait=True)
 

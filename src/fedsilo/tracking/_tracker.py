@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -268,29 +268,44 @@ class Tracker:
         epsilon: Mapping[str, float] | None = None,
     ) -> None:
         """Log one round's per-silo and aggregate metrics (and each silo's epsilon so far)."""
-        from mlflow.exceptions import MlflowException
-
-        now = int(time.time() * 1000)
         silos: dict[str, dict[str, float]] = {s: dict(m) for s, m in per_silo.items()}
         for silo, eps in (epsilon or {}).items():
             silos.setdefault(silo, {})["epsilon"] = eps
+        self.log_rounds(run, [(round_, silos, dict(aggregate))])
+
+    def log_rounds(
+        self,
+        run: JobRun,
+        rounds: Sequence[tuple[int, Mapping[str, Mapping[str, float]], Mapping[str, float]]],
+    ) -> None:
+        """Log several rounds' ``(round, per_silo, aggregate)`` metrics: one batch per silo
+        run and one for the parent run, whatever the number of rounds."""
+        from mlflow.exceptions import MlflowException
+
+        now = int(time.time() * 1000)
         parent: list[Metric] = []
-        try:
-            for silo, metrics in silos.items():
-                child: list[Metric] = []
+        children: dict[str, list[Metric]] = {}
+        for round_, per_silo, aggregate in rounds:
+            for silo, metrics in per_silo.items():
+                child = children.setdefault(silo, [])
                 for metric, value in metrics.items():
                     key = f"{_name(silo)}/{_name(metric)}"
                     parent += _metric(f"iteration_{round_}/{key}", value, now, round_)
                     parent += _metric(key, value, now, round_)
                     child += _metric(_name(metric), value, now, round_)
-                self.client.log_batch(self._silo_run(run, silo), metrics=child)
             for metric, value in aggregate.items():
                 key = f"aggregate/{_name(metric)}"
                 parent += _metric(f"iteration_{round_}/{key}", value, now, round_)
                 parent += _metric(key, value, now, round_)
-            self.client.log_batch(run.run_id, metrics=parent)
+        first = rounds[0][0] if rounds else 0
+        try:
+            for silo, child in children.items():
+                self.client.log_batch(self._silo_run(run, silo), metrics=child)
+            if parent:
+                self.client.log_batch(run.run_id, metrics=parent)
         except MlflowException as exc:
-            raise wrap_mlflow_errors(f"cannot log round {round_} of job {run.job_id}", exc) from exc
+            what = f"round {first}" if len(rounds) == 1 else f"rounds {first}-{rounds[-1][0]}"
+            raise wrap_mlflow_errors(f"cannot log {what} of job {run.job_id}", exc) from exc
 
     def log_model(self, run: JobRun, path: Path) -> None:
         """Store the final global model (a safetensors file) as the artifact ``model/NAME``."""
