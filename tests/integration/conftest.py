@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import textwrap
 from collections.abc import Iterator
@@ -62,10 +63,32 @@ def evaluate(model, ctx):
 '''
 
 
+PORT_BLOCK = 16
+"""Ports a federation of the tests may use from its orchestrator's: each silo's approval
+endpoint listens at the orchestrator's port + 1 + the silo's index."""
+
+
 def free_port() -> int:
+    """An orchestrator port whose next ``PORT_BLOCK`` ports are free too.
+
+    Chosen below the kernel's ephemeral range (32768 and up), where the tests' own client
+    connections take their local ports: a port next to a free ephemeral one can be taken
+    by the time a silo's approval endpoint binds it.
+    """
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - PORT_BLOCK)
+        if all(_bindable(port) for port in range(base, base + PORT_BLOCK)):
+            return base
+    raise RuntimeError(f"no {PORT_BLOCK} free consecutive loopback ports in 20000-32000")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def write_federation(folder: Path, name: str = "itest", silos: tuple[str, ...] = SILOS) -> Path:
