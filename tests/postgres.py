@@ -14,7 +14,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from tests.integration.conftest import free_port
 
 ADMIN_URL = "FEDSILO_POSTGRES_URL"
 REQUIRE = "FEDSILO_REQUIRE_POSTGRES"
@@ -49,12 +50,6 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def server() -> Iterator[str]:
     """The URL of a PostgreSQL server's maintenance database, for the test session."""
@@ -78,7 +73,7 @@ def server() -> Iterator[str]:
             unavailable("running as root and there is no 'postgres' user to run the server as")
         os.chown(folder, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = folder / "data", _free_port()
+    data, port = folder / "data", free_port()
 
     def run(*args: str) -> None:
         done = subprocess.run([*as_user, *args], capture_output=True, text=True, timeout=120)

@@ -2,9 +2,7 @@
 
 SQLite in the orchestrator's storage by default; PostgreSQL in production by changing one
 setting (``--database-url postgresql://USER@HOST/DB``, driven by psycopg 3, the
-``fedsilo[postgres]`` extra). Every method is one short transaction, and each reads and
-writes only what the same statement decides, so two transactions at once on a server
-database cannot undo one another.
+``fedsilo[postgres]`` extra). Every method is one short transaction.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from fedsilo.errors import ConfigError
@@ -308,17 +306,10 @@ class Store:
     # -- blobs ------------------------------------------------------------------------------
 
     def add_blob(self, digest: str, size: int, owner: str) -> None:
-        """Record a blob once; the same content uploaded again (or at the same time) is kept
-        under its first record."""
-        try:
-            with self.session() as s:
-                if s.get(BlobRow, digest) is None:
-                    s.add(BlobRow(digest=digest, size=size, owner=owner, created_at=time.time()))
-        except IntegrityError:
-            # Another transaction recorded the same digest between the check and the insert.
-            with self.session() as s:
-                if s.get(BlobRow, digest) is None:
-                    raise
+        """Record a blob once; the same content uploaded again keeps its first record."""
+        with self.session() as s:
+            if s.get(BlobRow, digest) is None:
+                s.add(BlobRow(digest=digest, size=size, owner=owner, created_at=time.time()))
 
 
 def _merge_metrics(
