@@ -18,6 +18,7 @@ from fedsilo.tensors import (
     save_parameters,
     sha256_file,
     tensor_names,
+    value_count,
 )
 
 Arrays = dict[str, npt.NDArray[np.generic]]
@@ -54,6 +55,7 @@ def test_file_round_trip(params: Arrays, tmp_path: Path) -> None:
     save_parameters(params, path)
     _assert_same(load_parameters(path), params)
     assert sorted(tensor_names(path)) == sorted(params)
+    assert value_count(path) == 4 * 3 + 3 + 1 + 3 + 8
 
 
 def test_non_contiguous_arrays_are_saved_by_value() -> None:

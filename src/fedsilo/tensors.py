@@ -30,6 +30,7 @@ __all__ = [
     "save_parameters",
     "sha256_file",
     "tensor_names",
+    "value_count",
 ]
 
 Parameters = Mapping[str, npt.NDArray[np.generic]]
@@ -85,6 +86,12 @@ def tensor_names(path: Path) -> list[str]:
     """Names of the tensors stored in a safetensors file, without loading them."""
     with safe_open(str(path), framework="numpy") as fh:
         return list(fh.keys())
+
+
+def value_count(path: Path) -> int:
+    """How many values the tensors of a safetensors file hold, read from its header only."""
+    with safe_open(str(path), framework="numpy") as fh:
+        return sum(int(np.prod(fh.get_slice(name).get_shape())) for name in fh.keys())  # noqa: SIM118
 
 
 def sha256_file(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,12 @@ from fedsilo.privacy.secagg import (
     UnmaskRefused,
     UnmaskRequest,
     UnmaskResponse,
+    _crypto,
+    load_masked,
+    mask_update,
+    masked_bytes,
     parse_message,
+    save_masked,
 )
 from fedsilo.privacy.secagg._fixedpoint import encode
 from fedsilo.privacy.secagg._shamir import reconstruct, split
@@ -333,6 +339,67 @@ def test_rounds_are_used_once_and_within_the_setup() -> None:
         client.masked_input(1, {"x": np.ones(2)}, 1.0)
     with pytest.raises(SecAggProtocolError, match=r"rounds 1\.\.2"):
         client.masked_input(3, {"x": np.ones(2)}, 1.0)
+
+
+def test_a_mask_computed_ahead_gives_the_same_upload_as_one_computed_in_line() -> None:
+    arrays = {"w": np.linspace(-1, 1, 12).reshape(3, 4), "b": np.arange(3.0)}
+    uploads = []
+    for ahead in (False, True):
+        fed = Federation(3, rounds=2)
+        fed.setup()
+        client = fed.clients["silo-1"]
+        mask = client.round_mask(2, 16) if ahead else None
+        uploads.append(client.masked_input(2, arrays, 5.0, mask=mask))
+    assert uploads[0] == uploads[1]
+
+
+def test_a_mask_of_another_round_client_or_size_is_refused() -> None:
+    fed = Federation(3, rounds=2)
+    fed.setup()
+    client, other = fed.clients["silo-0"], fed.clients["silo-1"]
+    arrays = {"x": np.ones(4)}
+    for mask, why in (
+        (client.round_mask(1, 5), "round 1"),
+        (other.round_mask(2, 5), "client 'silo-1'"),
+        (client.round_mask(2, 9), "holds 9 words"),
+    ):
+        with pytest.raises(SecAggProtocolError, match=why):
+            client.masked_input(2, arrays, 1.0, mask=mask)
+    client.masked_input(2, arrays, 1.0, mask=client.round_mask(2, 5))  # none was used up
+
+
+def test_masks_applied_together_equal_masks_applied_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_crypto, "_CHUNK_WORDS", 1000)  # several chunks, the last one short
+    gen = np.random.default_rng(3)
+    vector = gen.integers(0, 2**63, 2500, dtype=np.uint64)
+    seeds = [(bytes([i]) * 32, 1 if i % 2 else -1) for i in range(4)]
+    together, one_by_one = vector.copy(), vector.copy()
+    _crypto.apply_masks(together, seeds, job_id=JOB, round=1)
+    for seed, sign in seeds:
+        _crypto.apply_mask(one_by_one, seed, job_id=JOB, round=1, sign=sign)
+    np.testing.assert_array_equal(together, one_by_one)
+    assert not np.array_equal(together, vector)
+    for seed, sign in seeds:
+        _crypto.apply_mask(together, seed, job_id=JOB, round=1, sign=-sign)
+    np.testing.assert_array_equal(together, vector)
+
+
+def test_a_masked_update_travels_as_safetensors_bytes(tmp_path: Path) -> None:
+    fed = Federation(3, rounds=1)
+    fed.setup()
+    current = {"w": np.zeros((2, 3), np.float32), "b": np.ones(2, np.float32)}
+    params = {"w": np.full((2, 3), 0.5, np.float32), "b": np.zeros(2, np.float32)}
+    message = mask_update(fed.clients["silo-2"], 1, params, current, weight=3.0)
+    data = masked_bytes(message)
+    save_masked(message, tmp_path / "saved.safetensors")
+    assert (tmp_path / "saved.safetensors").read_bytes() == data
+    (tmp_path / "sent.safetensors").write_bytes(data)
+    back = load_masked(tmp_path / "sent.safetensors", job_id=JOB, sender="silo-2", round_=1)
+    assert back == message
+    with pytest.raises(SecAggProtocolError, match="round 1 for round 2"):
+        load_masked(tmp_path / "sent.safetensors", job_id=JOB, sender="silo-2", round_=2)
 
 
 def test_messages_of_another_job_are_refused() -> None:

@@ -313,6 +313,10 @@ class OrchestratorClient:
         """Upload a parameters file; idempotent, verified by content hash, retried."""
         return self._upload("/v1/agent/uploads", path.read_bytes())
 
+    def upload_bytes(self, data: bytes) -> str:
+        """:meth:`upload_params` for parameters already serialised in memory."""
+        return self._upload("/v1/agent/uploads", data)
+
     def download_bundle(self, job_id: str) -> bytes:
         return self._request("GET", f"/v1/agent/jobs/{job_id}/bundle").content
 

@@ -212,7 +212,6 @@ class SecureRounds:
             evaluate_first=round_ > 1,
         )
         requests: list[_ServerMessage] = []
-        arrived = 0
         try:
             async with aclosing(fit) as outcomes:
                 async for out in outcomes:
@@ -232,12 +231,6 @@ class SecureRounds:
                         self.drop(out.silo, str(exc))
                         continue
                     requests += await asyncio.to_thread(self._feed, out.silo, masked)
-                    arrived += 1
-                    orch.update_job(
-                        run.job_id,
-                        detail=f"round {round_}: masked updates from {arrived} of "
-                        f"{len(offered)} silos",
-                    )
             requests = requests or list(self.server.close_inputs(round_))
             orch.update_job(run.job_id, detail=f"round {round_}: unmasking the sum")
             await self._exchange(

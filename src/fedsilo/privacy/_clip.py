@@ -85,10 +85,13 @@ def clipped_delta(
         scale = 1.0
     else:
         scale = clip_scale(delta_norm(params, current, who), clip_norm)
-    return {
-        name: scale * (np.asarray(params[name], dtype=np.float64) - np.asarray(base, np.float64))
-        for name, base in current.items()
-    }
+    delta = {}
+    for name, base in current.items():
+        diff = np.subtract(params[name], base, dtype=np.float64)
+        if scale != 1.0:
+            diff *= scale
+        delta[name] = diff
+    return delta
 
 
 def cast_like(

@@ -16,6 +16,7 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,7 @@ from fedsilo.silo._workerproc import WorkerProcess
 from fedsilo.storage import Catalog
 
 if TYPE_CHECKING:
-    from fedsilo.privacy.secagg import SecAggClient
+    from fedsilo.privacy.secagg import RoundMask, SecAggClient
 
 __all__ = ["Agent", "run_agent"]
 
@@ -90,6 +91,10 @@ class Agent:
         self._workers: dict[str, WorkerProcess] = {}
         self._clearances: dict[str, Clearance] = {}
         self._secagg: dict[str, SecAggClient] = {}
+        # secure aggregation: each job's next round mask, computed ahead in a thread
+        self._masks: dict[str, tuple[int, Future[RoundMask]]] = {}
+        self._mask_words: dict[str, int] = {}
+        self._masker: ThreadPoolExecutor | None = None
         self._last_used: dict[str, float] = {}
         self._busy = False
         self.stop = threading.Event()
@@ -157,6 +162,8 @@ class Agent:
         """Stop every job worker and the connections."""
         for job_id in list(self._workers):
             self._release(job_id)
+        if self._masker is not None:
+            self._masker.shutdown(wait=False, cancel_futures=True)
         self.client.close()
         self.catalog.close()
 
@@ -245,6 +252,10 @@ class Agent:
             self.audit.append("job.ended", job_id=job_id)
         self._clearances.pop(job_id, None)
         self._secagg.pop(job_id, None)
+        self._mask_words.pop(job_id, None)
+        ahead = self._masks.pop(job_id, None)
+        if ahead is not None:
+            ahead[1].cancel()
         shutil.rmtree(self._job_dir(job_id) / "params", ignore_errors=True)
 
     def _job_dir(self, job_id: str) -> Path:
@@ -438,6 +449,10 @@ class Agent:
         )
         worker.request("prepare" if first.name == train.name else "build", out=str(out))
         compute = time.perf_counter() - started
+        if task.privacy.secure_aggregation is not None:
+            from fedsilo.tensors import value_count
+
+            self._mask_words[task.job_id] = value_count(out) + 1  # the update and its weight
         return TaskResult(
             ok=True, params_digest=self._upload(task, out, "model"), compute_seconds=compute
         )
@@ -473,8 +488,14 @@ class Agent:
             raise
         return worker
 
-    def _upload(self, task: TaskMessage, path: Path, output: str, **audit: Any) -> str:
-        """Upload an output file if its classification lets it leave; else keep it here."""
+    def _upload(
+        self, task: TaskMessage, path: Path, output: str, *, data: bytes | None = None, **audit: Any
+    ) -> str:
+        """Upload an output file if its classification lets it leave; else keep it here.
+
+        ``data``, if given, is what leaves in the file's stead (the masked form of the
+        update under secure aggregation); a refused output keeps ``path`` in the silo.
+        """
         assert task.job_id is not None
         clearance = self._clearances[task.job_id]
         classification = clearance.outputs[output]
@@ -492,7 +513,7 @@ class Agent:
                 classification=classification.value,
             )
             raise
-        digest = self.client.upload_params(path)
+        digest = self.client.upload_params(path) if data is None else self.client.upload_bytes(data)
         self.audit.append(
             "output.uploaded",
             job_id=task.job_id,
@@ -560,9 +581,8 @@ class Agent:
         if clearance is not None and clearance.privacy.secure_aggregation is not None:
             samples = float(reply["train_metrics"].get("num_samples", 0))
             masked = self._mask(task, out, params, samples)
+            digest = self._upload(task, out, "model", data=masked, masked=True)
             out.unlink(missing_ok=True)  # the plain update never leaves, nor stays around
-            digest = self._upload(task, masked, "model", masked=True)
-            masked.unlink(missing_ok=True)
         else:
             digest = self._upload(task, out, "model")
         params.unlink(missing_ok=True)
@@ -634,7 +654,36 @@ class Agent:
             replies = party.feed(message)
         except SecAggProtocolError as exc:
             raise self._refuse(task, "secure-aggregation", str(exc)) from exc
+        if isinstance(message, ShareDelivery) and party.ready:
+            self._mask_ahead(task.job_id, 1)
+        elif isinstance(message, UnmaskRequest):
+            self._mask_ahead(task.job_id, message.round + 1)
         return TaskResult(ok=True, secagg=tuple(r.model_dump_json() for r in replies))
+
+    def _mask_ahead(self, job_id: str, round_: int) -> None:
+        """Start computing the mask of ``round_`` while the silo waits for that round.
+
+        Expanding the masks is most of the cost of masking and needs no data, only the
+        keys: done between rounds, it is off the round's critical path.
+        """
+        party, words = self._secagg.get(job_id), self._mask_words.get(job_id)
+        if party is None or words is None or round_ > party.rounds:
+            return
+        if self._masker is None:
+            self._masker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="secagg-mask")
+        self._masks[job_id] = (round_, self._masker.submit(party.round_mask, round_, words))
+
+    def _mask_for(self, job_id: str, round_: int, words: int) -> RoundMask | None:
+        """The mask of ``round_`` if it was computed ahead for an input of ``words`` words."""
+        round_ahead, future = self._masks.pop(job_id, (0, None))
+        if future is None or round_ahead != round_:
+            return None
+        try:
+            mask = future.result()
+        except Exception as exc:  # computed again, in line, by the caller
+            log.warning("job %s: the mask of round %d was not ready: %r", job_id, round_, exc)
+            return None
+        return mask if mask.words.size == words else None
 
     def _party(self, job_id: str) -> SecAggClient:
         party = self._secagg.get(job_id)
@@ -645,25 +694,29 @@ class Agent:
             )
         return party
 
-    def _mask(self, task: TaskMessage, update: Path, current: Path, samples: float) -> Path:
-        """Mask this silo's update (clipped under central DP); return the file to upload."""
-        from fedsilo.privacy.secagg import mask_update, save_masked
+    def _mask(self, task: TaskMessage, update: Path, current: Path, samples: float) -> bytes:
+        """Mask this silo's update (clipped under central DP); return the bytes to upload."""
+        import numpy as np
+
+        from fedsilo.privacy.secagg import mask_update, masked_bytes
         from fedsilo.tensors import load_parameters
 
         assert task.job_id is not None
         party = self._party(task.job_id)
         central = self._clearances[task.job_id].privacy.central
+        base = load_parameters(current)
+        words = sum(int(np.size(v)) for v in base.values()) + 1
+        self._mask_words[task.job_id] = words
         masked = mask_update(
             party,
             task.round,
             load_parameters(update),
-            load_parameters(current),
+            base,
             weight=samples if task.mask_weight is None else task.mask_weight,
             clip_norm=central.clip_norm if central is not None else None,
+            mask=self._mask_for(task.job_id, task.round, words),
         )
-        path = update.with_name(f"masked-{task.round}.safetensors")
-        save_masked(masked, path)
-        return path
+        return masked_bytes(masked)
 
     def _evaluate(self, task: TaskMessage) -> TaskResult:
         assert task.job_id is not None

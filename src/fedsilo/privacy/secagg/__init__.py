@@ -22,7 +22,7 @@ orchestrator closes it with ``close_keys``, ``close_sharing``, ``close_inputs(r)
 """
 
 from fedsilo.privacy._spec import default_threshold
-from fedsilo.privacy.secagg._client import SecAggClient
+from fedsilo.privacy.secagg._client import RoundMask, SecAggClient
 from fedsilo.privacy.secagg._errors import (
     FixedPointRangeError,
     SecAggAborted,
@@ -47,7 +47,13 @@ from fedsilo.privacy.secagg._messages import (
     parse_message,
 )
 from fedsilo.privacy.secagg._server import AggregateResult, SecAggServer
-from fedsilo.privacy.secagg._updates import MASKED_TENSOR, load_masked, mask_update, save_masked
+from fedsilo.privacy.secagg._updates import (
+    MASKED_TENSOR,
+    load_masked,
+    mask_update,
+    masked_bytes,
+    save_masked,
+)
 
 __all__ = [
     "MASKED_TENSOR",
@@ -58,6 +64,7 @@ __all__ = [
     "KeyRoster",
     "MaskedInput",
     "PartyKeys",
+    "RoundMask",
     "SecAggAborted",
     "SecAggClient",
     "SecAggError",
@@ -75,6 +82,7 @@ __all__ = [
     "default_threshold",
     "load_masked",
     "mask_update",
+    "masked_bytes",
     "parse_message",
     "save_masked",
 ]

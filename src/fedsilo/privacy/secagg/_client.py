@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Literal
 
@@ -37,7 +37,7 @@ from fedsilo.privacy.secagg._messages import (
     UnmaskResponse,
 )
 
-__all__ = ["SecAggClient", "default_threshold"]
+__all__ = ["RoundMask", "SecAggClient", "default_threshold"]
 
 
 class _Stage(Enum):
@@ -45,6 +45,16 @@ class _Stage(Enum):
     SHARE = "share secrets"
     DELIVERY = "receive shares"
     READY = "rounds"
+
+
+@dataclass(frozen=True, eq=False)
+class RoundMask:
+    """One client's total mask for one round (:meth:`SecAggClient.round_mask`)."""
+
+    job_id: str
+    client_id: str
+    round: int
+    words: npt.NDArray[np.uint64] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -243,17 +253,44 @@ class SecAggClient:
                 "run a new setup (a new job id) for more rounds"
             )
 
+    def round_mask(self, round: int, size: int) -> RoundMask:
+        """The sum of every mask this client adds to its ``size``-word input of ``round``.
+
+        That is ``PRG(b)`` plus or minus ``PRG(s_uv)`` for every other member ``v``: the
+        costly part of masking, which depends on no data. Computing it ahead of time (while
+        the job trains, or between rounds) and passing it to :meth:`masked_input` leaves
+        one addition to do once the update is ready. It is as secret as the keys it comes
+        from, and usable once, for this client's input of this round only.
+        """
+        self._check_round(round)
+        if size < 1:
+            raise SecAggProtocolError(f"a masked input holds at least 1 word, not {size}")
+        words = np.zeros(size, dtype=np.uint64)
+        seeds = [(self._b_seeds[round - 1], 1)]
+        for v in self._members:
+            if v == self.client_id:
+                continue
+            seed = _crypto.pairwise_seed(
+                self._s_private[round - 1], self._roster[v].s_public[round - 1], self.job_id, round
+            )
+            seeds.append((seed, 1 if self.client_id < v else -1))
+        _crypto.apply_masks(words, seeds, job_id=self.job_id, round=round)
+        return RoundMask(job_id=self.job_id, client_id=self.client_id, round=round, words=words)
+
     def masked_input(
         self,
         round: int,
         arrays: Mapping[str, npt.NDArray[np.floating] | npt.NDArray[np.integer]],
         weight: float,
+        *,
+        mask: RoundMask | None = None,
     ) -> MaskedInput:
         """Round step 3: ``weight * arrays`` and ``weight``, fixed-point encoded and masked.
 
-        Each round number is usable once: a second input for the same round would reuse
-        its masks, and the difference of the two uploads would reveal the difference of
-        the inputs.
+        ``mask`` is this round's :meth:`round_mask`, computed ahead of time; left ``None``
+        it is computed here. Each round number is usable once: a second input for the same
+        round would reuse its masks, and the difference of the two uploads would reveal the
+        difference of the inputs.
         """
         self._check_round(round)
         if round in self._sent:
@@ -264,17 +301,19 @@ class SecAggClient:
         layout, vector = _fixedpoint.encode(
             arrays, weight, bits=self.bits, clip_range=self.clip_range, parties=len(self._members)
         )
-        _crypto.apply_mask(
-            vector, self._b_seeds[round - 1], job_id=self.job_id, round=round, sign=1
-        )
-        for v in self._members:
-            if v == self.client_id:
-                continue
-            seed = _crypto.pairwise_seed(
-                self._s_private[round - 1], self._roster[v].s_public[round - 1], self.job_id, round
+        if mask is None:
+            mask = self.round_mask(round, vector.size)
+        elif (mask.job_id, mask.client_id, mask.round) != (self.job_id, self.client_id, round):
+            raise SecAggProtocolError(
+                f"client '{self.client_id}' was given the mask of job {mask.job_id}, client "
+                f"'{mask.client_id}', round {mask.round} for its input of round {round}"
             )
-            sign = 1 if self.client_id < v else -1
-            _crypto.apply_mask(vector, seed, job_id=self.job_id, round=round, sign=sign)
+        elif mask.words.shape != vector.shape:
+            raise SecAggProtocolError(
+                f"the mask of round {round} holds {mask.words.size} words; the input needs "
+                f"{vector.size}"
+            )
+        np.add(vector, mask.words, out=vector)
         self._sent.add(round)
         return MaskedInput(
             job_id=self.job_id,

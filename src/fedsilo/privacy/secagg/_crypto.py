@@ -6,15 +6,16 @@
   masks) the round, so no key serves two purposes.
 - AES-256-GCM encrypts each share, with associated data naming sender, receiver and job:
   a share replayed to another receiver or job fails to authenticate.
-- AES-256-CTR is the PRG that expands a 32-byte seed into a mask of uint64 words; it is
-  applied in chunks straight into the vector, so masking 10M elements allocates no
-  10M-element mask.
+- AES-256-CTR is the PRG that expands a 32-byte seed into a mask of uint64 words; its
+  keystream is written, chunk by chunk, into one reused buffer and added straight into
+  the vector, so masking 10M elements allocates no 10M-element mask.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +31,7 @@ from fedsilo.privacy.secagg._errors import SecAggProtocolError, ShareDecryptionE
 __all__ = [
     "KEY_BYTES",
     "apply_mask",
+    "apply_masks",
     "decrypt_share",
     "encrypt_share",
     "new_private_key",
@@ -42,6 +44,7 @@ KEY_BYTES = 32
 _NONCE_BYTES = 12
 _CHUNK_WORDS = 1 << 20  # 8 MiB of keystream per step
 _ZEROS = bytes(8 * _CHUNK_WORDS)
+_BLOCK_BYTES = 16
 
 Vector = npt.NDArray[np.uint64]
 
@@ -112,14 +115,26 @@ def apply_mask(vector: Vector, seed: bytes, *, job_id: str, round: int, sign: in
     key is used for one stream only); its keystream, read as little-endian uint64 words, is
     uniform modulo ``2**64``. Arithmetic wraps modulo ``2**64``, as the protocol needs.
     """
-    if sign not in (1, -1):
-        raise ValueError("sign must be +1 or -1")
-    key = _hkdf(seed, _info("prg", job_id, round))
-    stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    apply_masks(vector, [(seed, sign)], job_id=job_id, round=round)
+
+
+def apply_masks(
+    vector: Vector, seeds: Iterable[tuple[bytes, int]], *, job_id: str, round: int
+) -> None:
+    """:func:`apply_mask` for each ``(seed, sign)``, through one reused keystream buffer."""
+    chunk = max(1, min(_CHUNK_WORDS, vector.size))
+    # update_into needs room for one block more than it writes
+    buffer = bytearray(8 * chunk + _BLOCK_BYTES - 1)
     zeros = memoryview(_ZEROS)
-    operation = np.add if sign == 1 else np.subtract
-    for start in range(0, vector.size, _CHUNK_WORDS):
-        words = min(_CHUNK_WORDS, vector.size - start)
-        mask = np.frombuffer(stream.update(zeros[: 8 * words]), dtype="<u8")
-        part = vector[start : start + words]
-        operation(part, mask, out=part)
+    for seed, sign in seeds:
+        if sign not in (1, -1):
+            raise ValueError("sign must be +1 or -1")
+        key = _hkdf(seed, _info("prg", job_id, round))
+        stream = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+        operation = np.add if sign == 1 else np.subtract
+        for start in range(0, vector.size, chunk):
+            words = min(chunk, vector.size - start)
+            stream.update_into(zeros[: 8 * words], buffer)
+            mask = np.frombuffer(buffer, dtype="<u8", count=words)
+            part = vector[start : start + words]
+            operation(part, mask, out=part)

@@ -315,12 +315,12 @@ class SecAggServer:
             )
         responses = state.responses.values()
         total = state.total
+        unmask: list[tuple[bytes, int]] = []
         for v in state.survivors:
             shares = {
                 self._x[r.sender]: _shamir.element_from_bytes(r.b_shares[v]) for r in responses
             }
-            b_seed = _shamir.reconstruct(shares, self.threshold)
-            _crypto.apply_mask(total, b_seed, job_id=self.job_id, round=round, sign=-1)
+            unmask.append((_shamir.reconstruct(shares, self.threshold), -1))
         for v in state.dropped:
             shares = {
                 self._x[r.sender]: _shamir.element_from_bytes(r.s_shares[v]) for r in responses
@@ -336,9 +336,8 @@ class SecAggServer:
                     s_key, self._keys[u].s_public[round - 1], self.job_id, round
                 )
                 # u added the mask if u < v, subtracted it otherwise: undo that
-                _crypto.apply_mask(
-                    total, seed, job_id=self.job_id, round=round, sign=-1 if u < v else 1
-                )
+                unmask.append((seed, -1 if u < v else 1))
+        _crypto.apply_masks(total, unmask, job_id=self.job_id, round=round)
         arrays, total_weight = _fixedpoint.decode(total, state.layout, bits=self.bits)
         result = AggregateResult(
             round=round,

@@ -1,8 +1,8 @@
 """A silo's model update under secure aggregation: masked in the silo, a file on the wire.
 
 The silo masks its update ``params - global`` (clipped to the central-DP norm when the job
-has one) times its weight; only that masked vector leaves the silo. It travels as a
-safetensors file holding one uint64 tensor (``masked``) and, in the header's metadata,
+has one) times its weight; only that masked vector leaves the silo. It travels as
+safetensors bytes holding one uint64 tensor (``masked``) and, in the header's metadata,
 the job, the sender, the round and the layout of the arrays it encodes, so the
 orchestrator can add it to the round's sum as it arrives, without ever decoding it.
 """
@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as _st_save
 
 from fedsilo.privacy._clip import clipped_delta
-from fedsilo.privacy.secagg._client import SecAggClient
+from fedsilo.privacy.secagg._client import RoundMask, SecAggClient
 from fedsilo.privacy.secagg._errors import SecAggProtocolError
 from fedsilo.privacy.secagg._messages import MaskedInput, TensorLayout
 from fedsilo.tensors import Parameters, save_parameters
 
-__all__ = ["MASKED_TENSOR", "load_masked", "mask_update", "save_masked"]
+__all__ = ["MASKED_TENSOR", "load_masked", "mask_update", "masked_bytes", "save_masked"]
 
 MASKED_TENSOR = "masked"
 _META_KEY = "fedsilo.secagg"
@@ -35,28 +36,37 @@ def mask_update(
     *,
     weight: float,
     clip_norm: float | None = None,
+    mask: RoundMask | None = None,
 ) -> MaskedInput:
     """The masked ``weight * (params - current)`` of one silo for ``round_``.
 
     With ``clip_norm`` the update is first scaled down to that L2 norm (DP-FedAvg's
-    clipping, which under secure aggregation only the silo can do). Inputs are read, never
-    modified; the plain update exists only in this silo's memory.
+    clipping, which under secure aggregation only the silo can do). ``mask`` is the
+    round's mask if it was computed ahead (:meth:`SecAggClient.round_mask`). Inputs are
+    read, never modified; the plain update exists only in this silo's memory.
     """
     delta = clipped_delta(params, current, clip_norm, who=f"silo '{client.client_id}'")
-    return client.masked_input(round_, delta, weight)
+    return client.masked_input(round_, delta, weight, mask=mask)
 
 
-def save_masked(message: MaskedInput, path: Path) -> str:
-    """Write a masked input as a safetensors file; return the file's sha256."""
+def _metadata(message: MaskedInput) -> dict[str, str]:
     header = {
         "job_id": message.job_id,
         "sender": message.sender,
         "round": message.round,
         "layout": [[t.name, list(t.shape)] for t in message.layout],
     }
-    return save_parameters(
-        {MASKED_TENSOR: message.vector()}, path, metadata={_META_KEY: json.dumps(header)}
-    )
+    return {_META_KEY: json.dumps(header)}
+
+
+def masked_bytes(message: MaskedInput) -> bytes:
+    """A masked input as the bytes of a safetensors file, to upload without writing one."""
+    return _st_save({MASKED_TENSOR: message.vector()}, metadata=_metadata(message))
+
+
+def save_masked(message: MaskedInput, path: Path) -> str:
+    """Write a masked input as a safetensors file; return the file's sha256."""
+    return save_parameters({MASKED_TENSOR: message.vector()}, path, metadata=_metadata(message))
 
 
 def load_masked(path: Path, *, job_id: str, sender: str, round_: int) -> MaskedInput:
