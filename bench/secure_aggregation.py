@@ -7,8 +7,8 @@ sleeps ``--compute`` seconds, a stand-in for training). Per job it reads the
 orchestrator's records: each round's wall time (round 1 left out as a warm-up) and, for
 the secure job, the one-off setup (keys and shares) between the initial model and round 1.
 
-Usage: python bench/secure_aggregation.py [--silos 10] [--params 1000000] [--rounds 6]
-       [--pairs 2] [--compute 0 1]
+Usage: python bench/secure_aggregation.py [--silos 10] [--params 1000000] [--rounds 11]
+       [--pairs 3] [--compute 0 1]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from _harness import job_record, provision_bench, run_job, write_task
 
@@ -55,7 +56,7 @@ def _job(
     args: argparse.Namespace,
     compute: float,
     secure: bool,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     job = folder / "job.yaml"
     job.write_text(
         f"name: bench\ncode: task\nsilos: [{', '.join(names)}]\nrounds: {args.rounds}\n"
@@ -65,15 +66,19 @@ def _job(
     record = job_record(ws, run_job(ws, job))
     rounds = [record.round_seconds(n) for n in range(2, args.rounds + 1)]
     setup = record.rounds[1].started_at - (record.rounds[0].finished_at or 0.0)
-    return {"round_median_s": statistics.median(rounds), "setup_s": setup}
+    return {
+        "round_median_s": statistics.median(rounds),
+        "setup_s": setup,
+        "rounds_s": [round(r, 3) for r in rounds],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--silos", type=int, default=10)
     parser.add_argument("--params", type=int, default=1_000_000)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--compute", type=float, nargs="+", default=[0.0, 1.0])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fedsilo-bench-secagg-") as tmp:
@@ -83,7 +88,7 @@ def main() -> None:
         up(ws.root, timeout=300)
         try:
             for compute in args.compute:
-                runs: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+                runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
                 for _ in range(args.pairs):
                     for secure in (False, True):
                         runs[secure].append(_job(ws, folder, names, args, compute, secure))

@@ -141,9 +141,9 @@ def test_a_corrupted_upload_is_refused_and_retried(running: Federation) -> None:
             self.fail = fail
             self.attempts = 0
 
-        def _body(self, data: bytes, attempt: int) -> bytes:
+        def _body(self, parts: list[bytes | memoryview], attempt: int) -> list[bytes | memoryview]:
             self.attempts += 1
-            return data[:-1] + b"\x00" if attempt <= self.fail else data
+            return [bytes(parts[0])[:-1] + b"\x00"] if attempt <= self.fail else parts
 
     payload = b"model bytes " + str(time.time()).encode()
     digest = hashlib.sha256(payload).hexdigest()

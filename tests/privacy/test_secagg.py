@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pytest
 
 from fedsilo.errors import AggregationError
+from fedsilo.privacy._clip import clipped_delta
 from fedsilo.privacy.secagg import (
     AggregateResult,
     FixedPointRangeError,
@@ -36,6 +37,7 @@ from fedsilo.privacy.secagg import (
 )
 from fedsilo.privacy.secagg._fixedpoint import encode
 from fedsilo.privacy.secagg._shamir import reconstruct, split
+from fedsilo.tensors import parameters_from_bytes
 
 JOB = "job-7"
 SHAPES = {"conv.weight": (4, 3, 2), "conv.bias": (4,), "fc": (5, 6), "scale": ()}
@@ -353,6 +355,23 @@ def test_a_mask_computed_ahead_gives_the_same_upload_as_one_computed_in_line() -
     assert uploads[0] == uploads[1]
 
 
+def test_a_clipped_update_masked_while_encoding_equals_the_update_masked_after() -> None:
+    current = {"w": np.linspace(0, 1, 6, dtype=np.float32).reshape(2, 3), "n": np.array(3)}
+    params = {"w": current["w"] + np.float32(2.5), "n": np.array(5)}
+    uploads = []
+    for fused in (False, True):
+        fed = Federation(3, rounds=1)
+        fed.setup()
+        client = fed.clients["silo-0"]
+        if fused:
+            upload = mask_update(client, 1, params, current, weight=2.0, clip_norm=1.5).message()
+        else:
+            delta = clipped_delta(params, current, 1.5)
+            upload = client.masked_input(1, delta, 2.0)
+        uploads.append(upload)
+    assert uploads[0] == uploads[1]
+
+
 def test_a_mask_of_another_round_client_or_size_is_refused() -> None:
     fed = Federation(3, rounds=2)
     fed.setup()
@@ -395,9 +414,11 @@ def test_a_masked_update_travels_as_safetensors_bytes(tmp_path: Path) -> None:
     data = masked_bytes(message)
     save_masked(message, tmp_path / "saved.safetensors")
     assert (tmp_path / "saved.safetensors").read_bytes() == data
+    np.testing.assert_array_equal(parameters_from_bytes(data)["masked"], message.vector())
     (tmp_path / "sent.safetensors").write_bytes(data)
     back = load_masked(tmp_path / "sent.safetensors", job_id=JOB, sender="silo-2", round_=1)
-    assert back == message
+    assert back.message() == message.message()
+    assert parse_message(message.message().model_dump_json()) == back.message()
     with pytest.raises(SecAggProtocolError, match="round 1 for round 2"):
         load_masked(tmp_path / "sent.safetensors", job_id=JOB, sender="silo-2", round_=2)
 

@@ -13,7 +13,7 @@ import re
 import ssl
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +134,23 @@ class OrchestratorClient:
             raise FedsiloError(message)
         return response
 
-    def _upload(self, path: str, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
+    def _upload(self, path: str, data: bytes | Sequence[bytes | memoryview]) -> str:
+        """PUT ``data`` (or its parts, sent one after the other, not joined) under its sha256."""
+        parts: list[bytes | memoryview] = [data] if isinstance(data, bytes) else list(data)
+        hasher = hashlib.sha256()
+        for part in parts:
+            hasher.update(part)
+        digest = hasher.hexdigest()
+        size = str(sum(memoryview(part).nbytes for part in parts))
         last = ""
         for attempt in range(1, UPLOAD_ATTEMPTS + 1):
             try:
-                self._request("PUT", f"{path}/{digest}", content=self._body(data, attempt))
+                self._request(
+                    "PUT",
+                    f"{path}/{digest}",
+                    content=iter(self._body(parts, attempt)),
+                    headers={"Content-Length": size},
+                )
                 return digest
             except FedsiloError as exc:
                 if "does not match its digest" not in str(exc):
@@ -148,9 +159,9 @@ class OrchestratorClient:
                 time.sleep(0.1 * attempt)
         raise TransportError(f"upload refused {UPLOAD_ATTEMPTS} times: {last}")
 
-    def _body(self, data: bytes, attempt: int) -> bytes:
-        """The bytes sent on attempt ``attempt`` (a seam for tests that corrupt a transfer)."""
-        return data
+    def _body(self, parts: list[bytes | memoryview], attempt: int) -> list[bytes | memoryview]:
+        """The parts sent on attempt ``attempt`` (a seam for tests that corrupt a transfer)."""
+        return parts
 
     def _download(self, path: str, dest: Path, digest: str | None = None) -> str:
         response = self._request("GET", path)
@@ -313,9 +324,9 @@ class OrchestratorClient:
         """Upload a parameters file; idempotent, verified by content hash, retried."""
         return self._upload("/v1/agent/uploads", path.read_bytes())
 
-    def upload_bytes(self, data: bytes) -> str:
-        """:meth:`upload_params` for parameters already serialised in memory."""
-        return self._upload("/v1/agent/uploads", data)
+    def upload_bytes(self, parts: Sequence[bytes | memoryview]) -> str:
+        """:meth:`upload_params` for a file held in memory, in parts (never joined)."""
+        return self._upload("/v1/agent/uploads", parts)
 
     def download_bundle(self, job_id: str) -> bytes:
         return self._request("GET", f"/v1/agent/jobs/{job_id}/bundle").content

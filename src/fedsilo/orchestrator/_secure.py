@@ -31,6 +31,7 @@ from fedsilo.privacy.secagg import (
     AggregateResult,
     KeyRoster,
     MaskedInput,
+    MaskedVector,
     SecAggAborted,
     SecAggProtocolError,
     SecAggServer,
@@ -51,7 +52,7 @@ __all__ = ["SecureRounds"]
 
 log = logging.getLogger("fedsilo.orchestrator")
 
-_ClientMessage = AdvertiseKeys | ShareBundle | MaskedInput | UnmaskResponse
+_ClientMessage = AdvertiseKeys | ShareBundle | MaskedInput | MaskedVector | UnmaskResponse
 _ServerMessage = KeyRoster | ShareDelivery | UnmaskRequest
 
 

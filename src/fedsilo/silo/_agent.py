@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import shutil
 import signal
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -93,6 +96,7 @@ class Agent:
         self._secagg: dict[str, SecAggClient] = {}
         # secure aggregation: each job's next round mask, computed ahead in a thread
         self._masks: dict[str, tuple[int, Future[RoundMask]]] = {}
+        self._masks_due: list[tuple[str, int]] = []
         self._mask_words: dict[str, int] = {}
         self._masker: ThreadPoolExecutor | None = None
         self._last_used: dict[str, float] = {}
@@ -211,6 +215,12 @@ class Agent:
                 error=result.error,
             )
         result = result.model_copy(update={"seconds": time.monotonic() - started})
+        try:
+            self._send_result(task, result)
+        finally:
+            self._start_masks_ahead()
+
+    def _send_result(self, task: TaskMessage, result: TaskResult) -> None:
         for attempt in range(5):
             try:
                 self.client.send_result(task.task_id, result)
@@ -489,7 +499,13 @@ class Agent:
         return worker
 
     def _upload(
-        self, task: TaskMessage, path: Path, output: str, *, data: bytes | None = None, **audit: Any
+        self,
+        task: TaskMessage,
+        path: Path,
+        output: str,
+        *,
+        data: Sequence[bytes | memoryview] | None = None,
+        **audit: Any,
     ) -> str:
         """Upload an output file if its classification lets it leave; else keep it here.
 
@@ -655,23 +671,28 @@ class Agent:
         except SecAggProtocolError as exc:
             raise self._refuse(task, "secure-aggregation", str(exc)) from exc
         if isinstance(message, ShareDelivery) and party.ready:
-            self._mask_ahead(task.job_id, 1)
+            self._masks_due.append((task.job_id, 1))
         elif isinstance(message, UnmaskRequest):
-            self._mask_ahead(task.job_id, message.round + 1)
+            self._masks_due.append((task.job_id, message.round + 1))
         return TaskResult(ok=True, secagg=tuple(r.model_dump_json() for r in replies))
 
-    def _mask_ahead(self, job_id: str, round_: int) -> None:
-        """Start computing the mask of ``round_`` while the silo waits for that round.
+    def _start_masks_ahead(self) -> None:
+        """Start computing the masks of the rounds this silo waits for, once it answered.
 
         Expanding the masks is most of the cost of masking and needs no data, only the
-        keys: done between rounds, it is off the round's critical path.
+        keys: done between rounds, in a thread of low priority, it is off the round's
+        critical path (the answer that ends the previous round is sent first).
         """
-        party, words = self._secagg.get(job_id), self._mask_words.get(job_id)
-        if party is None or words is None or round_ > party.rounds:
-            return
-        if self._masker is None:
-            self._masker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="secagg-mask")
-        self._masks[job_id] = (round_, self._masker.submit(party.round_mask, round_, words))
+        due, self._masks_due = self._masks_due, []
+        for job_id, round_ in due:
+            party, words = self._secagg.get(job_id), self._mask_words.get(job_id)
+            if party is None or words is None or round_ > party.rounds:
+                continue
+            if self._masker is None:
+                self._masker = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="secagg-mask", initializer=_lower_priority
+                )
+            self._masks[job_id] = (round_, self._masker.submit(party.round_mask, round_, words))
 
     def _mask_for(self, job_id: str, round_: int, words: int) -> RoundMask | None:
         """The mask of ``round_`` if it was computed ahead for an input of ``words`` words."""
@@ -694,11 +715,13 @@ class Agent:
             )
         return party
 
-    def _mask(self, task: TaskMessage, update: Path, current: Path, samples: float) -> bytes:
-        """Mask this silo's update (clipped under central DP); return the bytes to upload."""
+    def _mask(
+        self, task: TaskMessage, update: Path, current: Path, samples: float
+    ) -> tuple[bytes, memoryview]:
+        """Mask this silo's update (clipped under central DP); return the file to upload."""
         import numpy as np
 
-        from fedsilo.privacy.secagg import mask_update, masked_bytes
+        from fedsilo.privacy.secagg import mask_update, masked_parts
         from fedsilo.tensors import load_parameters
 
         assert task.job_id is not None
@@ -716,7 +739,7 @@ class Agent:
             clip_norm=central.clip_norm if central is not None else None,
             mask=self._mask_for(task.job_id, task.round, words),
         )
-        return masked_bytes(masked)
+        return masked_parts(masked)
 
     def _evaluate(self, task: TaskMessage) -> TaskResult:
         assert task.job_id is not None
@@ -730,6 +753,13 @@ class Agent:
             eval_metrics=self._metrics(task, reply["eval_metrics"]),
             compute_seconds=compute,
         )
+
+
+def _lower_priority() -> None:
+    """Give the calling thread less CPU: on Linux, where niceness is set per thread."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def run_agent(kit_dir: Path) -> None:

@@ -36,6 +36,7 @@ from fedsilo.privacy.secagg._messages import (
     ClientMessage,
     KeyRoster,
     MaskedInput,
+    MaskedVector,
     PartyKeys,
     SecAggMessage,
     ServerMessage,
@@ -52,6 +53,7 @@ from fedsilo.privacy.secagg._updates import (
     load_masked,
     mask_update,
     masked_bytes,
+    masked_parts,
     save_masked,
 )
 
@@ -63,6 +65,7 @@ __all__ = [
     "FixedPointRangeError",
     "KeyRoster",
     "MaskedInput",
+    "MaskedVector",
     "PartyKeys",
     "RoundMask",
     "SecAggAborted",
@@ -83,6 +86,7 @@ __all__ = [
     "load_masked",
     "mask_update",
     "masked_bytes",
+    "masked_parts",
     "parse_message",
     "save_masked",
 ]

@@ -30,6 +30,7 @@ from fedsilo.privacy.secagg._messages import (
     AdvertiseKeys,
     KeyRoster,
     MaskedInput,
+    MaskedVector,
     PartyKeys,
     ShareBundle,
     ShareDelivery,
@@ -292,6 +293,23 @@ class SecAggClient:
         round would reuse its masks, and the difference of the two uploads would reveal the
         difference of the inputs.
         """
+        return self.masked_vector(round, arrays, weight, mask=mask).message()
+
+    def masked_vector(
+        self,
+        round: int,
+        arrays: Mapping[str, npt.NDArray[np.generic]],
+        weight: float,
+        *,
+        base: Mapping[str, npt.NDArray[np.generic]] | None = None,
+        scale: float = 1.0,
+        mask: RoundMask | None = None,
+    ) -> MaskedVector:
+        """:meth:`masked_input` as a uint64 array, without the bytes of a message.
+
+        With ``base`` the input is ``scale * (arrays - base)``, computed while encoding. A
+        given ``mask`` is used up: its words become the masked vector.
+        """
         self._check_round(round)
         if round in self._sent:
             raise SecAggProtocolError(
@@ -299,7 +317,13 @@ class SecAggClient:
                 "masks are never reused, use the next round number"
             )
         layout, vector = _fixedpoint.encode(
-            arrays, weight, bits=self.bits, clip_range=self.clip_range, parties=len(self._members)
+            arrays,
+            weight,
+            bits=self.bits,
+            clip_range=self.clip_range,
+            parties=len(self._members),
+            base=base,
+            scale=scale,
         )
         if mask is None:
             mask = self.round_mask(round, vector.size)
@@ -313,14 +337,11 @@ class SecAggClient:
                 f"the mask of round {round} holds {mask.words.size} words; the input needs "
                 f"{vector.size}"
             )
-        np.add(vector, mask.words, out=vector)
         self._sent.add(round)
-        return MaskedInput(
-            job_id=self.job_id,
-            sender=self.client_id,
-            round=round,
-            layout=layout,
-            data=vector.astype("<u8", copy=False).tobytes(),
+        words = mask.words
+        np.add(words, vector, out=words)
+        return MaskedVector(
+            job_id=self.job_id, sender=self.client_id, round=round, layout=layout, words=words
         )
 
     def unmask_shares(self, request: UnmaskRequest) -> UnmaskResponse:

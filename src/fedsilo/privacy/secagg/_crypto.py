@@ -42,7 +42,7 @@ __all__ = [
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12
-_CHUNK_WORDS = 1 << 20  # 8 MiB of keystream per step
+_CHUNK_WORDS = 1 << 17  # 1 MiB of keystream per step
 _ZEROS = bytes(8 * _CHUNK_WORDS)
 _BLOCK_BYTES = 16
 

@@ -28,7 +28,7 @@ __all__ = ["check_range", "decode", "encode"]
 
 _LIMIT = 2**63
 
-Arrays = Mapping[str, npt.NDArray[np.floating] | npt.NDArray[np.integer]]
+Arrays = Mapping[str, npt.NDArray[np.generic]]  # real-number dtypes, checked at run time
 
 
 def check_range(*, weight: float, bits: int, clip_range: float, parties: int) -> None:
@@ -47,10 +47,19 @@ def check_range(*, weight: float, bits: int, clip_range: float, parties: int) ->
 
 
 def encode(
-    arrays: Arrays, weight: float, *, bits: int, clip_range: float, parties: int
+    arrays: Arrays,
+    weight: float,
+    *,
+    bits: int,
+    clip_range: float,
+    parties: int,
+    base: Arrays | None = None,
+    scale: float = 1.0,
 ) -> tuple[tuple[TensorLayout, ...], npt.NDArray[np.uint64]]:
-    """Encode ``weight * clip(arrays)`` then ``weight`` as one uint64 vector.
+    """Encode ``weight * clip(x)`` then ``weight`` as one uint64 vector.
 
+    ``x`` is each array, or with ``base`` the difference ``scale * (array - base[name])``
+    (a silo's update, computed here in one pass rather than in a float64 copy first).
     Arrays are flattened in sorted name order; the layout records names and shapes so the
     server can rebuild the same dictionary from the sum.
     """
@@ -69,16 +78,24 @@ def encode(
     for name in names:
         array = np.asarray(arrays[name]).ravel()
         part = scaled[start : start + array.size]
-        part[...] = array
-        if np.isnan(part).any():
+        if base is None:
+            part[...] = array
+        else:
+            np.subtract(array, np.asarray(base[name]).ravel(), out=part, dtype=np.float64)
+            if scale != 1.0:
+                part *= scale
+        if part.size and np.isnan(np.min(part)):  # min propagates NaN, without a mask array
             raise FixedPointRangeError(f"array '{name}' holds NaN, which has no fixed-point code")
-        np.clip(part, -clip_range, clip_range, out=part)
         start += array.size
-    scale = 2.0**bits
-    scaled[:-1] *= weight * scale
-    scaled[-1] = weight * scale
+    values = scaled[:-1]
+    np.clip(values, -clip_range, clip_range, out=values)
+    factor = 2.0**bits
+    values *= weight * factor
+    scaled[-1] = weight * factor
     np.rint(scaled, out=scaled)
-    return tuple(layout), scaled.astype(np.int64).view(np.uint64)
+    words = scaled.view(np.int64)
+    np.copyto(words, scaled, casting="unsafe")  # in place: each value to its own int64
+    return tuple(layout), words.view(np.uint64)
 
 
 def decode(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import numpy as np
@@ -167,6 +168,44 @@ class MaskedInput(_Message):
     def vector(self) -> npt.NDArray[np.uint64]:
         """The masked vector as a read-only uint64 array (no copy)."""
         return np.frombuffer(self.data, dtype="<u8").astype(np.uint64, copy=False)
+
+
+@dataclass(frozen=True, eq=False)
+class MaskedVector:
+    """A :class:`MaskedInput` held as a uint64 array rather than bytes.
+
+    What a silo uploads (as a safetensors file) and the orchestrator adds to the round's
+    sum, without the copies a JSON message would need. :meth:`message` is the same input
+    as a :class:`MaskedInput`.
+    """
+
+    job_id: str
+    sender: str
+    round: int
+    layout: tuple[TensorLayout, ...]
+    words: npt.NDArray[np.uint64] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        expected = sum(t.size for t in self.layout) + 1
+        if self.words.dtype != np.uint64 or self.words.shape != (expected,):
+            raise SecAggProtocolError(
+                f"'{self.sender}' sent {self.words.dtype} words of shape {self.words.shape}; "
+                f"the layout needs {expected} uint64 words"
+            )
+
+    def vector(self) -> npt.NDArray[np.uint64]:
+        """The masked vector (no copy)."""
+        return self.words
+
+    def message(self) -> MaskedInput:
+        """The same input as a JSON-ready :class:`MaskedInput`."""
+        return MaskedInput(
+            job_id=self.job_id,
+            sender=self.sender,
+            round=self.round,
+            layout=self.layout,
+            data=self.words.astype("<u8", copy=False).tobytes(),
+        )
 
 
 class UnmaskRequest(_Message):

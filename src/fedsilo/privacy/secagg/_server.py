@@ -31,6 +31,7 @@ from fedsilo.privacy.secagg._messages import (
     AdvertiseKeys,
     KeyRoster,
     MaskedInput,
+    MaskedVector,
     PartyKeys,
     ShareBundle,
     ShareDelivery,
@@ -126,7 +127,7 @@ class SecAggServer:
         return self._members
 
     def feed(
-        self, message: AdvertiseKeys | ShareBundle | MaskedInput | UnmaskResponse
+        self, message: AdvertiseKeys | ShareBundle | MaskedInput | MaskedVector | UnmaskResponse
     ) -> list[KeyRoster | ShareDelivery | UnmaskRequest]:
         """Take one client message; return the messages to relay (each names its recipient).
 
@@ -141,7 +142,7 @@ class SecAggServer:
             return list(self._on_keys(message))
         if isinstance(message, ShareBundle):
             return list(self._on_bundle(message))
-        if isinstance(message, MaskedInput):
+        if isinstance(message, MaskedInput | MaskedVector):
             return list(self.add_masked(message))
         if isinstance(message, UnmaskResponse):
             self._on_response(message)
@@ -230,7 +231,7 @@ class SecAggServer:
             raise SecAggProtocolError(f"round {round} is outside 1..{self.rounds}")
         return self._open.get(round)
 
-    def add_masked(self, message: MaskedInput) -> list[UnmaskRequest]:
+    def add_masked(self, message: MaskedInput | MaskedVector) -> list[UnmaskRequest]:
         """Round step 3: add one masked vector to the round's running sum."""
         state = self._round(message.round)
         sender = message.sender

@@ -10,19 +10,29 @@ orchestrator can add it to the round's sum as it arrives, without ever decoding 
 from __future__ import annotations
 
 import json
+import math
+import struct
+import sys
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save as _st_save
 
-from fedsilo.privacy._clip import clipped_delta
+from fedsilo.privacy._clip import check_like, clip_scale, delta_norm
 from fedsilo.privacy.secagg._client import RoundMask, SecAggClient
 from fedsilo.privacy.secagg._errors import SecAggProtocolError
-from fedsilo.privacy.secagg._messages import MaskedInput, TensorLayout
-from fedsilo.tensors import Parameters, save_parameters
+from fedsilo.privacy.secagg._messages import MaskedInput, MaskedVector, TensorLayout
+from fedsilo.tensors import Parameters, sha256_file
 
-__all__ = ["MASKED_TENSOR", "load_masked", "mask_update", "masked_bytes", "save_masked"]
+__all__ = [
+    "MASKED_TENSOR",
+    "load_masked",
+    "mask_update",
+    "masked_bytes",
+    "masked_parts",
+    "save_masked",
+]
 
 MASKED_TENSOR = "masked"
 _META_KEY = "fedsilo.secagg"
@@ -37,7 +47,7 @@ def mask_update(
     weight: float,
     clip_norm: float | None = None,
     mask: RoundMask | None = None,
-) -> MaskedInput:
+) -> MaskedVector:
     """The masked ``weight * (params - current)`` of one silo for ``round_``.
 
     With ``clip_norm`` the update is first scaled down to that L2 norm (DP-FedAvg's
@@ -45,31 +55,81 @@ def mask_update(
     round's mask if it was computed ahead (:meth:`SecAggClient.round_mask`). Inputs are
     read, never modified; the plain update exists only in this silo's memory.
     """
-    delta = clipped_delta(params, current, clip_norm, who=f"silo '{client.client_id}'")
-    return client.masked_input(round_, delta, weight, mask=mask)
+    if clip_norm is not None and clip_norm <= 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    who = f"silo '{client.client_id}'"
+    if clip_norm is None:
+        check_like(params, current, who)
+        scale = 1.0
+    else:
+        scale = clip_scale(delta_norm(params, current, who), clip_norm)
+    return client.masked_vector(round_, params, weight, base=current, scale=scale, mask=mask)
 
 
-def _metadata(message: MaskedInput) -> dict[str, str]:
-    header = {
-        "job_id": message.job_id,
-        "sender": message.sender,
-        "round": message.round,
-        "layout": [[t.name, list(t.shape)] for t in message.layout],
+def masked_parts(masked: MaskedInput | MaskedVector) -> tuple[bytes, memoryview]:
+    """A masked input as a safetensors file in two parts: the header, then the words.
+
+    Joined, they are the file; apart, the words are sent without being copied. The header
+    names the job, the sender, the round and the layout of the arrays the vector encodes.
+    """
+    words = masked.vector()
+    if sys.byteorder != "little":
+        words = words.astype("<u8")
+    meta = {
+        "job_id": masked.job_id,
+        "sender": masked.sender,
+        "round": masked.round,
+        "layout": [[t.name, list(t.shape)] for t in masked.layout],
     }
-    return {_META_KEY: json.dumps(header)}
+    header = {
+        "__metadata__": {_META_KEY: json.dumps(meta)},
+        MASKED_TENSOR: {
+            "dtype": "U64",
+            "shape": [int(words.size)],
+            "data_offsets": [0, int(words.nbytes)],
+        },
+    }
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    return struct.pack("<Q", len(text)) + text, words.data.cast("B")
 
 
-def masked_bytes(message: MaskedInput) -> bytes:
-    """A masked input as the bytes of a safetensors file, to upload without writing one."""
-    return _st_save({MASKED_TENSOR: message.vector()}, metadata=_metadata(message))
+def masked_bytes(masked: MaskedInput | MaskedVector) -> bytes:
+    """A masked input as the bytes of one safetensors file."""
+    header, words = masked_parts(masked)
+    return header + words
 
 
-def save_masked(message: MaskedInput, path: Path) -> str:
+def save_masked(masked: MaskedInput | MaskedVector, path: Path) -> str:
     """Write a masked input as a safetensors file; return the file's sha256."""
-    return save_parameters({MASKED_TENSOR: message.vector()}, path, metadata=_metadata(message))
+    with path.open("wb") as fh:
+        for part in masked_parts(masked):
+            fh.write(part)
+    return sha256_file(path)
 
 
-def load_masked(path: Path, *, job_id: str, sender: str, round_: int) -> MaskedInput:
+def _map_words(path: Path) -> npt.NDArray[np.uint64]:
+    """The masked words of a safetensors file safetensors has checked, mapped, not copied.
+
+    Adding a mapped file to the round's sum reads it from the page cache once, where a
+    copy would first fault in a fresh buffer as large as the update.
+    """
+    with path.open("rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        entry = json.loads(fh.read(length))[MASKED_TENSOR]
+    begin, end = entry["data_offsets"]
+    if entry["dtype"] != "U64" or end - begin != 8 * math.prod(entry["shape"]):
+        raise ValueError(
+            f"the masked tensor is {entry['dtype']} {entry['shape']}, not uint64 words"
+        )
+    if end == begin:
+        return np.zeros(0, dtype=np.uint64)
+    return np.memmap(
+        path, dtype="<u8", mode="r", offset=8 + length + begin, shape=(end - begin) // 8
+    )
+
+
+def load_masked(path: Path, *, job_id: str, sender: str, round_: int) -> MaskedVector:
     """Read a masked input that ``sender`` uploaded for ``round_`` of ``job_id``.
 
     Anything else (plain parameters, another round's or another silo's masked vector)
@@ -85,8 +145,8 @@ def load_masked(path: Path, *, job_id: str, sender: str, round_: int) -> MaskedI
                     f"silo '{sender}' sent an update that is not masked (tensors "
                     f"{names[:3]}); under secure aggregation only masked vectors are accepted"
                 )
-            vector = fh.get_tensor(MASKED_TENSOR)
-    except (SafetensorError, OSError, ValueError) as exc:
+            vector = _map_words(path)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, struct.error) as exc:
         raise SecAggProtocolError(
             f"silo '{sender}' sent an unreadable masked update: {exc}"
         ) from exc
@@ -105,6 +165,4 @@ def load_masked(path: Path, *, job_id: str, sender: str, round_: int) -> MaskedI
         )
     if vector.dtype != np.uint64 or vector.ndim != 1:
         raise SecAggProtocolError(f"silo '{sender}' sent a masked update that is not uint64 words")
-    return MaskedInput(
-        job_id=job_id, sender=sender, round=round_, layout=layout, data=vector.tobytes()
-    )
+    return MaskedVector(job_id=job_id, sender=sender, round=round_, layout=layout, words=vector)
