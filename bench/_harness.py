@@ -7,7 +7,6 @@ Not a benchmark itself: ``round_overhead.py`` and ``secure_aggregation.py`` impo
 from __future__ import annotations
 
 import json
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,14 +16,14 @@ from fedsilo.api import JobState, OrchestratorClient
 from fedsilo.config import Workspace, open_workspace, provision
 from fedsilo.jobs import load_job, load_private_key
 from fedsilo.orchestrator._db import RoundRow, Store, TaskRow
+from fedsilo.runtime import free_port_block
 
 __all__ = ["JobRecord", "free_port", "job_record", "provision_bench", "run_job", "write_task"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(silos: int = 30) -> int:
+    """An orchestrator port followed by a free approval port for each of ``silos`` silos."""
+    return free_port_block(silos + 1)
 
 
 def provision_bench(tmp: Path, silos: int) -> tuple[Workspace, list[str]]:
@@ -32,7 +31,7 @@ def provision_bench(tmp: Path, silos: int) -> tuple[Workspace, list[str]]:
     names = [f"s{i:03d}" for i in range(silos)]
     spec = tmp / "federation.yaml"
     spec.write_text(
-        f"name: bench\norchestrator:\n  port: {free_port()}\n"
+        f"name: bench\norchestrator:\n  port: {free_port(silos)}\n"
         "  storage: {root: storage/orchestrator}\n  compute: {name: orch}\nsilos:\n"
         + "".join(
             f"  - {{name: {n}, storage: {{root: storage/{n}}}, compute: {{name: {n}-cpu}}}}\n"

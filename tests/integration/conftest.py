@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fedsilo.config import Classification, Kit, Workspace, open_workspace, provision
 from fedsilo.jobs import load_private_key
 from fedsilo.quickstart._quickstart import _split_digits
-from fedsilo.runtime import down, up
+from fedsilo.runtime import down, free_port_block, up
 from fedsilo.storage import add_dataset
 
 SILOS = ("silo-a", "silo-b", "silo-c")
@@ -69,26 +67,8 @@ endpoint listens at the orchestrator's port + 1 + the silo's index."""
 
 
 def free_port() -> int:
-    """An orchestrator port whose next ``PORT_BLOCK`` ports are free too.
-
-    Chosen below the kernel's ephemeral range (32768 and up), where the tests' own client
-    connections take their local ports: a port next to a free ephemeral one can be taken
-    by the time a silo's approval endpoint binds it.
-    """
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - PORT_BLOCK)
-        if all(_bindable(port) for port in range(base, base + PORT_BLOCK)):
-            return base
-    raise RuntimeError(f"no {PORT_BLOCK} free consecutive loopback ports in 20000-32000")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+    """An orchestrator port whose next ``PORT_BLOCK`` ports are free too."""
+    return free_port_block(PORT_BLOCK)
 
 
 def write_federation(folder: Path, name: str = "itest", silos: tuple[str, ...] = SILOS) -> Path:

@@ -8,7 +8,6 @@ compares the result with a model trained on all data and one trained on one silo
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from fedsilo.config import Classification, open_workspace, provision
 from fedsilo.errors import JobFailed, SandboxUnavailable
 from fedsilo.jobs import load_job, load_private_key
 from fedsilo.pipelines import train_centralized
-from fedsilo.runtime import down, processes, up
+from fedsilo.runtime import down, free_port_block, processes, up
 from fedsilo.silo._sandbox import check_sandbox
 from fedsilo.storage import add_dataset
 from fedsilo.task import load_task
@@ -100,12 +99,6 @@ class QuickstartResult:
         return asdict(self)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _sandbox_mode(stage: Callable[[str], None]) -> str:
     """``bubblewrap`` where it works here; otherwise ``none``, said out loud."""
     try:
@@ -169,7 +162,9 @@ def run_quickstart(
     sandbox = _sandbox_mode(stage)
     spec_file = workspace.parent / f".{workspace.name}-federation.yaml"
     silos_yaml = "".join(_SILO.format(name=s, sandbox=sandbox) for s in SILOS)
-    spec_file.write_text(_FEDERATION.format(port=_free_port(), silos=silos_yaml.rstrip("\n")))
+    spec_file.write_text(
+        _FEDERATION.format(port=free_port_block(len(SILOS) + 1), silos=silos_yaml.rstrip("\n"))
+    )
     try:
         provision(spec_file, workspace, force=True)
     finally:
