@@ -25,6 +25,7 @@ __all__ = [
     "clipped_delta",
     "delta_norm",
     "norm_of_delta",
+    "update_scale",
 ]
 
 Arrays = dict[str, npt.NDArray[np.generic]]
@@ -70,6 +71,21 @@ def clip_scale(norm: float, clip_norm: float) -> float:
     return 1.0 if norm <= clip_norm else clip_norm / norm
 
 
+def update_scale(
+    params: Parameters, current: Parameters, clip_norm: float | None, who: str
+) -> float:
+    """The factor that clips the update ``params - current`` to ``clip_norm`` (1 for None).
+
+    Names and shapes are checked either way.
+    """
+    if clip_norm is not None and clip_norm <= 0:
+        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
+    if clip_norm is None:
+        check_like(params, current, who)
+        return 1.0
+    return clip_scale(delta_norm(params, current, who), clip_norm)
+
+
 def clipped_delta(
     params: Parameters, current: Parameters, clip_norm: float | None, *, who: str = "the silo"
 ) -> dict[str, npt.NDArray[np.float64]]:
@@ -78,13 +94,7 @@ def clipped_delta(
     ``clip_norm`` ``None`` leaves the update as it is (the names and shapes are still
     checked). Inputs are read, never modified.
     """
-    if clip_norm is not None and clip_norm <= 0:
-        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
-    if clip_norm is None:
-        check_like(params, current, who)
-        scale = 1.0
-    else:
-        scale = clip_scale(delta_norm(params, current, who), clip_norm)
+    scale = update_scale(params, current, clip_norm, who)
     delta = {}
     for name, base in current.items():
         diff = np.subtract(params[name], base, dtype=np.float64)

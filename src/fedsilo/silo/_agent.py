@@ -460,9 +460,7 @@ class Agent:
         worker.request("prepare" if first.name == train.name else "build", out=str(out))
         compute = time.perf_counter() - started
         if task.privacy.secure_aggregation is not None:
-            from fedsilo.tensors import value_count
-
-            self._mask_words[task.job_id] = value_count(out) + 1  # the update and its weight
+            self._mask_words[task.job_id] = _masked_words(out)
         return TaskResult(
             ok=True, params_digest=self._upload(task, out, "model"), compute_seconds=compute
         )
@@ -719,22 +717,18 @@ class Agent:
         self, task: TaskMessage, update: Path, current: Path, samples: float
     ) -> tuple[bytes, memoryview]:
         """Mask this silo's update (clipped under central DP); return the file to upload."""
-        import numpy as np
-
         from fedsilo.privacy.secagg import mask_update, masked_parts
         from fedsilo.tensors import load_parameters
 
         assert task.job_id is not None
         party = self._party(task.job_id)
         central = self._clearances[task.job_id].privacy.central
-        base = load_parameters(current)
-        words = sum(int(np.size(v)) for v in base.values()) + 1
-        self._mask_words[task.job_id] = words
+        words = self._mask_words[task.job_id] = _masked_words(current)
         masked = mask_update(
             party,
             task.round,
             load_parameters(update),
-            base,
+            load_parameters(current),
             weight=samples if task.mask_weight is None else task.mask_weight,
             clip_norm=central.clip_norm if central is not None else None,
             mask=self._mask_for(task.job_id, task.round, words),
@@ -753,6 +747,13 @@ class Agent:
             eval_metrics=self._metrics(task, reply["eval_metrics"]),
             compute_seconds=compute,
         )
+
+
+def _masked_words(model: Path) -> int:
+    """The words of a masked update of ``model``'s shape: one per value, then the weight."""
+    from fedsilo.tensors import value_count
+
+    return value_count(model) + 1
 
 
 def _lower_priority() -> None:

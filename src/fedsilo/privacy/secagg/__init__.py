@@ -52,9 +52,7 @@ from fedsilo.privacy.secagg._updates import (
     MASKED_TENSOR,
     load_masked,
     mask_update,
-    masked_bytes,
     masked_parts,
-    save_masked,
 )
 
 __all__ = [
@@ -85,8 +83,6 @@ __all__ = [
     "default_threshold",
     "load_masked",
     "mask_update",
-    "masked_bytes",
     "masked_parts",
     "parse_message",
-    "save_masked",
 ]

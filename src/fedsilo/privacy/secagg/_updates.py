@@ -19,19 +19,17 @@ import numpy as np
 import numpy.typing as npt
 from safetensors import SafetensorError, safe_open
 
-from fedsilo.privacy._clip import check_like, clip_scale, delta_norm
+from fedsilo.privacy._clip import update_scale
 from fedsilo.privacy.secagg._client import RoundMask, SecAggClient
 from fedsilo.privacy.secagg._errors import SecAggProtocolError
 from fedsilo.privacy.secagg._messages import MaskedInput, MaskedVector, TensorLayout
-from fedsilo.tensors import Parameters, sha256_file
+from fedsilo.tensors import Parameters
 
 __all__ = [
     "MASKED_TENSOR",
     "load_masked",
     "mask_update",
-    "masked_bytes",
     "masked_parts",
-    "save_masked",
 ]
 
 MASKED_TENSOR = "masked"
@@ -55,14 +53,7 @@ def mask_update(
     round's mask if it was computed ahead (:meth:`SecAggClient.round_mask`). Inputs are
     read, never modified; the plain update exists only in this silo's memory.
     """
-    if clip_norm is not None and clip_norm <= 0:
-        raise ValueError(f"clip_norm must be positive, got {clip_norm}")
-    who = f"silo '{client.client_id}'"
-    if clip_norm is None:
-        check_like(params, current, who)
-        scale = 1.0
-    else:
-        scale = clip_scale(delta_norm(params, current, who), clip_norm)
+    scale = update_scale(params, current, clip_norm, f"silo '{client.client_id}'")
     return client.masked_vector(round_, params, weight, base=current, scale=scale, mask=mask)
 
 
@@ -92,20 +83,6 @@ def masked_parts(masked: MaskedInput | MaskedVector) -> tuple[bytes, memoryview]
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     return struct.pack("<Q", len(text)) + text, words.data.cast("B")
-
-
-def masked_bytes(masked: MaskedInput | MaskedVector) -> bytes:
-    """A masked input as the bytes of one safetensors file."""
-    header, words = masked_parts(masked)
-    return header + words
-
-
-def save_masked(masked: MaskedInput | MaskedVector, path: Path) -> str:
-    """Write a masked input as a safetensors file; return the file's sha256."""
-    with path.open("wb") as fh:
-        for part in masked_parts(masked):
-            fh.write(part)
-    return sha256_file(path)
 
 
 def _map_words(path: Path) -> npt.NDArray[np.uint64]:
