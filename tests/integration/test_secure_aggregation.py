@@ -87,19 +87,24 @@ def test_the_orchestrator_sees_only_masked_updates_and_gets_the_plain_model(
         np.testing.assert_allclose(federated[name], value, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(federated[name], plain_sim.parameters[name], atol=2e-5)
 
-    # every update a silo sent in a round is one masked uint64 vector, whose words look
-    # uniform: nothing of the plain update is in what the orchestrator holds
+    # every update a silo sent in a round is one masked vector of words, which look
+    # uniform: nothing of the plain update is in what the orchestrator holds. Round 1
+    # weighs by samples no silo has reported yet, so it takes 64-bit words; then 32-bit
     uploads = _masked_uploads(running, job_id)
     assert len(uploads) == 3 * spec.rounds
+    widths = []
     for path in uploads:
         with safe_open(str(path), framework="numpy") as fh:
             assert list(fh.keys()) == [MASKED_TENSOR]
             words = fh.get_tensor(MASKED_TENSOR)
-        assert words.dtype == np.uint64
-        top_bits = (words >> np.uint64(63)).astype(np.float64)
+        bits = 8 * words.dtype.itemsize
+        widths.append(bits)
+        assert words.dtype in (np.uint32, np.uint64)
+        top_bits = (words >> words.dtype.type(bits - 1)).astype(np.float64)
         assert abs(top_bits.mean() - 0.5) < 0.05
-        as_floats = words.view(np.int64).astype(np.float64) / 2.0**24
-        assert np.median(np.abs(as_floats)) > 1e9  # a plain encoded update would be ~1e-2
+        signed = words.view(np.int32 if bits == 32 else np.int64).astype(np.float64) / 2.0**24
+        assert np.median(np.abs(signed)) > 2.0 ** (bits - 27)  # a plain update: ~1e-2
+    assert sorted(widths) == [32] * 3 * (spec.rounds - 1) + [64] * 3
 
     for silo in SILOS:
         events = [e.event for e in read_log(audit_path(running.workspace.kit(silo).storage_path))]

@@ -12,6 +12,7 @@ import numpy.typing as npt
 import pytest
 
 from fedsilo.errors import AggregationError
+from fedsilo.privacy import MaskPlan, RoundPlan, round_plan
 from fedsilo.privacy._clip import clipped_delta
 from fedsilo.privacy.secagg import (
     AggregateResult,
@@ -107,8 +108,16 @@ class Federation:
         arrays: dict[str, Arrays],
         weights: dict[str, float],
         senders: Iterable[str],
+        plan: RoundPlan | None = None,
     ) -> AggregateResult:
-        uploads = [self.clients[v].masked_input(round, arrays[v], weights[v]) for v in senders]
+        if plan is not None:
+            self.server.plan_round(round, word_bits=plan.word_bits, weight_scale=plan.weight_scale)
+        uploads = [
+            self.clients[v].masked_input(
+                round, arrays[v], weights[v], plan=None if plan is None else plan.for_silo(v)
+            )
+            for v in senders
+        ]
         requests = self.to_server(uploads)
         if not requests:
             requests = list(self.server.close_inputs(round))
@@ -379,19 +388,21 @@ def test_a_mask_of_another_round_client_or_size_is_refused() -> None:
     for mask, why in (
         (client.round_mask(1, 5), "round 1"),
         (other.round_mask(2, 5), "client 'silo-1'"),
-        (client.round_mask(2, 9), "holds 9 words"),
+        (client.round_mask(2, 9), "holds 9 uint64 words"),
+        (client.round_mask(2, 5, 32), "holds 5 uint32 words"),
     ):
         with pytest.raises(SecAggProtocolError, match=why):
             client.masked_input(2, arrays, 1.0, mask=mask)
     client.masked_input(2, arrays, 1.0, mask=client.round_mask(2, 5))  # none was used up
 
 
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
 def test_masks_applied_together_equal_masks_applied_one_by_one(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, dtype: type[np.unsignedinteger[Any]]
 ) -> None:
     monkeypatch.setattr(_crypto, "_CHUNK_WORDS", 1000)  # several chunks, the last one short
     gen = np.random.default_rng(3)
-    vector = gen.integers(0, 2**63, 2500, dtype=np.uint64)
+    vector = gen.integers(0, np.iinfo(dtype).max, 2500, dtype=dtype)
     seeds = [(bytes([i]) * 32, 1 if i % 2 else -1) for i in range(4)]
     together, one_by_one = vector.copy(), vector.copy()
     _crypto.apply_masks(together, seeds, job_id=JOB, round=1)
@@ -404,13 +415,17 @@ def test_masks_applied_together_equal_masks_applied_one_by_one(
     np.testing.assert_array_equal(together, vector)
 
 
-def test_a_masked_update_travels_as_safetensors_bytes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("word_bits", [32, 64])
+def test_a_masked_update_travels_as_safetensors_bytes(tmp_path: Path, word_bits: int) -> None:
     fed = Federation(3, rounds=1)
     fed.setup()
     current = {"w": np.zeros((2, 3), np.float32), "b": np.ones(2, np.float32)}
     params = {"w": np.full((2, 3), 0.5, np.float32), "b": np.zeros(2, np.float32)}
-    message = mask_update(fed.clients["silo-2"], 1, params, current, weight=3.0)
+    plan = MaskPlan.model_validate({"word_bits": word_bits, "weight_scale": 0.05})
+    message = mask_update(fed.clients["silo-2"], 1, params, current, weight=3.0, plan=plan)
+    assert message.word_bits == word_bits
     data = b"".join(masked_parts(message))
+    assert len(data) > word_bits // 8 * 9  # the header, then 8 values and the weight
     np.testing.assert_array_equal(parameters_from_bytes(data)["masked"], message.vector())
     (tmp_path / "sent.safetensors").write_bytes(data)
     back = load_masked(tmp_path / "sent.safetensors", job_id=JOB, sender="silo-2", round_=1)
@@ -418,6 +433,79 @@ def test_a_masked_update_travels_as_safetensors_bytes(tmp_path: Path) -> None:
     assert parse_message(message.message().model_dump_json()) == back.message()
     with pytest.raises(SecAggProtocolError, match="round 1 for round 2"):
         load_masked(tmp_path / "sent.safetensors", job_id=JOB, sender="silo-2", round_=2)
+
+
+def test_32_bit_words_give_the_weighted_sum_with_half_the_bytes() -> None:
+    fed = Federation(5)
+    fed.setup()
+    arrays, weights = fed.inputs(seed=11)
+    plan = round_plan(weights, {}, bits=24, clip_range=64.0)
+    assert plan.word_bits == 32
+    upload = fed.clients["silo-0"].masked_input(
+        1, arrays["silo-0"], weights["silo-0"], plan=plan.for_silo("silo-0")
+    )
+    values = sum(int(np.prod(shape)) for shape in SHAPES.values())
+    assert upload.word_bits == 32 and len(upload.data) == 4 * (values + 1)
+    counts = np.bincount((upload.vector() & np.uint32(0xFF)).astype(np.int64), minlength=256)
+    assert counts.max() < 5  # 44 words over 256 values: masked, the low bytes do not repeat
+    for round, senders in ((2, fed.ids), (3, ["silo-0", "silo-2", "silo-4"])):
+        result = fed.run_round(round, arrays, weights, senders, plan=plan)
+        total = sum(weights[v] for v in senders)
+        # each silo rounds w/W * x to 2**-24: W * 2**-25 per silo, at most
+        for name, expected in plain_sum(arrays, weights, senders).items():
+            np.testing.assert_allclose(result.weighted_sum[name], expected, atol=3e-4 * total / 1e3)
+        assert result.total_weight == pytest.approx(total, rel=1e-6)
+        assert result.survivors == tuple(senders)
+
+
+def test_a_silo_whose_weight_outgrew_the_round_plan_sends_nothing() -> None:
+    fed = Federation(3)
+    fed.setup()
+    plan = round_plan(
+        {v: None for v in fed.ids}, dict.fromkeys(fed.ids, 100.0), bits=24, clip_range=64.0
+    )
+    client = fed.clients["silo-1"]
+    with pytest.raises(FixedPointRangeError, match="above the limit"):
+        client.masked_input(1, {"x": np.ones(3)}, 250.0, plan=plan.for_silo("silo-1"))
+    # 1.5 times its reported weight: within the headroom (about 2 at the defaults)
+    client.masked_input(1, {"x": np.ones(3)}, 150.0, plan=plan.for_silo("silo-1"))
+    with pytest.raises(FixedPointRangeError, match="alone overflows"):
+        too_wide = MaskPlan(word_bits=32, weight_limit=4.0)
+        fed.clients["silo-2"].masked_input(1, {"x": np.ones(3)}, 1.0, plan=too_wide)
+
+
+def test_the_server_refuses_words_of_another_size_than_the_round_plan() -> None:
+    fed = Federation(3)
+    fed.setup()
+    fed.server.plan_round(1, word_bits=32, weight_scale=0.5)
+    upload = fed.clients["silo-0"].masked_input(1, {"x": np.ones(3)}, 1.0)
+    with pytest.raises(SecAggProtocolError, match="64-bit words; round 1 takes 32-bit"):
+        fed.server.feed(upload)
+    with pytest.raises(SecAggProtocolError, match="32 or 64 bits"):
+        fed.server.plan_round(2, word_bits=16)
+
+
+def test_round_plans_narrow_the_words_only_when_every_weight_is_known() -> None:
+    silos = ["a", "b", "c"]
+    fixed = round_plan({"a": 1.0, "b": 3.0, "c": 4.0}, {}, bits=24, clip_range=64.0)
+    headroom = (2**31 - 4) / (64 * 2**24)
+    assert fixed.word_bits == 32 and fixed.weight_scale == pytest.approx(1 / 8)
+    assert fixed.limits == pytest.approx(
+        {"a": headroom / 8, "b": 3 * headroom / 8, "c": headroom / 2}
+    )
+    assert fixed.for_silo("b") == MaskPlan(
+        word_bits=32, weight_scale=1 / 8, weight_limit=3 * headroom / 8
+    )
+    by_samples = dict.fromkeys(silos)
+    assert round_plan(by_samples, {}, bits=24, clip_range=64.0) == RoundPlan()  # round 1
+    assert round_plan(by_samples, {"a": 5.0, "b": 5.0}, bits=24, clip_range=64.0).word_bits == 64
+    reported = round_plan(by_samples, {"a": 5.0, "b": 5.0, "c": 10.0}, bits=24, clip_range=64.0)
+    assert reported.word_bits == 32 and reported.weight_scale == pytest.approx(1 / 20)
+    assert round_plan(by_samples, {"a": 5.0, "b": 0.0, "c": 1.0}, bits=24, clip_range=64.0) == (
+        RoundPlan()
+    )
+    wide = round_plan({"a": 1.0, "b": 1.0}, {}, bits=28, clip_range=64.0)  # needs 35 bits
+    assert wide == RoundPlan() and wide.for_silo("a") == MaskPlan()
 
 
 def test_messages_of_another_job_are_refused() -> None:

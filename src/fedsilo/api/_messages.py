@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsilo.jobs import JobSpec
-from fedsilo.privacy._spec import PrivacySpec
+from fedsilo.privacy._spec import MaskPlan, PrivacySpec
 
 __all__ = [
     "AggregateRequest",
@@ -95,6 +95,7 @@ class TaskMessage(_Msg):
     privacy: PrivacySpec = PrivacySpec()
     secagg: str | None = Field(default=None, max_length=_SECAGG_MAX)
     mask_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    mask_plan: MaskPlan | None = None
     computes: dict[str, str] = Field(default_factory=dict)
 
 

@@ -5,7 +5,9 @@ message through ordinary tasks (``secagg`` tasks, and the masked update a ``fit`
 uploads), so a silo still opens no port and pulls everything it does. Setup runs once per
 job, in three exchanges (keys, encrypted shares, their delivery); each round is one
 ``fit`` fan-out, whose masked updates are summed as they arrive, and one unmasking
-exchange with the survivors.
+exchange with the survivors. Each fit task carries the round's public encoding
+(:func:`~fedsilo.privacy.round_plan`): 32-bit words once every silo's weight is known,
+from the spec or from the samples it reported in an earlier round.
 
 A silo that fails, disconnects, or stays silent past the spec's ``timeout_seconds`` is
 dropped: the round goes on without it (its masks are removed with the survivors' shares)
@@ -25,7 +27,7 @@ import numpy.typing as npt
 
 from fedsilo.api._messages import TaskKind
 from fedsilo.errors import JobFailed, TaskFailed
-from fedsilo.privacy import SecureAggregationSpec, mask_weights, secure_global
+from fedsilo.privacy import SecureAggregationSpec, mask_weights, round_plan, secure_global
 from fedsilo.privacy.secagg import (
     AdvertiseKeys,
     AggregateResult,
@@ -66,6 +68,7 @@ class SecureRounds:
         self.spec = spec
         self.active: list[str] = list(silos)
         self.dropped: dict[str, str] = {}
+        self.reported: dict[str, float] = {}  # each silo's latest num_samples
         self.server = SecAggServer(
             silos,
             job_id=run.job_id,
@@ -200,12 +203,22 @@ class SecureRounds:
         run, orch = self.run, self.run.orch
         offered = list(self.active)
         weights = mask_weights(self.strategy, offered)
+        plan = round_plan(
+            weights,
+            self.reported,
+            bits=self.spec.fixed_point_bits,
+            clip_range=self.spec.clip_range,
+        )
+        self.server.plan_round(round_, word_bits=plan.word_bits, weight_scale=plan.weight_scale)
         fit = run.fan_out(
             TaskKind.FIT,
             f"round {round_}",
             self.strategy.configure_round(round_, offered),
             silos=offered,
-            per_silo={silo: {"mask_weight": weights[silo]} for silo in offered},
+            per_silo={
+                silo: {"mask_weight": weights[silo], "mask_plan": plan.for_silo(silo)}
+                for silo in offered
+            },
             tolerate=True,
             timeout=self.spec.timeout_seconds,
             round=round_,
@@ -220,6 +233,9 @@ class SecureRounds:
                         self.drop(out.silo, out.result.error)
                         continue
                     run.record(round_, out)
+                    samples = (out.result.train_metrics or {}).get("num_samples")
+                    if samples is not None:
+                        self.reported[out.silo] = samples
                     try:
                         masked = await asyncio.to_thread(
                             load_masked,

@@ -19,7 +19,14 @@ from fedsilo.api import RoundInfo
 from fedsilo.config import open_workspace
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import JobSpec
-from fedsilo.privacy import CentralDP, mask_weights, secure_global, strategy_for
+from fedsilo.privacy import (
+    CentralDP,
+    RoundPlan,
+    mask_weights,
+    round_plan,
+    secure_global,
+    strategy_for,
+)
 from fedsilo.privacy.secagg import (
     SecAggClient,
     SecAggServer,
@@ -105,6 +112,9 @@ class _SecureRounds:
         rosters = [m for c in self.clients.values() for m in self.server.feed(c.advertise())]
         self._relay(rosters)
         self._requests: list[UnmaskRequest] = []
+        self._secure = secure
+        self._reported: dict[str, float] = {}
+        self._plans: dict[int, RoundPlan] = {}
 
     def _relay(self, messages: list[ServerMessage]) -> None:
         """Hand each server message to its client and each answer back, until quiet."""
@@ -116,6 +126,15 @@ class _SecureRounds:
         self, round_: int, silo: str, params: Parameters, current: Parameters, samples: int
     ) -> None:
         weight = self.weights[silo]
+        plan = self._plans.get(round_)
+        if plan is None:  # the round's first input: plan it as the orchestrator would
+            plan = self._plans[round_] = round_plan(
+                self.weights,
+                self._reported,
+                bits=self._secure.fixed_point_bits,
+                clip_range=self._secure.clip_range,
+            )
+            self.server.plan_round(round_, word_bits=plan.word_bits, weight_scale=plan.weight_scale)
         masked = mask_update(
             self.clients[silo],
             round_,
@@ -123,13 +142,16 @@ class _SecureRounds:
             current,
             weight=float(samples) if weight is None else weight,
             clip_norm=self.clip_norm,
+            plan=plan.for_silo(silo),
         )
+        self._reported[silo] = float(samples)
         self._requests += [m for m in self.server.feed(masked) if isinstance(m, UnmaskRequest)]
 
     def finish(self, round_: int, current: Parameters) -> dict[str, np.ndarray[Any, Any]]:
         requests, self._requests = self._requests or self.server.close_inputs(round_), []
         self._relay(list(requests))
         result = self.server.finish_round(round_)
+        self._plans.pop(round_, None)
         return secure_global(self.strategy, round_, current, result)
 
 

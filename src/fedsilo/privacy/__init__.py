@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fedsilo.privacy._spec import (
     CentralDPSpec,
     LocalDPSpec,
+    MaskPlan,
     PrivacySpec,
     SecureAggregationSpec,
     default_threshold,
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from fedsilo.privacy._central import CentralDP
     from fedsilo.privacy._clip import clip_update, clipped_delta
     from fedsilo.privacy._local import LocalDP, check_budget
-    from fedsilo.privacy._secure import mask_weights, secure_global
+    from fedsilo.privacy._secure import RoundPlan, mask_weights, round_plan, secure_global
     from fedsilo.privacy._wrap import strategy_for
 
 __all__ = [
@@ -31,13 +32,16 @@ __all__ = [
     "CentralDPSpec",
     "LocalDP",
     "LocalDPSpec",
+    "MaskPlan",
     "PrivacySpec",
+    "RoundPlan",
     "SecureAggregationSpec",
     "check_budget",
     "clip_update",
     "clipped_delta",
     "default_threshold",
     "mask_weights",
+    "round_plan",
     "secure_global",
     "silence_opacus_warnings",
     "strategy_for",
@@ -51,6 +55,8 @@ _LAZY = {
     "check_budget": "_local",
     "silence_opacus_warnings": "_accounting",
     "strategy_for": "_wrap",
+    "RoundPlan": "_secure",
+    "round_plan": "_secure",
     "mask_weights": "_secure",
     "secure_global": "_secure",
 }

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "CentralDPSpec",
     "LocalDPSpec",
+    "MaskPlan",
     "PrivacySpec",
     "SecureAggregationSpec",
     "default_threshold",
@@ -76,6 +77,26 @@ class SecureAggregationSpec(BaseModel):
     def threshold_for(self, silos: int) -> int:
         """The threshold in force for a job of ``silos`` silos."""
         return self.threshold if self.threshold is not None else default_threshold(silos)
+
+
+class MaskPlan(BaseModel):
+    """How one silo encodes its masked input in one round; public, set by the orchestrator.
+
+    Every silo of a round gets the same ``word_bits`` and ``weight_scale``. A silo encodes
+    ``weight * weight_scale`` times its update in words of ``word_bits`` bits. With
+    ``weight_limit`` it refuses a scaled weight above that limit: the orchestrator chose the
+    limits so that, summed over the round's silos, no word can overflow. Without it each
+    silo keeps to an equal share of the word's range, whatever the others' weights.
+
+    32-bit words halve what a silo uploads and what every party computes; they fit when the
+    weights are known ahead and normalised to sum to 1 (:func:`fedsilo.privacy.round_plan`).
+    """
+
+    model_config = _FROZEN
+
+    word_bits: Literal[32, 64] = 64
+    weight_scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    weight_limit: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None
 
 
 class PrivacySpec(BaseModel):

@@ -97,7 +97,8 @@ class Agent:
         # secure aggregation: each job's next round mask, computed ahead in a thread
         self._masks: dict[str, tuple[int, Future[RoundMask]]] = {}
         self._masks_due: list[tuple[str, int]] = []
-        self._mask_words: dict[str, int] = {}
+        # the words of each job's masked input, and their size in its latest round
+        self._mask_words: dict[str, tuple[int, int]] = {}
         self._masker: ThreadPoolExecutor | None = None
         self._last_used: dict[str, float] = {}
         self._busy = False
@@ -460,7 +461,7 @@ class Agent:
         worker.request("prepare" if first.name == train.name else "build", out=str(out))
         compute = time.perf_counter() - started
         if task.privacy.secure_aggregation is not None:
-            self._mask_words[task.job_id] = _masked_words(out)
+            self._mask_words[task.job_id] = (_masked_words(out), 64)
         return TaskResult(
             ok=True, params_digest=self._upload(task, out, "model"), compute_seconds=compute
         )
@@ -679,21 +680,24 @@ class Agent:
 
         Expanding the masks is most of the cost of masking and needs no data, only the
         keys: done between rounds, in a thread of low priority, it is off the round's
-        critical path (the answer that ends the previous round is sent first).
+        critical path (the answer that ends the previous round is sent first). The word
+        size is the latest round's (64 bits before round 1); should the next round's plan
+        say otherwise, its mask is computed again when the update is ready.
         """
         due, self._masks_due = self._masks_due, []
         for job_id, round_ in due:
-            party, words = self._secagg.get(job_id), self._mask_words.get(job_id)
-            if party is None or words is None or round_ > party.rounds:
+            party, shape = self._secagg.get(job_id), self._mask_words.get(job_id)
+            if party is None or shape is None or round_ > party.rounds:
                 continue
             if self._masker is None:
                 self._masker = ThreadPoolExecutor(
                     max_workers=1, thread_name_prefix="secagg-mask", initializer=_lower_priority
                 )
-            self._masks[job_id] = (round_, self._masker.submit(party.round_mask, round_, words))
+            future = self._masker.submit(party.round_mask, round_, *shape)
+            self._masks[job_id] = (round_, future)
 
-    def _mask_for(self, job_id: str, round_: int, words: int) -> RoundMask | None:
-        """The mask of ``round_`` if it was computed ahead for an input of ``words`` words."""
+    def _mask_for(self, job_id: str, round_: int, words: int, bits: int) -> RoundMask | None:
+        """The mask of ``round_`` if it was computed ahead: ``words`` words of ``bits`` bits."""
         round_ahead, future = self._masks.pop(job_id, (0, None))
         if future is None or round_ahead != round_:
             return None
@@ -702,7 +706,8 @@ class Agent:
         except Exception as exc:  # computed again, in line, by the caller
             log.warning("job %s: the mask of round %d was not ready: %r", job_id, round_, exc)
             return None
-        return mask if mask.words.size == words else None
+        fits = mask.words.size == words and mask.words.dtype.itemsize * 8 == bits
+        return mask if fits else None
 
     def _party(self, job_id: str) -> SecAggClient:
         party = self._secagg.get(job_id)
@@ -717,13 +722,16 @@ class Agent:
         self, task: TaskMessage, update: Path, current: Path, samples: float
     ) -> tuple[bytes, memoryview]:
         """Mask this silo's update (clipped under central DP); return the file to upload."""
+        from fedsilo.privacy import MaskPlan
         from fedsilo.privacy.secagg import mask_update, masked_parts
         from fedsilo.tensors import load_parameters
 
         assert task.job_id is not None
         party = self._party(task.job_id)
         central = self._clearances[task.job_id].privacy.central
-        words = self._mask_words[task.job_id] = _masked_words(current)
+        plan = task.mask_plan or MaskPlan()
+        words = _masked_words(current)
+        self._mask_words[task.job_id] = (words, plan.word_bits)
         masked = mask_update(
             party,
             task.round,
@@ -731,7 +739,8 @@ class Agent:
             load_parameters(current),
             weight=samples if task.mask_weight is None else task.mask_weight,
             clip_norm=central.clip_norm if central is not None else None,
-            mask=self._mask_for(task.job_id, task.round, words),
+            mask=self._mask_for(task.job_id, task.round, words, plan.word_bits),
+            plan=plan,
         )
         return masked_parts(masked)
 

@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from fedsilo.privacy._spec import default_threshold
+from fedsilo.privacy._spec import MaskPlan, default_threshold
 from fedsilo.privacy.secagg import _crypto, _fixedpoint, _shamir
 from fedsilo.privacy.secagg._errors import SecAggProtocolError, UnmaskRefused
 from fedsilo.privacy.secagg._messages import (
@@ -36,6 +36,7 @@ from fedsilo.privacy.secagg._messages import (
     ShareDelivery,
     UnmaskRequest,
     UnmaskResponse,
+    Words,
 )
 
 __all__ = ["RoundMask", "SecAggClient", "default_threshold"]
@@ -55,7 +56,7 @@ class RoundMask:
     job_id: str
     client_id: str
     round: int
-    words: npt.NDArray[np.uint64] = field(repr=False)
+    words: Words = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -254,19 +255,22 @@ class SecAggClient:
                 "run a new setup (a new job id) for more rounds"
             )
 
-    def round_mask(self, round: int, size: int) -> RoundMask:
+    def round_mask(self, round: int, size: int, word_bits: int = 64) -> RoundMask:
         """The sum of every mask this client adds to its ``size``-word input of ``round``.
 
         That is ``PRG(b)`` plus or minus ``PRG(s_uv)`` for every other member ``v``: the
         costly part of masking, which depends on no data. Computing it ahead of time (while
         the job trains, or between rounds) and passing it to :meth:`masked_input` leaves
         one addition to do once the update is ready. It is as secret as the keys it comes
-        from, and usable once, for this client's input of this round only.
+        from, and usable once, for this client's input of this round only. ``word_bits``
+        is the round's word size (its :class:`~fedsilo.privacy.MaskPlan`).
         """
         self._check_round(round)
         if size < 1:
             raise SecAggProtocolError(f"a masked input holds at least 1 word, not {size}")
-        words = np.zeros(size, dtype=np.uint64)
+        if word_bits not in (32, 64):
+            raise SecAggProtocolError(f"masked words are 32 or 64 bits, not {word_bits}")
+        words: Words = np.zeros(size, dtype=np.uint32 if word_bits == 32 else np.uint64)
         seeds = [(self._b_seeds[round - 1], 1)]
         for v in self._members:
             if v == self.client_id:
@@ -285,15 +289,18 @@ class SecAggClient:
         weight: float,
         *,
         mask: RoundMask | None = None,
+        plan: MaskPlan | None = None,
     ) -> MaskedInput:
         """Round step 3: ``weight * arrays`` and ``weight``, fixed-point encoded and masked.
 
-        ``mask`` is this round's :meth:`round_mask`, computed ahead of time; left ``None``
-        it is computed here. Each round number is usable once: a second input for the same
-        round would reuse its masks, and the difference of the two uploads would reveal the
-        difference of the inputs.
+        ``plan`` is the round's public encoding (word size, weight scale, this client's
+        weight limit); left ``None``, 64-bit words and the raw weight. ``mask`` is this
+        round's :meth:`round_mask`, computed ahead of time; left ``None`` it is computed
+        here. Each round number is usable once: a second input for the same round would
+        reuse its masks, and the difference of the two uploads would reveal the difference
+        of the inputs.
         """
-        return self.masked_vector(round, arrays, weight, mask=mask).message()
+        return self.masked_vector(round, arrays, weight, mask=mask, plan=plan).message()
 
     def masked_vector(
         self,
@@ -304,12 +311,14 @@ class SecAggClient:
         base: Mapping[str, npt.NDArray[np.generic]] | None = None,
         scale: float = 1.0,
         mask: RoundMask | None = None,
+        plan: MaskPlan | None = None,
     ) -> MaskedVector:
-        """:meth:`masked_input` as a uint64 array, without the bytes of a message.
+        """:meth:`masked_input` as an array of words, without the bytes of a message.
 
         With ``base`` the input is ``scale * (arrays - base)``, computed while encoding. A
         given ``mask`` is used up: its words become the masked vector.
         """
+        plan = plan or MaskPlan()
         self._check_round(round)
         if round in self._sent:
             raise SecAggProtocolError(
@@ -318,24 +327,26 @@ class SecAggClient:
             )
         layout, vector = _fixedpoint.encode(
             arrays,
-            weight,
+            weight * plan.weight_scale,
             bits=self.bits,
             clip_range=self.clip_range,
             parties=len(self._members),
             base=base,
             scale=scale,
+            word_bits=plan.word_bits,
+            limit=plan.weight_limit,
         )
         if mask is None:
-            mask = self.round_mask(round, vector.size)
+            mask = self.round_mask(round, vector.size, plan.word_bits)
         elif (mask.job_id, mask.client_id, mask.round) != (self.job_id, self.client_id, round):
             raise SecAggProtocolError(
                 f"client '{self.client_id}' was given the mask of job {mask.job_id}, client "
                 f"'{mask.client_id}', round {mask.round} for its input of round {round}"
             )
-        elif mask.words.shape != vector.shape:
+        elif mask.words.shape != vector.shape or mask.words.dtype != vector.dtype:
             raise SecAggProtocolError(
-                f"the mask of round {round} holds {mask.words.size} words; the input needs "
-                f"{vector.size}"
+                f"the mask of round {round} holds {mask.words.size} {mask.words.dtype} words; "
+                f"the input needs {vector.size} {vector.dtype} words"
             )
         self._sent.add(round)
         words = mask.words

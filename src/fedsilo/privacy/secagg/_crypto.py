@@ -6,9 +6,9 @@
   masks) the round, so no key serves two purposes.
 - AES-256-GCM encrypts each share, with associated data naming sender, receiver and job:
   a share replayed to another receiver or job fails to authenticate.
-- AES-256-CTR is the PRG that expands a 32-byte seed into a mask of uint64 words; its
-  keystream is written, chunk by chunk, into one reused buffer and added straight into
-  the vector, so masking 10M elements allocates no 10M-element mask.
+- AES-256-CTR is the PRG that expands a 32-byte seed into a mask of uint32 or uint64
+  words; its keystream is written, chunk by chunk, into one reused buffer and added
+  straight into the vector, so masking 10M elements allocates no 10M-element mask.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,11 +43,11 @@ __all__ = [
 
 KEY_BYTES = 32
 _NONCE_BYTES = 12
-_CHUNK_WORDS = 1 << 17  # 1 MiB of keystream per step
+_CHUNK_WORDS = 1 << 17  # 1 MiB of keystream per step (64-bit words), 512 KiB (32-bit)
 _ZEROS = bytes(8 * _CHUNK_WORDS)
 _BLOCK_BYTES = 16
 
-Vector = npt.NDArray[np.uint64]
+Vector = npt.NDArray[np.unsignedinteger[Any]]  # uint32 or uint64 words
 
 
 def _info(purpose: str, job_id: str, round: int | None = None) -> bytes:
@@ -112,8 +113,9 @@ def apply_mask(vector: Vector, seed: bytes, *, job_id: str, round: int, sign: in
     """Add (``sign=+1``) or subtract (``sign=-1``) ``PRG(seed, round)`` to ``vector`` in place.
 
     The PRG is AES-256-CTR under ``HKDF(seed, info=round)`` with a zero counter block (each
-    key is used for one stream only); its keystream, read as little-endian uint64 words, is
-    uniform modulo ``2**64``. Arithmetic wraps modulo ``2**64``, as the protocol needs.
+    key is used for one stream only); its keystream, read as little-endian words of the
+    vector's size (uint32 or uint64), is uniform modulo ``2**32`` or ``2**64``. Arithmetic
+    wraps modulo the same power of two, as the protocol needs.
     """
     apply_masks(vector, [(seed, sign)], job_id=job_id, round=round)
 
@@ -122,9 +124,13 @@ def apply_masks(
     vector: Vector, seeds: Iterable[tuple[bytes, int]], *, job_id: str, round: int
 ) -> None:
     """:func:`apply_mask` for each ``(seed, sign)``, through one reused keystream buffer."""
+    if vector.dtype not in (np.uint32, np.uint64):
+        raise ValueError(f"masks are added to uint32 or uint64 words, not {vector.dtype}")
+    width = vector.dtype.itemsize
+    words_dtype = vector.dtype.newbyteorder("<")
     chunk = max(1, min(_CHUNK_WORDS, vector.size))
     # update_into needs room for one block more than it writes
-    buffer = bytearray(8 * chunk + _BLOCK_BYTES - 1)
+    buffer = bytearray(width * chunk + _BLOCK_BYTES - 1)
     zeros = memoryview(_ZEROS)
     for seed, sign in seeds:
         if sign not in (1, -1):
@@ -134,7 +140,7 @@ def apply_masks(
         operation = np.add if sign == 1 else np.subtract
         for start in range(0, vector.size, chunk):
             words = min(chunk, vector.size - start)
-            stream.update_into(zeros[: 8 * words], buffer)
-            mask = np.frombuffer(buffer, dtype="<u8", count=words)
+            stream.update_into(zeros[: width * words], buffer)
+            mask = np.frombuffer(buffer, dtype=words_dtype, count=words)
             part = vector[start : start + words]
             operation(part, mask, out=part)

@@ -13,7 +13,7 @@ import base64
 import binascii
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -146,33 +146,42 @@ class ShareDelivery(_Message):
     ciphertexts: dict[str, B64Bytes]
 
 
+Words = npt.NDArray[np.unsignedinteger[Any]]
+"""A masked vector: uint32 or uint64 words, as the round's plan says."""
+
+_WORD_DTYPES: dict[int, np.dtype[Any]] = {32: np.dtype(np.uint32), 64: np.dtype(np.uint64)}
+
+
 class MaskedInput(_Message):
-    """Client → server, round step 3: the masked fixed-point vector (uint64, little-endian).
+    """Client → server, round step 3: the masked fixed-point vector (little-endian words).
 
     The last element is the client's weight; ``layout`` says how to reshape the rest.
+    ``word_bits`` is the round's word size, 32 or 64.
     """
 
     kind: Literal["masked_input"] = "masked_input"
     sender: _Id
     round: _Round
     layout: tuple[TensorLayout, ...]
+    word_bits: Literal[32, 64] = 64
     data: B64Bytes
 
     @model_validator(mode="after")
     def _length_matches_layout(self) -> MaskedInput:
-        expected = 8 * (sum(t.size for t in self.layout) + 1)
+        expected = self.word_bits // 8 * (sum(t.size for t in self.layout) + 1)
         if len(self.data) != expected:
             raise ValueError(f"data holds {len(self.data)} bytes, the layout needs {expected}")
         return self
 
-    def vector(self) -> npt.NDArray[np.uint64]:
-        """The masked vector as a read-only uint64 array (no copy)."""
-        return np.frombuffer(self.data, dtype="<u8").astype(np.uint64, copy=False)
+    def vector(self) -> Words:
+        """The masked vector as a read-only array of words (no copy)."""
+        dtype = _WORD_DTYPES[self.word_bits]
+        return np.frombuffer(self.data, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False)
 
 
 @dataclass(frozen=True, eq=False)
 class MaskedVector:
-    """A :class:`MaskedInput` held as a uint64 array rather than bytes.
+    """A :class:`MaskedInput` held as an array of words rather than bytes.
 
     What a silo uploads (as a safetensors file) and the orchestrator adds to the round's
     sum, without the copies a JSON message would need. :meth:`message` is the same input
@@ -183,17 +192,22 @@ class MaskedVector:
     sender: str
     round: int
     layout: tuple[TensorLayout, ...]
-    words: npt.NDArray[np.uint64] = field(repr=False)
+    words: Words = field(repr=False)
 
     def __post_init__(self) -> None:
         expected = sum(t.size for t in self.layout) + 1
-        if self.words.dtype != np.uint64 or self.words.shape != (expected,):
+        if self.words.dtype not in _WORD_DTYPES.values() or self.words.shape != (expected,):
             raise SecAggProtocolError(
                 f"'{self.sender}' sent {self.words.dtype} words of shape {self.words.shape}; "
-                f"the layout needs {expected} uint64 words"
+                f"the layout needs {expected} uint32 or uint64 words"
             )
 
-    def vector(self) -> npt.NDArray[np.uint64]:
+    @property
+    def word_bits(self) -> int:
+        """The size of each word: 32 or 64 bits."""
+        return 8 * self.words.dtype.itemsize
+
+    def vector(self) -> Words:
         """The masked vector (no copy)."""
         return self.words
 
@@ -204,7 +218,8 @@ class MaskedVector:
             sender=self.sender,
             round=self.round,
             layout=self.layout,
-            data=self.words.astype("<u8", copy=False).tobytes(),
+            word_bits=32 if self.word_bits == 32 else 64,
+            data=self.words.astype(self.words.dtype.newbyteorder("<"), copy=False).tobytes(),
         )
 
 

@@ -16,6 +16,7 @@ with :meth:`SecAggServer.finish_round`. Fewer answers than the threshold raise
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -24,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedsilo.errors import AggregationError
+from fedsilo.privacy._spec import MaskPlan
 from fedsilo.privacy.secagg import _crypto, _fixedpoint, _shamir
 from fedsilo.privacy.secagg._client import default_threshold
 from fedsilo.privacy.secagg._errors import SecAggAborted, SecAggError, SecAggProtocolError
@@ -38,6 +40,7 @@ from fedsilo.privacy.secagg._messages import (
     TensorLayout,
     UnmaskRequest,
     UnmaskResponse,
+    Words,
 )
 
 __all__ = ["AggregateResult", "SecAggServer"]
@@ -71,7 +74,7 @@ class _Round:
     """What the server holds during one round: the running sum of masked vectors only."""
 
     layout: tuple[TensorLayout, ...]
-    total: npt.NDArray[np.uint64]
+    total: Words
     senders: list[str]
     survivors: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
@@ -120,6 +123,7 @@ class SecAggServer:
         self._x: dict[str, int] = {}
         self._open: dict[int, _Round] = {}
         self._closed: set[int] = set()
+        self._plans: dict[int, MaskPlan] = {}
 
     @property
     def members(self) -> tuple[str, ...]:
@@ -231,15 +235,40 @@ class SecAggServer:
             raise SecAggProtocolError(f"round {round} is outside 1..{self.rounds}")
         return self._open.get(round)
 
+    def plan_round(self, round: int, *, word_bits: int = 64, weight_scale: float = 1.0) -> None:
+        """Say how every client encodes its input of ``round``: word size and weight scale.
+
+        Every client of the round gets the same two (in its :class:`~fedsilo.privacy.MaskPlan`);
+        an input in words of another size is refused, and the scale is divided out of the
+        sum. A round that is not planned takes 64-bit words and raw weights.
+        """
+        if self._round(round) is not None:
+            raise SecAggProtocolError(f"round {round} already takes input; plan it before")
+        if word_bits not in (32, 64) or not (math.isfinite(weight_scale) and weight_scale > 0):
+            raise SecAggProtocolError(
+                f"round {round}: words are 32 or 64 bits (not {word_bits}) and the weight "
+                f"scale a positive number (not {weight_scale})"
+            )
+        self._plans[round] = MaskPlan.model_validate(
+            {"word_bits": word_bits, "weight_scale": weight_scale}
+        )
+
     def add_masked(self, message: MaskedInput | MaskedVector) -> list[UnmaskRequest]:
         """Round step 3: add one masked vector to the round's running sum."""
         state = self._round(message.round)
         sender = message.sender
         if sender not in self._members:
             raise SecAggProtocolError(f"'{sender}' did not finish setup and cannot send input")
+        word_bits = self._plans.get(message.round, MaskPlan()).word_bits
+        if message.word_bits != word_bits:
+            raise SecAggProtocolError(
+                f"'{sender}' sent {message.word_bits}-bit words; round {message.round} "
+                f"takes {word_bits}-bit words"
+            )
         if state is None:
+            vector = message.vector()
             state = self._open[message.round] = _Round(
-                layout=message.layout, total=np.array(message.vector(), dtype=np.uint64), senders=[]
+                layout=message.layout, total=np.array(vector, dtype=vector.dtype), senders=[]
             )
         elif state.unmasking:
             raise SecAggProtocolError(
@@ -339,7 +368,10 @@ class SecAggServer:
                 # u added the mask if u < v, subtracted it otherwise: undo that
                 unmask.append((seed, -1 if u < v else 1))
         _crypto.apply_masks(total, unmask, job_id=self.job_id, round=round)
-        arrays, total_weight = _fixedpoint.decode(total, state.layout, bits=self.bits)
+        plan = self._plans.get(round, MaskPlan())
+        arrays, total_weight = _fixedpoint.decode(
+            total, state.layout, bits=self.bits, weight_scale=plan.weight_scale
+        )
         result = AggregateResult(
             round=round,
             weighted_sum=arrays,
@@ -353,4 +385,5 @@ class SecAggServer:
     def _forget(self, round: int) -> None:
         """Forget everything about ``round``; no message of it is accepted any more."""
         self._open.pop(round, None)
+        self._plans.pop(round, None)
         self._closed.add(round)

@@ -5,6 +5,7 @@ has one) times its weight; only that masked vector leaves the silo. It travels a
 safetensors bytes holding one uint64 tensor (``masked``) and, in the header's metadata,
 the job, the sender, the round and the layout of the arrays it encodes, so the
 orchestrator can add it to the round's sum as it arrives, without ever decoding it.
+The words are 32 or 64 bits wide, as the round's :class:`~fedsilo.privacy.MaskPlan` says.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import math
 import struct
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from safetensors import SafetensorError, safe_open
 
 from fedsilo.privacy._clip import update_scale
+from fedsilo.privacy._spec import MaskPlan
 from fedsilo.privacy.secagg._client import RoundMask, SecAggClient
 from fedsilo.privacy.secagg._errors import SecAggProtocolError
-from fedsilo.privacy.secagg._messages import MaskedInput, MaskedVector, TensorLayout
+from fedsilo.privacy.secagg._messages import MaskedInput, MaskedVector, TensorLayout, Words
 from fedsilo.tensors import Parameters
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
 
 MASKED_TENSOR = "masked"
 _META_KEY = "fedsilo.secagg"
+_DTYPES: dict[str, np.dtype[Any]] = {"U32": np.dtype("<u4"), "U64": np.dtype("<u8")}
 
 
 def mask_update(
@@ -45,16 +48,20 @@ def mask_update(
     weight: float,
     clip_norm: float | None = None,
     mask: RoundMask | None = None,
+    plan: MaskPlan | None = None,
 ) -> MaskedVector:
     """The masked ``weight * (params - current)`` of one silo for ``round_``.
 
     With ``clip_norm`` the update is first scaled down to that L2 norm (DP-FedAvg's
-    clipping, which under secure aggregation only the silo can do). ``mask`` is the
-    round's mask if it was computed ahead (:meth:`SecAggClient.round_mask`). Inputs are
-    read, never modified; the plain update exists only in this silo's memory.
+    clipping, which under secure aggregation only the silo can do). ``plan`` is the
+    round's encoding; ``mask`` the round's mask if it was computed ahead
+    (:meth:`SecAggClient.round_mask`). Inputs are read, never modified; the plain update
+    exists only in this silo's memory.
     """
     scale = update_scale(params, current, clip_norm, f"silo '{client.client_id}'")
-    return client.masked_vector(round_, params, weight, base=current, scale=scale, mask=mask)
+    return client.masked_vector(
+        round_, params, weight, base=current, scale=scale, mask=mask, plan=plan
+    )
 
 
 def masked_parts(masked: MaskedInput | MaskedVector) -> tuple[bytes, memoryview]:
@@ -65,7 +72,7 @@ def masked_parts(masked: MaskedInput | MaskedVector) -> tuple[bytes, memoryview]
     """
     words = masked.vector()
     if sys.byteorder != "little":
-        words = words.astype("<u8")
+        words = words.astype(words.dtype.newbyteorder("<"))
     meta = {
         "job_id": masked.job_id,
         "sender": masked.sender,
@@ -75,7 +82,7 @@ def masked_parts(masked: MaskedInput | MaskedVector) -> tuple[bytes, memoryview]
     header = {
         "__metadata__": {_META_KEY: json.dumps(meta)},
         MASKED_TENSOR: {
-            "dtype": "U64",
+            "dtype": f"U{8 * words.dtype.itemsize}",
             "shape": [int(words.size)],
             "data_offsets": [0, int(words.nbytes)],
         },
@@ -85,7 +92,7 @@ def masked_parts(masked: MaskedInput | MaskedVector) -> tuple[bytes, memoryview]
     return struct.pack("<Q", len(text)) + text, words.data.cast("B")
 
 
-def _map_words(path: Path) -> npt.NDArray[np.uint64]:
+def _map_words(path: Path) -> Words:
     """The masked words of a safetensors file safetensors has checked, mapped, not copied.
 
     Adding a mapped file to the round's sum reads it from the page cache once, where a
@@ -95,15 +102,16 @@ def _map_words(path: Path) -> npt.NDArray[np.uint64]:
         (length,) = struct.unpack("<Q", fh.read(8))
         entry = json.loads(fh.read(length))[MASKED_TENSOR]
     begin, end = entry["data_offsets"]
-    if entry["dtype"] != "U64" or end - begin != 8 * math.prod(entry["shape"]):
+    dtype = _DTYPES.get(entry["dtype"])
+    if dtype is None or end - begin != dtype.itemsize * math.prod(entry["shape"]):
         raise ValueError(
-            f"the masked tensor is {entry['dtype']} {entry['shape']}, not uint64 words"
+            f"the masked tensor is {entry['dtype']} {entry['shape']}, not uint32 or uint64 words"
         )
     if end == begin:
-        return np.zeros(0, dtype=np.uint64)
-    return np.memmap(
-        path, dtype="<u8", mode="r", offset=8 + length + begin, shape=(end - begin) // 8
-    )
+        return np.zeros(0, dtype=dtype.newbyteorder("="))
+    count = (end - begin) // dtype.itemsize
+    words: Words = np.memmap(path, dtype=dtype, mode="r", offset=8 + length + begin, shape=count)
+    return words
 
 
 def load_masked(path: Path, *, job_id: str, sender: str, round_: int) -> MaskedVector:
@@ -140,6 +148,8 @@ def load_masked(path: Path, *, job_id: str, sender: str, round_: int) -> MaskedV
             f"silo '{sender}' sent the masked update of job {claimed[0]}, silo '{claimed[1]}', "
             f"round {claimed[2]} for round {round_} of job {job_id}"
         )
-    if vector.dtype != np.uint64 or vector.ndim != 1:
-        raise SecAggProtocolError(f"silo '{sender}' sent a masked update that is not uint64 words")
+    if vector.dtype not in (np.uint32, np.uint64) or vector.ndim != 1:
+        raise SecAggProtocolError(
+            f"silo '{sender}' sent a masked update that is not uint32 or uint64 words"
+        )
     return MaskedVector(job_id=job_id, sender=sender, round=round_, layout=layout, words=vector)
