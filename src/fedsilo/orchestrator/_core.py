@@ -51,6 +51,42 @@ OFFLINE_AFTER_SECONDS = 5.0
 ONLINE_GRACE_SECONDS = 15.0
 
 
+class _Lateness:
+    """How long the event loop has run late, summed: time in which it could hear no one.
+
+    A ticker wakes every :attr:`TICK` seconds and adds how much later than asked it woke.
+    While the loop is starved (a machine running many silos' job workers, a burst of
+    requests) heartbeats wait in its sockets; that time must not count as a silo's silence.
+    """
+
+    TICK = 0.25
+
+    def __init__(self) -> None:
+        self._total = 0.0
+        self._last: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the ticker on the running loop (once; a no-op outside a loop)."""
+        if self._task is None:
+            with contextlib.suppress(RuntimeError):
+                self._task = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        self._last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.TICK)
+            now = time.monotonic()
+            self._total += max(0.0, now - self._last - self.TICK)
+            self._last = now
+
+    def now(self) -> float:
+        """Seconds late so far, counting a lag under way (the ticker overdue right now)."""
+        if self._last is None:
+            return self._total
+        return self._total + max(0.0, time.monotonic() - self._last - self.TICK)
+
+
 @dataclass
 class _LiveJob:
     """In-memory facts about a job this process runs, for the hot paths."""
@@ -85,6 +121,8 @@ class Orchestrator:
         self.store = store
         self.blobs = blobs
         self._last_seen: dict[str, float] = {}
+        self._lateness = _Lateness()
+        self._late_at_seen: dict[str, float] = {}  # the loop's lateness when last seen
         self._busy: dict[str, bool] = {}
         self._sandbox: dict[str, str] = {}
         self._wakeup: dict[str, asyncio.Event] = {s: asyncio.Event() for s in self.silos}
@@ -101,15 +139,25 @@ class Orchestrator:
 
     def seen(self, silo: str, *, busy: bool | None = None, sandbox: str | None = None) -> None:
         """Record that ``silo``'s agent is connected (a poll, an upload or a heartbeat)."""
+        self._lateness.start()
         self._last_seen[silo] = time.time()
+        self._late_at_seen[silo] = self._lateness.now()
         if busy is not None:
             self._busy[silo] = busy
         if sandbox is not None:
             self._sandbox[silo] = sandbox
 
     def online(self, silo: str) -> bool:
+        """Whether ``silo`` was heard within :data:`OFFLINE_AFTER_SECONDS`.
+
+        Only the time the orchestrator could listen counts: while its own loop ran late,
+        the silo's heartbeats were waiting to be read, not missing.
+        """
         last = self._last_seen.get(silo)
-        return last is not None and time.time() - last < OFFLINE_AFTER_SECONDS
+        if last is None:
+            return False
+        deaf = self._lateness.now() - self._late_at_seen.get(silo, 0.0)
+        return time.time() - last - deaf < OFFLINE_AFTER_SECONDS
 
     def silo_statuses(self) -> list[SiloStatus]:
         return [
@@ -162,8 +210,8 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         for silo, message in tasks:
             self._queues[silo].append((message.task_id, message.model_dump_json()))
+            self._open[message.task_id] = silo  # its result is taken, waited for or not
             if wait:
-                self._open[message.task_id] = silo
                 self._waiters[message.task_id] = loop.create_future()
                 if message.job_id is not None:
                     self._task_jobs[message.task_id] = message.job_id

@@ -15,7 +15,15 @@ from typing import Any
 
 from fedsilo.silo._protocol import read_message, write_message
 
-__all__ = ["main"]
+__all__ = ["NICENESS", "main"]
+
+NICENESS = 10
+"""How much less CPU the job worker asks for than the agent, under contention.
+
+Training may take every core; the agent must still heartbeat, answer approvals and move
+parameters, or the orchestrator counts the silo as disconnected. On a machine that runs
+nothing else the worker still gets all of the CPU.
+"""
 
 
 class _Worker:
@@ -87,10 +95,20 @@ def _die_with_parent() -> None:
         return
 
 
+def _yield_cpu() -> None:
+    """Lower this process's priority by :data:`NICENESS` (before the task imports torch)."""
+    if hasattr(os, "nice"):
+        try:
+            os.nice(NICENESS)
+        except OSError:
+            return
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve commands until the agent closes the pipe or says ``shutdown``."""
     args = sys.argv[1:] if argv is None else argv
     _die_with_parent()
+    _yield_cpu()
     inp = os.fdopen(int(args[0]), "rb")
     out = os.fdopen(int(args[1]), "wb")
     worker = _Worker()
