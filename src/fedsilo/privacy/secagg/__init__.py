@@ -11,7 +11,9 @@ Message flow (``→S`` to the server, ``S→`` from it to each named client)::
                           client.feed(KeyRoster)     ShareBundle    →S  (encrypted shares)
                           server.feed(...)           ShareDelivery  S→ every dealer
                           client.feed(ShareDelivery) (setup done)
-    each round r          client.masked_input(r, arrays, weight)  MaskedInput  →S
+    each round r          server.plan_round(r, ...)  the round's public plan (word size,
+                                                     weight scale), sent with each task
+                          client.masked_input(r, arrays, weight, plan=...)  MaskedInput  →S
                           server.feed(...)           UnmaskRequest  S→ every survivor
                           client.feed(UnmaskRequest) UnmaskResponse →S
                           server.finish_round(r)     AggregateResult (sum of w*x, sum of w)
