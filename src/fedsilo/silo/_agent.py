@@ -53,6 +53,7 @@ from fedsilo.silo._governance import (
     resolve_inputs,
 )
 from fedsilo.silo._sandbox import SandboxSpec, check_sandbox
+from fedsilo.silo._worker import NICENESS
 from fedsilo.silo._workerproc import WorkerProcess
 from fedsilo.storage import Catalog
 
@@ -766,10 +767,10 @@ def _masked_words(model: Path) -> int:
 
 
 def _lower_priority() -> None:
-    """Give the calling thread less CPU: on Linux, where niceness is set per thread."""
+    """Give the calling thread less CPU, as the job worker: on Linux, niceness is per thread."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
 
 
 def run_agent(kit_dir: Path) -> None:

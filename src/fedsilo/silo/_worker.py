@@ -22,7 +22,8 @@ NICENESS = 10
 
 Training may take every core; the agent must still heartbeat, answer approvals and move
 parameters, or the orchestrator counts the silo as disconnected. On a machine that runs
-nothing else the worker still gets all of the CPU.
+nothing else the worker still gets all of the CPU. The agent's thread that computes
+secure-aggregation masks ahead, work off a round's critical path, takes the same.
 """
 
 

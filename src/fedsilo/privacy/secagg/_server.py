@@ -16,13 +16,13 @@ with :meth:`SecAggServer.finish_round`. Fewer answers than the threshold raise
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import ValidationError
 
 from fedsilo.errors import AggregationError
 from fedsilo.privacy._spec import MaskPlan
@@ -244,14 +244,14 @@ class SecAggServer:
         """
         if self._round(round) is not None:
             raise SecAggProtocolError(f"round {round} already takes input; plan it before")
-        if word_bits not in (32, 64) or not (math.isfinite(weight_scale) and weight_scale > 0):
+        try:
+            plan = MaskPlan.model_validate({"word_bits": word_bits, "weight_scale": weight_scale})
+        except ValidationError as exc:
             raise SecAggProtocolError(
                 f"round {round}: words are 32 or 64 bits (not {word_bits}) and the weight "
                 f"scale a positive number (not {weight_scale})"
-            )
-        self._plans[round] = MaskPlan.model_validate(
-            {"word_bits": word_bits, "weight_scale": weight_scale}
-        )
+            ) from exc
+        self._plans[round] = plan
 
     def add_masked(self, message: MaskedInput | MaskedVector) -> list[UnmaskRequest]:
         """Round step 3: add one masked vector to the round's running sum."""

@@ -2,10 +2,10 @@
 
 The silo masks its update ``params - global`` (clipped to the central-DP norm when the job
 has one) times its weight; only that masked vector leaves the silo. It travels as
-safetensors bytes holding one uint64 tensor (``masked``) and, in the header's metadata,
-the job, the sender, the round and the layout of the arrays it encodes, so the
-orchestrator can add it to the round's sum as it arrives, without ever decoding it.
-The words are 32 or 64 bits wide, as the round's :class:`~fedsilo.privacy.MaskPlan` says.
+safetensors bytes holding one tensor of words (``masked``: uint32 or uint64, as the
+round's :class:`~fedsilo.privacy.MaskPlan` says) and, in the header's metadata, the job,
+the sender, the round and the layout of the arrays it encodes, so the orchestrator can
+add it to the round's sum as it arrives, without ever decoding it.
 """
 
 from __future__ import annotations
