@@ -9,7 +9,8 @@ A task module is a plain Python file in the job's code folder that defines::
 
 The same module runs unchanged in ``fedsilo sim`` (one process), in the local
 multi-process federation and across machines: fedsilo seeds every generator the same way
-in each, so the same job gives the same model to float tolerance.
+in each and runs torch with the same number of threads, so the same job gives the same
+model (bit for bit where the thread counts agree).
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class Context:
     across rounds (``preprocess`` writes there, ``train`` may read it back). ``privacy`` is
     set when the job asks for local DP-SGD: ``train`` then wraps its model, optimizer and
     data loader with ``ctx.privacy.make_private(...)``; its accountant lasts the whole job.
+    ``device`` is where the silo granted the step to compute (``cuda`` on a GPU compute,
+    else ``cpu``): the model is already there, and ``train``/``evaluate`` move each batch
+    with ``.to(ctx.device)``. ``threads`` is how many threads torch runs with.
     """
 
     silo: str
@@ -77,6 +81,8 @@ class Context:
     seed: int = 0
     config: Mapping[str, float] = field(default_factory=dict)
     privacy: PrivateTraining | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    threads: int = 1
 
     def input(self, role: str) -> Path:
         """The path of the input for ``role``; a clear error when the job spec lacks it."""
@@ -161,10 +167,11 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def _single_thread() -> Iterator[None]:
-    """Run torch on one thread: reproducible sums, and no oversubscription of cores."""
+def _threads(count: int) -> Iterator[None]:
+    """Run torch on ``count`` threads: the silo's grant, the same in every runtime, so that
+    sums split across threads the same way (and the same job gives the same model)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -228,7 +235,8 @@ class SiloRunner:
     """Runs one silo's side of an FL job: preprocess, then fit and evaluate each round.
 
     Used by the silo's job worker and by the in-process simulation alike, so both give the
-    same results from the same seeds.
+    same results from the same seeds. ``threads`` is how many threads torch computes with
+    (the silo's grant); ``device`` where the model lives (``cuda`` on a GPU compute).
     """
 
     def __init__(
@@ -242,8 +250,14 @@ class SiloRunner:
         rounds: int = 1,
         privacy: PrivacySpec | None = None,
         privacy_seed: int | None = None,
+        threads: int = 1,
+        device: str = "cpu",
     ) -> None:
+        if threads < 1:
+            raise ConfigError(f"a silo runs torch on at least 1 thread, not {threads}")
         self.task = task
+        self.threads = threads
+        self.device = torch.device(device)
         self.silo = silo
         self.inputs = dict(inputs)
         self.work_dir = work_dir
@@ -273,6 +287,8 @@ class SiloRunner:
             privacy=(
                 PrivateTraining(self._local_dp, round_) if self._local_dp is not None else None
             ),
+            device=self.device,
+            threads=self.threads,
         )
 
     def prepare(self) -> dict[str, np.ndarray[Any, Any]]:
@@ -288,7 +304,7 @@ class SiloRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if self.task.preprocess is None:
             return
-        with _single_thread():
+        with _threads(self.threads):
             ctx = self._context(0)
             seed_everything(ctx.seed)
             self.task.preprocess(ctx)
@@ -296,13 +312,14 @@ class SiloRunner:
     def build(self) -> dict[str, np.ndarray[Any, Any]]:
         """Build the model from the job's seed; return its initial parameters."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        with _single_thread():
+        with _threads(self.threads):
             seed_everything(self.hp.seed)
             model = self.task.model(self._context(0))
             if not isinstance(model, torch.nn.Module):
                 raise TaskFailed(self.silo, f"model() must return a torch.nn.Module, not {model!r}")
-            self._model = model
-            return parameters_of(model)
+            params = parameters_of(model)  # built on the CPU: the same in every silo
+            self._model = model.to(self.device)
+            return params
 
     def _load(self, params: Parameters) -> torch.nn.Module:
         if self._model is None:
@@ -328,7 +345,7 @@ class SiloRunner:
         ctx = self._context(round_, config)
         mu = float((config or {}).get("proximal_mu", 0.0))
         quiet = silence_opacus_warnings() if self._local_dp is not None else nullcontext()
-        with _single_thread(), _proximal(model, mu), quiet:
+        with _threads(self.threads), _proximal(model, mu), quiet:
             seed_everything(ctx.seed)
             model.train()
             metrics = _check_metrics(self.silo, "train", self.task.train(model, ctx))
@@ -343,7 +360,7 @@ class SiloRunner:
         """Evaluate ``params`` on this silo's data."""
         model = self._load(params)
         ctx = self._context(round_)
-        with _single_thread(), torch.no_grad():
+        with _threads(self.threads), torch.no_grad():
             seed_everything(ctx.seed)
             model.eval()
             return _check_metrics(self.silo, "evaluate", self.task.evaluate(model, ctx))

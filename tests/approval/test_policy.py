@@ -20,7 +20,7 @@ from fedsilo.approval import (
     default_policy_yaml,
     load_policy,
 )
-from fedsilo.config import Classification
+from fedsilo.config import Classification, ResourceGrant
 from fedsilo.errors import ConfigError
 from tests.approval.conftest import SILO, make_request
 
@@ -163,6 +163,14 @@ TO_EYES_ON = (Declassification(output="model", from_=S, to=E),)
 ALLOWED = "[{output: model, from: sensitive, to: intermediate}]"
 
 
+def _granted(**fields: object) -> dict[str, ResourceGrant]:
+    base: dict[str, object] = {"compute": "silo-a-gpu", "memory": 8 << 30, "processes": 512}
+    return {"train": ResourceGrant.model_validate({**base, **fields})}
+
+
+TWO_GPUS = _granted(gpus=1, workers=2, threads=4, max_step_seconds=3600)
+
+
 @pytest.mark.parametrize(
     ("when", "hit", "miss"),
     [
@@ -189,6 +197,18 @@ ALLOWED = "[{output: model, from: sensitive, to: intermediate}]"
             {"privacy": PrivacySettings(target_epsilon=8.0)},
         ),
         ("{epsilon_missing: true}", {}, {"privacy": PrivacySettings(target_epsilon=1.0)}),
+        ("{resources_above: {gpus: 1}}", {"resources": TWO_GPUS}, {"resources": _granted()}),
+        (
+            "{resources_above: {memory: 16GiB}}",
+            {"resources": _granted(memory=32 << 30)},
+            {"resources": TWO_GPUS},
+        ),
+        (
+            "{resources_above: {max_step_seconds: 2h}}",
+            {"resources": _granted()},  # a step without a deadline is above any bound
+            {"resources": TWO_GPUS},
+        ),
+        ("{resources_above: {threads: 4}}", {"resources": TWO_GPUS}, {"resources": _granted()}),
         (
             "{author_in: [bob], job_name_in: [x]}",
             {"author": "bob", "job_name": "x"},
@@ -231,6 +251,21 @@ def test_the_default_decides_when_no_rule_matches_and_defaults_to_reject() -> No
     assert (decision, rule) == (Decision.REJECT, DEFAULT_RULE)
     assert "no rule" in reason
     assert decide("default: manual\n")[0] is Decision.MANUAL
+
+
+def test_a_resource_bound_holds_the_job_for_a_person_and_says_what_is_above_it() -> None:
+    text = """\
+    rules:
+      - name: big-jobs
+        when: {resources_above: {gpus: 1, memory: 64GiB}}
+        decision: manual
+    default: approve
+    """
+    decision, rule, reason = decide(text, resources=TWO_GPUS)
+    assert (decision, rule) == (Decision.MANUAL, "big-jobs")
+    assert "step 'train' would get gpus 2 on compute 'silo-a-gpu', above 1" in reason
+    with pytest.raises(ConfigError, match="at least one bound"):
+        policy("rules:\n  - {name: x, when: {resources_above: {}}, decision: reject}\n")
 
 
 def test_a_generated_reason_names_what_matched() -> None:

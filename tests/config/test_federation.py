@@ -94,7 +94,7 @@ ERROR_CASES = {
         _edit(
             "    compute: {name: silo-b-cpu}\n",
             "    compute: {name: silo-b-cpu}\n"
-            "    computes:\n      - {name: silo-a-cpu, kind: gpu}  #!\n",
+            "    computes:\n      - {name: silo-a-cpu, kind: accel}  #!\n",
         ),
         "silos.1.computes.0.name",
         "shares compute 'silo-a-cpu' with silo 'silo-a'",
@@ -112,8 +112,44 @@ ERROR_CASES = {
             "{name: silo-b-cpu}",
             "{name: silo-b-cpu, environment: {PATH: /evil}}  #!",
         ),
-        "silos.1.compute",
+        "silos.1.compute.environment.PATH",
         "may not set PATH",
+    ),
+    "a compute may not set what the grant sets": (
+        _edit(
+            "{name: silo-b-cpu}",
+            "{name: silo-b-cpu, environment: {CUDA_VISIBLE_DEVICES: '0'}}  #!",
+        ),
+        "silos.1.compute.environment.CUDA_VISIBLE_DEVICES",
+        "declare 'gpus' on the compute instead",
+    ),
+    "a gpu compute without devices": (
+        _edit("{name: silo-b-cpu}", "{name: silo-b-gpu, kind: gpu}  #!"),
+        "silos.1.compute.gpus",
+        "is of kind 'gpu' but lists no devices",
+    ),
+    "a size that is not one": (
+        _edit("{name: silo-b-cpu}", "{name: silo-b-cpu, memory: 8 gigs}  #!"),
+        "silos.1.compute.memory",
+        "'8 gigs' is not a size; write it like 8GiB",
+    ),
+    "a duration that is not one": (
+        _edit("{name: silo-b-cpu}", "{name: silo-b-cpu, max_step_seconds: soon}  #!"),
+        "silos.1.compute.max_step_seconds",
+        "'soon' is not a duration",
+    ),
+    "one job may not take more than the compute has": (
+        _edit(
+            "{name: silo-b-cpu}",
+            "{name: silo-b-cpu, memory: 4GiB, per_job: {memory: 8GiB}}  #!",
+        ),
+        "silos.1.compute.per_job.memory",
+        "lets one job take memory 8 GiB, more than the 4 GiB it has",
+    ),
+    "too few processes": (
+        _edit("{name: silo-b-cpu}", "{name: silo-b-cpu, processes: 2}  #!"),
+        "silos.1.compute.processes",
+        "greater than or equal to 8",
     ),
     "bad classification word": (
         _edit("classification: sensitive}", "classification: secret}  #!"),

@@ -71,9 +71,13 @@ def free_port() -> int:
     return free_port_block(PORT_BLOCK)
 
 
-def write_federation(folder: Path, name: str = "itest", silos: tuple[str, ...] = SILOS) -> Path:
+def write_federation(
+    folder: Path, name: str = "itest", silos: tuple[str, ...] = SILOS, compute: str = ""
+) -> Path:
+    """A federation spec; ``compute`` adds keys to every silo's compute (``, threads: 2``)."""
     silo_yaml = "".join(
-        f"  - name: {s}\n    storage: {{root: storage/{s}}}\n    compute: {{name: {s}-cpu}}\n"
+        f"  - name: {s}\n    storage: {{root: storage/{s}}}\n"
+        f"    compute: {{name: {s}-cpu{compute}}}\n"
         for s in silos
     )
     spec = folder / f"{name}.yaml"
@@ -122,9 +126,9 @@ class Federation:
         return load_private_key(self.submitter.signing_key_file)
 
 
-def make_federation(tmp: Path, name: str = "itest") -> Federation:
+def make_federation(tmp: Path, name: str = "itest", compute: str = "") -> Federation:
     root = tmp / name
-    provision(write_federation(tmp, name), root)
+    provision(write_federation(tmp, name, compute=compute), root)
     ws = open_workspace(root)
     shards = _split_digits(tmp / f"{name}-data")
     for silo in SILOS:

@@ -29,12 +29,12 @@ silos:
     storage: {{root: storage/silo-a}}
     compute: {{name: silo-a-cpu}}
     computes:
-      - {{name: silo-a-accel, kind: accel, environment: {{CUDA_VISIBLE_DEVICES: "0"}}}}
+      - {{name: silo-a-accel, kind: accel, environment: {{ACCEL_DEVICE: "0"}}}}
   - name: silo-b
     storage: {{root: storage/silo-b}}
     compute: {{name: silo-b-cpu}}
     computes:
-      - {{name: silo-b-accel, kind: accel, environment: {{CUDA_VISIBLE_DEVICES: "1"}}}}
+      - {{name: silo-b-accel, kind: accel, environment: {{ACCEL_DEVICE: "1"}}}}
   - name: silo-c
     storage: {{root: storage/silo-c}}
     compute: {{name: silo-c-cpu}}
@@ -48,7 +48,7 @@ TWO_COMPUTE_TASK = (
 
 def preprocess(ctx):
     import os
-    (ctx.work_dir / "preprocessed-on").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "-"))
+    (ctx.work_dir / "preprocessed-on").write_text(os.environ.get("ACCEL_DEVICE", "-"))
 
 
 _train = train
@@ -60,7 +60,7 @@ def train(model, ctx):
     metrics["preprocessed_on_default"] = float(
         (ctx.work_dir / "preprocessed-on").read_text() == "-"
     )
-    metrics["trained_on_device"] = float(os.environ.get("CUDA_VISIBLE_DEVICES", "-1"))
+    metrics["trained_on_device"] = float(os.environ.get("ACCEL_DEVICE", "-1"))
     return metrics
 """
 )

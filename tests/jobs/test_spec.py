@@ -274,3 +274,17 @@ def test_spec_models_reject_unknown_keys_directly() -> None:
     """The frozen models are what the orchestrator re-validates; they refuse extras too."""
     with pytest.raises(ValueError, match="bogus"):
         JobSpec.model_validate({"name": "j", "code": "c", "silos": ["a"], "rounds": 1, "bogus": 1})
+
+
+def test_preprocessing_with_several_ranks_is_refused_naming_the_field(tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "task.py").write_text("")
+    job.write_text(
+        "name: j\ncode: task\nsilos: [a]\nrounds: 1\nresources:\n  preprocess: {workers: 2}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_job(job)
+    assert caught.value.field == "resources.preprocess.workers"
+    assert caught.value.line == 6
+    assert "preprocessing runs once, as one process" in str(caught.value)

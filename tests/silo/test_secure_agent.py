@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsilo.api import TaskKind, TaskMessage
+from fedsilo.api import TaskKind, TaskMessage, TaskResult
 from fedsilo.audit import audit_path, read_log
 from fedsilo.config import Classification, open_workspace, provision
 from fedsilo.errors import FedsiloError, PolicyRejected
@@ -29,6 +29,7 @@ from fedsilo.privacy.secagg import (
 )
 from fedsilo.silo._agent import Agent
 from fedsilo.silo._governance import Clearance
+from fedsilo.silo._session import JobSession
 
 FEDERATION = """\
 name: secure
@@ -53,15 +54,22 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     try:
         yield agent
     finally:
-        agent.client.close()
-        agent.catalog.close()
+        agent.close()
 
 
 def _clear(agent: Agent, job_id: str, privacy: PrivacySpec, rounds: int = 2) -> None:
     outputs = {"model": Classification.INTERMEDIATE, "metrics": Classification.INTERMEDIATE}
-    agent._clearances[job_id] = Clearance(
-        job_id, "request", "rule", "policy", outputs, privacy=privacy, rounds=rounds
+    agent._sessions[job_id] = JobSession(
+        job_id,
+        clearance=Clearance(
+            job_id, "request", "rule", "policy", outputs, privacy=privacy, rounds=rounds
+        ),
     )
+
+
+def _dispatch(agent: Agent, task: TaskMessage) -> TaskResult:
+    assert task.job_id is not None
+    return agent._dispatch(task, agent._sessions[task.job_id])
 
 
 def _task(job_id: str, kind: TaskKind, **fields: Any) -> TaskMessage:
@@ -77,7 +85,7 @@ def test_no_update_leaves_a_secure_job_before_its_masks_are_set_up(agent: Agent)
     # the orchestrator skips the setup and asks for a round, even claiming no privacy
     fit = _task("job-1", TaskKind.FIT, round=1, params_digest="0" * 64, privacy=PrivacySpec())
     with pytest.raises(FedsiloError, match="sends no update in the clear"):
-        agent._dispatch(fit)
+        _dispatch(agent, fit)
 
 
 def test_a_silo_sets_up_secure_aggregation_only_for_a_job_it_approved_with_it(
@@ -85,19 +93,19 @@ def test_a_silo_sets_up_secure_aggregation_only_for_a_job_it_approved_with_it(
 ) -> None:
     _clear(agent, "job-2", PrivacySpec())
     with pytest.raises(PolicyRejected, match="approved no secure aggregation"):
-        agent._dispatch(_task("job-2", TaskKind.SECAGG))
+        _dispatch(agent, _task("job-2", TaskKind.SECAGG))
     assert _refusals(agent)[-1]["rule"] == "secure-aggregation"
 
 
 def test_the_party_is_built_from_what_the_silo_approved(agent: Agent) -> None:
     _clear(agent, "job-3", SECURE, rounds=5)
-    result = agent._dispatch(_task("job-3", TaskKind.SECAGG, rounds=1))
+    result = _dispatch(agent, _task("job-3", TaskKind.SECAGG, rounds=1))
     (text,) = result.secagg
     message = parse_message(text)
     assert isinstance(message, AdvertiseKeys) and message.sender == "silo-a"
     assert len(message.keys.s_public) == 5  # the approved rounds, not the task's
     with pytest.raises(PolicyRejected, match="already set up"):
-        agent._dispatch(_task("job-3", TaskKind.SECAGG))
+        _dispatch(agent, _task("job-3", TaskKind.SECAGG))
 
 
 def test_a_request_for_both_secrets_of_a_party_is_refused_and_audited(agent: Agent) -> None:
@@ -105,14 +113,14 @@ def test_a_request_for_both_secrets_of_a_party_is_refused_and_audited(agent: Age
     _clear(agent, job, SECURE)
     server = SecAggServer(SILOS, job_id=job, rounds=2)
     others = {s: SecAggClient(s, job_id=job, rounds=2) for s in SILOS[1:]}
-    (ad,) = agent._dispatch(_task(job, TaskKind.SECAGG)).secagg
+    (ad,) = _dispatch(agent, _task(job, TaskKind.SECAGG)).secagg
     rosters = [m for c in others.values() for m in server.feed(c.advertise())]
     rosters += server.feed(parse_message(ad))
     deliveries = []
     for roster in rosters:
         if roster.recipient == "silo-a":
-            replies = agent._dispatch(
-                _task(job, TaskKind.SECAGG, secagg=roster.model_dump_json())
+            replies = _dispatch(
+                agent, _task(job, TaskKind.SECAGG, secagg=roster.model_dump_json())
             ).secagg
             bundles = [parse_message(t) for t in replies]
         else:
@@ -121,15 +129,15 @@ def test_a_request_for_both_secrets_of_a_party_is_refused_and_audited(agent: Age
             deliveries += server.feed(bundle)
     for delivery in deliveries:
         if delivery.recipient == "silo-a":
-            agent._dispatch(_task(job, TaskKind.SECAGG, secagg=delivery.model_dump_json()))
+            _dispatch(agent, _task(job, TaskKind.SECAGG, secagg=delivery.model_dump_json()))
         else:
             others[delivery.recipient].feed(delivery)
-    party = agent._secagg[job]
-    assert party.ready
+    party = agent._sessions[job].secagg
+    assert party is not None and party.ready
     party.masked_input(1, {"w": np.zeros(3)}, 1.0)
     # first it reveals silo-b's self-mask seed (b: silo-b survived) ...
     honest = UnmaskRequest(job_id=job, recipient="silo-a", round=1, survivors=SILOS, dropped=())
-    agent._dispatch(_task(job, TaskKind.SECAGG, secagg=honest.model_dump_json()))
+    _dispatch(agent, _task(job, TaskKind.SECAGG, secagg=honest.model_dump_json()))
     # ... then a dishonest orchestrator claims silo-b dropped, to get its s key too
     greedy = UnmaskRequest(
         job_id=job,
@@ -139,5 +147,5 @@ def test_a_request_for_both_secrets_of_a_party_is_refused_and_audited(agent: Age
         dropped=("silo-b",),
     )
     with pytest.raises(PolicyRejected, match="would expose its input"):
-        agent._dispatch(_task(job, TaskKind.SECAGG, secagg=greedy.model_dump_json()))
+        _dispatch(agent, _task(job, TaskKind.SECAGG, secagg=greedy.model_dump_json()))
     assert _refusals(agent)[-1]["rule"] == "secure-aggregation"

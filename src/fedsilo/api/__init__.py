@@ -8,6 +8,7 @@ from fedsilo.api._client import MalformedTask, OrchestratorClient, client_ssl_co
 from fedsilo.api._messages import (
     AggregateRequest,
     CheckReport,
+    ComputeReport,
     FinishRequest,
     JobInfo,
     JobState,
@@ -15,6 +16,7 @@ from fedsilo.api._messages import (
     ModelRef,
     RoundInfo,
     SiloCheck,
+    SiloReport,
     SiloStatus,
     StatusReport,
     StepInfo,
@@ -30,6 +32,7 @@ from fedsilo.api._messages import (
 __all__ = [
     "AggregateRequest",
     "CheckReport",
+    "ComputeReport",
     "FinishRequest",
     "JobInfo",
     "JobState",
@@ -39,6 +42,7 @@ __all__ = [
     "OrchestratorClient",
     "RoundInfo",
     "SiloCheck",
+    "SiloReport",
     "SiloStatus",
     "StatusReport",
     "StepInfo",

@@ -28,6 +28,7 @@ from fedsilo.api._messages import (
     JobInfo,
     LiteralState,
     ModelRef,
+    SiloReport,
     StatusReport,
     StepInfo,
     StepRequest,
@@ -296,11 +297,15 @@ class OrchestratorClient:
         except ValueError as exc:
             raise MalformedTask(_task_id_of(response.content), str(exc)) from exc
 
-    def heartbeat(self, *, busy: bool, sandbox: str | None = None) -> None:
+    def heartbeat(
+        self, *, busy: bool, sandbox: str | None = None, report: SiloReport | None = None
+    ) -> None:
         params: dict[str, str | bool] = {"busy": busy}
         if sandbox is not None:
             params["sandbox"] = sandbox
-        self._request("POST", "/v1/agent/heartbeat", params=params)
+        body = None if report is None else report.model_dump_json().encode()
+        headers = {"content-type": "application/json"} if body is not None else None
+        self._request("POST", "/v1/agent/heartbeat", params=params, content=body, headers=headers)
 
     def progress(self, task_id: str, detail: str) -> bool:
         """Tell the orchestrator how an open task stands; False once the task was withdrawn."""

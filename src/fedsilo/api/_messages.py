@@ -7,12 +7,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsilo.config import ResourceRequest
 from fedsilo.jobs import JobSpec
 from fedsilo.privacy._spec import MaskPlan, PrivacySpec
 
 __all__ = [
     "AggregateRequest",
     "CheckReport",
+    "ComputeReport",
     "FinishRequest",
     "JobInfo",
     "JobState",
@@ -20,6 +22,7 @@ __all__ = [
     "ModelRef",
     "RoundInfo",
     "SiloCheck",
+    "SiloReport",
     "SiloStatus",
     "StatusReport",
     "StepInfo",
@@ -97,6 +100,7 @@ class TaskMessage(_Msg):
     mask_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     mask_plan: MaskPlan | None = None
     computes: dict[str, str] = Field(default_factory=dict)
+    resources: dict[str, ResourceRequest] = Field(default_factory=dict)
 
 
 class TaskResult(_Msg):
@@ -107,11 +111,14 @@ class TaskResult(_Msg):
     and uploads included);
     ``compute_seconds`` the part spent in the job worker running task code. ``secagg``
     holds the silo's secure-aggregation messages (JSON) for the orchestrator to relay.
+    ``limit`` is set when the silo stopped the step at one of its limits (``memory limit
+    2 GiB``, ``time limit 8 h a step``): its whole process tree was killed.
     """
 
     ok: bool
     error: str | None = None
     refused: bool = False
+    limit: str | None = Field(default=None, max_length=200)
     params_digest: str | None = None
     train_metrics: dict[str, float] | None = None
     eval_metrics: dict[str, float] | None = None
@@ -160,14 +167,51 @@ class JobInfo(_Msg):
     version: int = 0
 
 
+class ComputeReport(_Msg):
+    """One compute of a silo as its agent reports it: what it has, the limits of one job,
+    what running jobs use now and which jobs wait for room."""
+
+    name: str
+    kind: str
+    threads: int = Field(ge=0)
+    gpus: tuple[int, ...] = ()
+    memory: int = Field(ge=0)
+    job_threads: int = Field(ge=0)
+    job_gpus: int = Field(ge=0)
+    job_memory: int = Field(ge=0)
+    processes: int = Field(ge=0)
+    cpu: float | None = Field(default=None, allow_inf_nan=False)
+    disk: int | None = None
+    max_step_seconds: float | None = Field(default=None, allow_inf_nan=False)
+    threads_used: int = Field(default=0, ge=0)
+    gpus_used: int = Field(default=0, ge=0)
+    memory_used: int = Field(default=0, ge=0)
+    running: tuple[str, ...] = Field(default=(), max_length=1000)
+    queued: tuple[str, ...] = Field(default=(), max_length=1000)
+
+
+class SiloReport(_Msg):
+    """What a silo's agent tells the orchestrator about itself with its heartbeat.
+
+    ``enforcement`` is how its limits hold: ``cgroup-v2``, ``cgroup-v1`` or ``rlimits``
+    (``enforcement_note`` says why control groups could not be used).
+    """
+
+    sandbox: str = Field(max_length=32)
+    enforcement: str = Field(max_length=32)
+    enforcement_note: str | None = Field(default=None, max_length=1000)
+    computes: tuple[ComputeReport, ...] = Field(default=(), max_length=64)
+
+
 class SiloStatus(_Msg):
-    """Whether a silo's agent is connected."""
+    """Whether a silo's agent is connected, and what it last reported of its computes."""
 
     name: str
     online: bool
     last_seen: float | None = None
     busy: bool = False
     sandbox: str | None = None
+    report: SiloReport | None = None
 
 
 class StatusReport(_Msg):

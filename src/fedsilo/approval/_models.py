@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedsilo.config import Classification
+from fedsilo.config import Classification, ResourceGrant
 from fedsilo.jobs import SigningStatus
 
 __all__ = [
@@ -95,8 +95,10 @@ class ApprovalRequest(BaseModel):
 
     It is asked once per FL job and covers all of the job's tasks in this silo
     (preprocessing and every training round). ``compute`` is the compute that trains;
-    ``computes`` names the compute of each step of the silo subgraph. ``signing_key`` names
-    the trusted key that signed the code (or the key id of an untrusted one).
+    ``computes`` names the compute of each step of the silo subgraph, and ``resources``
+    what the silo grants each step there (threads, GPUs, ranks, memory, processes, time).
+    ``signing_key`` names the trusted key that signed the code (or the key id of an
+    untrusted one).
     """
 
     model_config = _FROZEN
@@ -106,6 +108,7 @@ class ApprovalRequest(BaseModel):
     silo: str
     compute: str
     computes: dict[str, str] = Field(default_factory=dict)
+    resources: dict[str, ResourceGrant] = Field(default_factory=dict)
     bundle_digest: str
     manifest_digest: str
     author: str

@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedsilo.approval._models import ApprovalRequest, Decision, Declassification, SigningStatus
-from fedsilo.config import Classification
+from fedsilo.config import Classification, ResourceBounds
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import parse_public_key
@@ -47,6 +47,7 @@ class Condition(BaseModel):
     epsilon_above: float | None = None
     epsilon_missing: bool | None = None
     secure_aggregation_missing: bool | None = None
+    resources_above: ResourceBounds | None = None
 
     def facts(self, request: ApprovalRequest, silo: str) -> list[str] | None:
         """What makes every key hold, one sentence each; ``None`` if some key does not."""
@@ -172,6 +173,19 @@ def _secure_aggregation_missing(c: Condition, r: ApprovalRequest, _silo: str) ->
     return "the job does not use secure aggregation: the orchestrator would see this silo's update"
 
 
+def _resources_above(c: Condition, r: ApprovalRequest, _silo: str) -> Fact:
+    assert c.resources_above is not None
+    for step, granted in sorted(r.resources.items()):
+        over = c.resources_above.exceeded(granted)
+        if over is not None:
+            name, value, bound = over
+            return (
+                f"step '{step}' would get {name} {value} on compute '{granted.compute}', "
+                f"above {bound}"
+            )
+    return None
+
+
 _CHECKS: dict[str, Callable[[Condition, ApprovalRequest, str], Fact]] = {
     "signature": _signature,
     "author_in": _author_in,
@@ -185,6 +199,7 @@ _CHECKS: dict[str, Callable[[Condition, ApprovalRequest, str], Fact]] = {
     "epsilon_above": _epsilon_above,
     "epsilon_missing": _epsilon_missing,
     "secure_aggregation_missing": _secure_aggregation_missing,
+    "resources_above": _resources_above,
 }
 assert set(_CHECKS) == set(Condition.model_fields)
 

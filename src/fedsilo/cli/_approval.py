@@ -126,6 +126,8 @@ def _print_entry(entry: QueueEntry) -> None:
     if len(set(r.computes.values())) > 1:
         steps = ", ".join(f"{step} on {name}" for step, name in sorted(r.computes.items()))
         lines.append(f"steps        {steps}")
+    for step, granted in sorted(r.resources.items()):
+        lines.append(f"resources    {step}: {granted.describe()} on {granted.compute}")
     for i in r.inputs:
         level = i.classification.value if i.classification else "unknown"
         lines.append(f"input        {i.storage}:{i.dataset} ({level})")

@@ -230,10 +230,13 @@ def sim(
 ) -> None:
     """Run the job in this one process, no servers: each silo's data from its catalog.
 
+    Each silo's torch runs on the threads its compute would grant the job under
+    `fedsilo up`, so the model equals the local federation's.
+
     With --sweep KEY=V1,V2,... it runs once per value and writes a table and a PNG plot
     of the final metric against the value.
     """
-    from fedsilo.pipelines import simulate, workspace_inputs
+    from fedsilo.pipelines import simulate, workspace_inputs, workspace_threads
     from fedsilo.tensors import save_parameters
     from fedsilo.tracking import Tracker, track_simulation
 
@@ -258,7 +261,14 @@ def sim(
                 )
                 console.print(f"round {info.round}: {agg}")
 
-        result = simulate(spec, code_dir, inputs, work_root=Path(tmp), on_round=on_round)
+        result = simulate(
+            spec,
+            code_dir,
+            inputs,
+            work_root=Path(tmp),
+            on_round=on_round,
+            threads=workspace_threads(workspace, spec),
+        )
     if output is not None:
         save_parameters(result.parameters, output)
     tracked = track_simulation(Tracker.for_workspace(workspace), spec, result) if track else None

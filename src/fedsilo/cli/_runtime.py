@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedsilo.api import OrchestratorClient
+from fedsilo.api import OrchestratorClient, StatusReport
 from fedsilo.cli._common import KitOption, WorkspaceArgument, console, submitter_kit
+from fedsilo.config import format_bytes, format_seconds
 from fedsilo.errors import OrchestratorUnavailable
 
 orchestrator_app = typer.Typer(
@@ -74,7 +75,7 @@ def status(
         typer.echo(report.model_dump_json(indent=2))
         return
     silos = Table(title=f"federation '{report.federation}'")
-    for column in ("silo", "state", "last seen", "busy", "sandbox"):
+    for column in ("silo", "state", "last seen", "busy", "sandbox", "limits"):
         silos.add_column(column)
     now = time.time()
     for s in report.silos:
@@ -83,8 +84,16 @@ def status(
         sandbox = s.sandbox or "-"
         if sandbox == "none":
             sandbox = "[bold red]none (job code not confined)[/]"
-        silos.add_row(s.name, state, seen, "yes" if s.busy else "", sandbox)
+        limits = "-"
+        if s.report is not None:
+            limits = s.report.enforcement
+            if s.report.enforcement == "rlimits":
+                limits = "[yellow]rlimits (per process, not per job)[/]"
+        silos.add_row(s.name, state, seen, "yes" if s.busy else "", sandbox, limits)
     console.print(silos)
+    computes = _computes_table(report)
+    if computes is not None:
+        console.print(computes)
     if report.jobs:
         jobs = Table(title="jobs")
         for column in ("job", "state", "round", "detail"):
@@ -94,6 +103,43 @@ def status(
                 j.id, j.state.value, f"{j.current_round}/{j.rounds}", j.error or j.detail or ""
             )
         console.print(jobs)
+
+
+def _computes_table(report: StatusReport) -> Table | None:
+    """Each silo's computes: what they have, what one job may take, what is in use."""
+    rows = [(s.name, c) for s in report.silos if s.report is not None for c in s.report.computes]
+    if not rows:
+        return None
+    table = Table(title="computes")
+    for column in ("silo", "compute", "threads", "gpus", "memory", "one job", "a step", "jobs"):
+        table.add_column(column, overflow="fold")
+    for silo, c in rows:
+        gpus = f"{c.gpus_used}/{len(c.gpus)} {list(c.gpus)}" if c.gpus else "-"
+        job = f"{c.job_threads} threads, {format_bytes(c.job_memory)}"
+        if c.gpus:
+            job += f", {c.job_gpus} GPUs"
+        step = f"{c.processes} processes"
+        if c.cpu is not None:
+            step += f", cpu {c.cpu:g}"
+        if c.disk is not None:
+            step += f", disk {format_bytes(c.disk)}"
+        step += ", " + (
+            format_seconds(c.max_step_seconds) if c.max_step_seconds else "no time limit"
+        )
+        jobs = ", ".join(c.running) or "-"
+        if c.queued:
+            jobs += f"; queued: {', '.join(c.queued)}"
+        table.add_row(
+            silo,
+            f"{c.name} ({c.kind})",
+            f"{c.threads_used}/{c.threads}",
+            gpus,
+            f"{format_bytes(c.memory_used)}/{format_bytes(c.memory)}",
+            job,
+            step,
+            jobs,
+        )
+    return table
 
 
 def check(
@@ -147,12 +193,23 @@ def orchestrator_start(
     serve(kit, database_url=database_url)
 
 
-def silo_start(kit: KitDir) -> None:
+def silo_start(
+    kit: KitDir,
+    cores: Annotated[
+        int | None,
+        typer.Option(
+            "--cores",
+            min=1,
+            help="Cores of this machine the silo's computes own when they declare no "
+            "threads (default: every core this process may run on).",
+        ),
+    ] = None,
+) -> None:
     """Run the agent of silo KIT in the foreground (connects out; opens no port)."""
     from fedsilo.silo import run_agent
 
     _logging()
-    run_agent(kit)
+    run_agent(kit, cores=cores)
 
 
 orchestrator_app.command("start")(orchestrator_start)

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedsilo.config._resources import ByteSize, Duration, JobCaps, format_bytes
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
 
@@ -25,6 +26,7 @@ __all__ = [
     "ComputeSpec",
     "DatasetSpec",
     "FederationSpec",
+    "LimitsSpec",
     "OrchestratorSpec",
     "SiloSpec",
     "StorageSpec",
@@ -82,18 +84,35 @@ class StorageSpec(BaseModel):
 
 
 # Variables a compute's environment may not set: the sandbox and the Python environment the
-# job worker runs with depend on them.
+# job worker runs with depend on them, and fedsilo sets the others from the grant.
 _RESERVED_ENVIRONMENT = frozenset(
     {"PATH", "HOME", "PYTHONPATH", "PYTHONHOME", "LD_PRELOAD", "LD_LIBRARY_PATH"}
 )
+_GRANTED_ENVIRONMENT = {
+    "OMP_NUM_THREADS": "threads",
+    "MKL_NUM_THREADS": "threads",
+    "CUDA_VISIBLE_DEVICES": "gpus",
+}
+
+DEFAULT_PROCESSES = 512
+"""Processes (threads count too) one job step may run at once unless its compute says."""
+
+DEFAULT_MAX_STEP_SECONDS = 86400.0
+"""How long one step of a job may run unless its compute says: a day."""
 
 
 class ComputeSpec(BaseModel):
-    """What runs a participant's code, by name (unique in the federation).
+    """What runs a participant's code, by name (unique in the federation), and its limits.
 
     ``kind`` is the label a job spec's ``computes`` picks it by (``cpu`` unless said
-    otherwise); ``environment`` holds variables set for every job worker on this compute,
-    such as ``CUDA_VISIBLE_DEVICES`` or ``OMP_NUM_THREADS``.
+    otherwise). What it has: ``threads`` (the cores it owns; default: the machine's, or
+    its share of them when ``fedsilo up`` runs several silos on one machine), ``gpus``
+    (NVIDIA device indices; a compute of kind ``gpu`` must list them) and ``memory``
+    (default: the machine's, less room for the agent and the system). What one job may
+    take: ``per_job`` caps threads, GPUs, memory and ranks; every step of a job runs with
+    at most ``processes`` processes, ``cpu`` cores of CPU time (a quota; default none),
+    ``disk`` bytes in its work folder and ``max_step_seconds``. ``environment`` holds
+    variables set for every job worker on this compute.
     """
 
     model_config = _FROZEN
@@ -103,16 +122,59 @@ class ComputeSpec(BaseModel):
     environment: dict[Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]*$")], str] = Field(
         default_factory=dict
     )
+    threads: Annotated[int, Field(ge=1, le=4096)] | None = None
+    gpus: tuple[Annotated[int, Field(ge=0, le=1023)], ...] = ()
+    memory: ByteSize | None = None
+    processes: Annotated[int, Field(ge=8, le=1_000_000)] = DEFAULT_PROCESSES
+    cpu: Annotated[float, Field(gt=0, le=4096)] | None = None
+    disk: ByteSize | None = None
+    max_step_seconds: Duration | None = DEFAULT_MAX_STEP_SECONDS
+    per_job: JobCaps = JobCaps()
 
     @model_validator(mode="after")
-    def _no_reserved_variables(self) -> ComputeSpec:
+    def _consistent(self) -> ComputeSpec:
         reserved = sorted(set(self.environment) & _RESERVED_ENVIRONMENT)
         if reserved:
-            raise ValueError(
+            raise FieldIssue(
+                ("environment", reserved[0]),
                 f"compute '{self.name}' may not set {', '.join(reserved)}: the job sandbox "
-                "and its Python environment depend on them"
+                "and its Python environment depend on them",
             )
+        for variable, field in _GRANTED_ENVIRONMENT.items():
+            if variable in self.environment:
+                raise FieldIssue(
+                    ("environment", variable),
+                    f"compute '{self.name}' may not set {variable}: fedsilo sets it from what "
+                    f"the silo grants each job; declare '{field}' on the compute instead",
+                )
+        if len(set(self.gpus)) != len(self.gpus):
+            raise FieldIssue(("gpus",), f"compute '{self.name}' lists a GPU twice: {self.gpus}")
+        if self.kind == "gpu" and not self.gpus:
+            raise FieldIssue(
+                ("gpus",),
+                f"compute '{self.name}' is of kind 'gpu' but lists no devices; "
+                "declare them, e.g. gpus: [0, 1]",
+            )
+        caps = self.per_job
+        for field, cap, has in (
+            ("threads", caps.threads, self.threads),
+            ("gpus", caps.gpus, len(self.gpus)),
+            ("memory", caps.memory, self.memory),
+        ):
+            if cap is not None and has is not None and cap > has:
+                shown = format_bytes(cap) if field == "memory" else cap
+                owned = format_bytes(has) if field == "memory" else has
+                raise FieldIssue(
+                    ("per_job", field),
+                    f"compute '{self.name}' lets one job take {field} {shown}, more than the "
+                    f"{owned} it has",
+                )
         return self
+
+    @property
+    def has_gpus(self) -> bool:
+        """Whether jobs on this compute get GPUs (and its sandbox the NVIDIA devices)."""
+        return bool(self.gpus)
 
 
 class DatasetSpec(BaseModel):
@@ -144,11 +206,34 @@ class ApprovalSpec(BaseModel):
     port: Annotated[int | None, Field(ge=1, le=65535)] = None
 
 
+class LimitsSpec(BaseModel):
+    """How a silo's agent enforces the limits of its computes.
+
+    ``enforcement: auto`` puts each job step in a control group of its own where the agent
+    can create one, and otherwise falls back to rlimits, saying so at start and in
+    ``fedsilo status``; ``cgroups`` refuses to start without control groups.
+    ``cgroup_parent`` names the control group (a path in the cgroup hierarchy, such as a
+    delegated systemd unit's) under which the agent creates them; by default it is found.
+    """
+
+    model_config = _FROZEN
+
+    enforcement: Literal["auto", "cgroups"] = "auto"
+    cgroup_parent: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._@:/-]*$")] | None = None
+
+    @model_validator(mode="after")
+    def _no_climbing(self) -> LimitsSpec:
+        if self.cgroup_parent is not None and ".." in self.cgroup_parent.split("/"):
+            raise FieldIssue(("cgroup_parent",), "cgroup_parent may not contain '..'")
+        return self
+
+
 class SiloSpec(BaseModel):
     """One silo: its storage, its compute, the datasets it declares, how it runs jobs.
 
     ``sandbox`` is ``bubblewrap`` (job code confined: no network, only its inputs) or
-    ``none``, an explicit development setting logged with every job. ``policy`` names the
+    ``none``, an explicit development setting logged with every job. ``limits`` says how
+    the limits of its computes are enforced. ``policy`` names the
     silo's approval policy file (relative to the federation spec); without it the silo
     gets the safe default policy.
     """
@@ -162,6 +247,7 @@ class SiloSpec(BaseModel):
     datasets: tuple[DatasetSpec, ...] = ()
     approval: ApprovalSpec = ApprovalSpec()
     sandbox: Literal["bubblewrap", "none"] = "bubblewrap"
+    limits: LimitsSpec = LimitsSpec()
     policy: str | None = None
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedsilo.config._federation import Classification
+from fedsilo.config._resources import ResourceRequest
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
 from fedsilo.privacy._spec import PrivacySpec
@@ -88,7 +89,9 @@ class JobSpec(_Frozen):
     """An FL job: a code folder, the silos it runs in, their inputs, rounds and strategy.
 
     ``inputs`` maps a role the task code asks for (``train``, ``test``) to a dataset name
-    in every silo's catalog; ``silo_inputs`` overrides that per silo.
+    in every silo's catalog; ``silo_inputs`` overrides that per silo. ``computes`` picks
+    each step's compute by kind; ``resources`` asks for threads, GPUs, ranks (``workers``),
+    memory and time, for every step or per step (see docs/compute.md).
     """
 
     name: str = Field(pattern=_NAME)
@@ -106,6 +109,21 @@ class JobSpec(_Frozen):
     computes: dict[SiloStep, Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]] = Field(
         default_factory=dict
     )
+    resources: dict[SiloStep, ResourceRequest] = Field(default_factory=dict)
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _resources_by_step(cls, value: Any) -> Any:
+        """A ``resources`` mapping without step names asks the same for every step.
+
+        Preprocessing then runs as one process: the request's ``workers`` is the train
+        step's alone.
+        """
+        steps = {step.value for step in SiloStep}
+        if isinstance(value, dict) and value and not (set(value) & steps):
+            once = {k: v for k, v in value.items() if k != "workers"}
+            return {SiloStep.PREPROCESS.value: once, SiloStep.TRAIN.value: value}
+        return value
 
     @field_validator("strategy", mode="before")
     @classmethod
@@ -152,7 +170,18 @@ class JobSpec(_Frozen):
                     + ", ".join(missing),
                 )
         self._check_secure_aggregation()
+        pre = self.resources.get(SiloStep.PREPROCESS)
+        if pre is not None and pre.workers > 1:
+            raise FieldIssue(
+                ("resources", "preprocess", "workers"),
+                "preprocessing runs once, as one process; ask for workers in the train step "
+                "(resources: {train: {workers: N}})",
+            )
         return self
+
+    def resources_for(self, step: SiloStep) -> ResourceRequest:
+        """What the job asks for ``step`` in every silo (the compute's defaults if nothing)."""
+        return self.resources.get(step, ResourceRequest())
 
     def _check_secure_aggregation(self) -> None:
         secure = self.privacy.secure_aggregation

@@ -16,6 +16,7 @@ from fedsilo.api._messages import (
     JobInfo,
     LiteralState,
     ModelRef,
+    SiloReport,
     StatusReport,
     StepInfo,
     StepRequest,
@@ -128,19 +129,23 @@ def create_app(
 
     @app.get("/v1/agent/task")
     async def next_task(
+        request: Request,
         name: Annotated[str, Depends(silo)],
         wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 20.0,
     ) -> Response:
-        task = await orchestrator.next_task(name, wait)
+        task = await orchestrator.next_task(name, wait, gone=request.is_disconnected)
         if task is None:
             return Response(status_code=204)
         return Response(task, media_type="application/json")
 
     @app.post("/v1/agent/heartbeat", status_code=204)
     async def heartbeat(
-        name: Annotated[str, Depends(silo)], busy: bool = False, sandbox: str | None = None
+        name: Annotated[str, Depends(silo)],
+        busy: bool = False,
+        sandbox: str | None = None,
+        report: SiloReport | None = None,
     ) -> None:
-        orchestrator.seen(name, busy=busy, sandbox=sandbox)
+        orchestrator.seen(name, busy=busy, sandbox=sandbox, report=report)
 
     @app.post("/v1/agent/tasks/{task_id}/progress", status_code=204)
     async def task_progress(

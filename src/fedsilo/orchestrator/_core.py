@@ -16,7 +16,7 @@ import shutil
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from fedsilo.api._messages import (
     JobState,
     RoundInfo,
     SiloCheck,
+    SiloReport,
     SiloStatus,
     StatusReport,
     SubmitRequest,
@@ -125,6 +126,7 @@ class Orchestrator:
         self._late_at_seen: dict[str, float] = {}  # the loop's lateness when last seen
         self._busy: dict[str, bool] = {}
         self._sandbox: dict[str, str] = {}
+        self._reports: dict[str, SiloReport] = {}
         self._wakeup: dict[str, asyncio.Event] = {s: asyncio.Event() for s in self.silos}
         self._queues: dict[str, deque[tuple[str, str]]] = {s: deque() for s in self.silos}
         self._open: dict[str, str] = {}  # task id -> silo, for tasks not yet answered
@@ -137,8 +139,16 @@ class Orchestrator:
 
     # -- presence ---------------------------------------------------------------------------
 
-    def seen(self, silo: str, *, busy: bool | None = None, sandbox: str | None = None) -> None:
-        """Record that ``silo``'s agent is connected (a poll, an upload or a heartbeat)."""
+    def seen(
+        self,
+        silo: str,
+        *,
+        busy: bool | None = None,
+        sandbox: str | None = None,
+        report: SiloReport | None = None,
+    ) -> None:
+        """Record that ``silo``'s agent is connected (a poll, an upload or a heartbeat),
+        and what it reports of its computes."""
         self._lateness.start()
         self._last_seen[silo] = time.time()
         self._late_at_seen[silo] = self._lateness.now()
@@ -146,6 +156,9 @@ class Orchestrator:
             self._busy[silo] = busy
         if sandbox is not None:
             self._sandbox[silo] = sandbox
+        if report is not None:
+            self._reports[silo] = report
+            self._sandbox[silo] = report.sandbox
 
     def online(self, silo: str) -> bool:
         """Whether ``silo`` was heard within :data:`OFFLINE_AFTER_SECONDS`.
@@ -167,6 +180,7 @@ class Orchestrator:
                 last_seen=self._last_seen.get(s),
                 busy=self._busy.get(s, False),
                 sandbox=self._sandbox.get(s),
+                report=self._reports.get(s),
             )
             for s in self.silos
         ]
@@ -240,14 +254,23 @@ class Orchestrator:
                     assigned_at=assigned_at,
                 )
 
-    async def next_task(self, silo: str, wait: float) -> str | None:
-        """The silo's next task (as JSON), waiting up to ``wait`` seconds for one."""
+    async def next_task(
+        self, silo: str, wait: float, gone: Callable[[], Awaitable[bool]] | None = None
+    ) -> str | None:
+        """The silo's next task (as JSON), waiting up to ``wait`` seconds for one.
+
+        ``gone`` says whether the agent that asked has hung up: a task is never handed to a
+        dead connection, and a waiting poll does not count as a sign of life (heartbeats
+        do), so a silo whose agent died is seen offline while its last poll still waits.
+        """
         deadline = time.monotonic() + wait
         event = self._wakeup[silo]
         queue = self._queues[silo]
+        self.seen(silo)
         while True:
-            self.seen(silo)
             event.clear()
+            if gone is not None and await gone():
+                return None
             if queue:
                 task_id, message_json = queue.popleft()
                 # Kept in memory and written with the result: one commit per task, not two.

@@ -181,6 +181,9 @@ class LiteralRun(_JobRun):
         if result.refused:
             self._fail(JobFailed(f"step {step.kind} in silo '{step.silo}': {result.error}"))
             return
+        if result.limit is not None:
+            self._fail(JobFailed(result.error or f"silo '{step.silo}' stopped the job"))
+            return
         if not result.ok:
             self._fail(TaskFailed(step.silo, f"{step.kind} step: {result.error}"))
             return

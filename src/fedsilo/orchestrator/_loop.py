@@ -75,6 +75,7 @@ class _JobRun:
             rounds=spec.rounds,
             privacy=spec.privacy,
             computes={step.value: kind for step, kind in spec.computes.items()},
+            resources={step.value: request for step, request in spec.resources.items()},
             outputs={
                 name: (out.classification.value if out.classification else None)
                 for name, out in spec.outputs.items()
@@ -125,6 +126,8 @@ class _JobRun:
                     result = fut.result()
                     if result.refused:
                         raise JobFailed(f"{phase}: {result.error}")
+                    if result.limit is not None and not tolerate:
+                        raise JobFailed(result.error or f"silo '{silo}' stopped the job")
                     if not result.ok and not tolerate:
                         raise TaskFailed(silo, f"{phase}: {result.error}")
                     yield _Outcome(silo, result)

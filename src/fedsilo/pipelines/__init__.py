@@ -19,7 +19,12 @@ from fedsilo.pipelines._literal import (
     local_literal,
     start_literal,
 )
-from fedsilo.pipelines._simulation import SimulationResult, simulate, workspace_inputs
+from fedsilo.pipelines._simulation import (
+    SimulationResult,
+    simulate,
+    workspace_inputs,
+    workspace_threads,
+)
 from fedsilo.pipelines._sweep import (
     SweepResult,
     SweepRow,
@@ -57,4 +62,5 @@ __all__ = [
     "start_literal",
     "train_centralized",
     "workspace_inputs",
+    "workspace_threads",
 ]

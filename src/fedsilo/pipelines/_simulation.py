@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from fedsilo.api import RoundInfo
-from fedsilo.config import open_workspace
+from fedsilo.config import local_cores, open_workspace
 from fedsilo.errors import ConfigError
-from fedsilo.jobs import JobSpec
+from fedsilo.jobs import JobSpec, SiloStep
 from fedsilo.privacy import (
     CentralDP,
     RoundPlan,
@@ -39,7 +39,7 @@ from fedsilo.strategies import Strategy, weighted_metrics
 from fedsilo.task import SiloRunner, load_task
 from fedsilo.tensors import Parameters
 
-__all__ = ["SimulationResult", "simulate", "workspace_inputs"]
+__all__ = ["SimulationResult", "simulate", "workspace_inputs", "workspace_threads"]
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,47 @@ class _SecureRounds:
         return secure_global(self.strategy, round_, current, result)
 
 
+Threads = int | Mapping[str, int] | None
+
+
+def sim_threads(spec: JobSpec, silo: str, threads: Threads = None) -> int:
+    """The threads ``silo``'s torch runs with in one process: what the job asks for
+    (``resources.train.threads``), else ``threads`` (one count, or one per silo), else
+    each silo's share of this machine's cores, as ``fedsilo up`` gives them."""
+    asked = spec.resources_for(SiloStep.TRAIN).threads
+    given = threads.get(silo) if isinstance(threads, Mapping) else threads
+    return asked or given or local_cores(len(spec.silos))
+
+
+def workspace_threads(workspace: Path, spec: JobSpec) -> dict[str, int]:
+    """The threads each silo of a local workspace grants the job's train step when it runs
+    under ``fedsilo up``: what ``fedsilo sim`` gives each silo to compute alike."""
+    from fedsilo.silo._grant import ComputeOffer, Machine, ResourceRefused, grant
+
+    ws = open_workspace(workspace)
+    machine = Machine(cores=local_cores(len(ws.silo_names)), memory=1 << 62)
+    request = spec.resources_for(SiloStep.TRAIN)
+    out: dict[str, int] = {}
+    for silo in spec.silos:
+        silo_spec = ws.federation.silo(silo)
+        compute = silo_spec.compute_of_kind(spec.computes.get(SiloStep.TRAIN))
+        if compute is None:
+            continue
+        try:
+            granted = grant(ComputeOffer.of(compute, machine), request, silo=silo, step="train")
+        except ResourceRefused:
+            continue  # the federation refuses it; the simulation runs it as asked
+        out[silo] = granted.threads
+    return out
+
+
 def silo_runners(
-    spec: JobSpec, code_dir: Path, inputs: Mapping[str, Mapping[str, Path]], work_root: Path
+    spec: JobSpec,
+    code_dir: Path,
+    inputs: Mapping[str, Mapping[str, Path]],
+    work_root: Path,
+    *,
+    threads: Threads = None,
 ) -> dict[str, SiloRunner]:
     """One :class:`SiloRunner` per silo of ``spec``, as its job worker would build it."""
     task = load_task(code_dir, spec.entrypoint)
@@ -169,6 +208,7 @@ def silo_runners(
             hyperparameters=spec.hyperparameters,
             rounds=spec.rounds,
             privacy=spec.privacy,
+            threads=sim_threads(spec, silo, threads),
         )
         for silo in spec.silos
     }
@@ -181,11 +221,17 @@ def simulate(
     *,
     work_root: Path,
     on_round: Callable[[RoundInfo], None] | None = None,
+    threads: Threads = None,
 ) -> SimulationResult:
-    """Run ``spec`` with every silo in this process; ``inputs[silo][role]`` is a data path."""
+    """Run ``spec`` with every silo in this process; ``inputs[silo][role]`` is a data path.
+
+    Each silo's torch runs on the threads the job asks for, else ``threads``, else the
+    silo's share of this machine's cores (:func:`sim_threads`): a federation that grants
+    the same count gives the same model bit for bit.
+    """
     started = time.perf_counter()
     silo_seconds = dict.fromkeys(spec.silos, 0.0)
-    runners = silo_runners(spec, code_dir, inputs, work_root)
+    runners = silo_runners(spec, code_dir, inputs, work_root, threads=threads)
 
     def timed(silo: str, fn: Callable[..., Any], *args: Any) -> Any:
         t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedsilo.api import OrchestratorClient, StatusReport
-from fedsilo.config import Workspace, open_workspace
+from fedsilo.config import Workspace, local_cores, open_workspace
 from fedsilo.errors import FedsiloError, WorkspaceError
 
 __all__ = ["ProcessInfo", "down", "processes", "up"]
@@ -131,12 +131,17 @@ def up(workspace: Path, *, timeout: float = 60.0) -> StatusReport:
                 ["orchestrator", "start", "--kit", str(ws.kit_dir("orchestrator"))],
             )
         ]
+        # silos on one machine share its cores: each compute that declares no threads
+        # owns its silo's share, so that training in one silo does not starve the others
+        cores = str(local_cores(len(ws.silo_names)))
         for silo in ws.silo_names:
             kit = str(ws.kit_dir(silo))
             started.append(
                 _spawn(ws, f"{silo}-approval", "approval", ["approval", "serve", "--kit", kit])
             )
-            started.append(_spawn(ws, silo, "silo", ["silo", "start", "--kit", kit]))
+            started.append(
+                _spawn(ws, silo, "silo", ["silo", "start", "--kit", kit, "--cores", cores])
+            )
         state = ws.run_dir / STATE_FILE
         tmp = state.with_suffix(".tmp")
         tmp.write_text(json.dumps([asdict(p) for p in started], indent=2))

@@ -2,9 +2,15 @@
 
 A silo opens no port. For each job the agent verifies the bundle against its manifest and
 the signature against the keys its policy trusts, resolves the inputs in its own catalog
-only, asks its approval endpoint, runs the task code in a sandboxed worker process (never
-in the agent), and uploads only what may leave: model parameters and metrics that are not
-``sensitive``. Every step and every refusal goes to the silo's audit log.
+only, computes what its compute grants the job, asks its approval endpoint, runs the task
+code in a sandboxed worker process (never in the agent) under the compute's limits, and
+uploads only what may leave: model parameters and metrics that are not ``sensitive``.
+Every step and every refusal goes to the silo's audit log.
+
+Each job's tasks run on a lane of their own (:class:`~fedsilo.silo._session.JobSession`):
+the loop that pulls tasks never waits on task code, so a release stops a job's workers at
+once, ``fedsilo check`` answers while jobs train, and jobs run side by side within their
+computes' capacity.
 """
 
 from __future__ import annotations
@@ -12,22 +18,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fedsilo.api import MalformedTask, OrchestratorClient, TaskKind, TaskMessage, TaskResult
+from fedsilo.api import (
+    MalformedTask,
+    OrchestratorClient,
+    SiloReport,
+    TaskKind,
+    TaskMessage,
+    TaskResult,
+)
 from fedsilo.approval import ApprovalClient, Decision, load_policy
 from fedsilo.audit import AuditLog, audit_path
-from fedsilo.config import Classification, ComputeSpec, Kit, Role, load_kit
+from fedsilo.config import Classification, ComputeSpec, Kit, ResourceGrant, Role, load_kit
 from fedsilo.errors import (
     ClassificationError,
     ConfigError,
@@ -43,6 +54,8 @@ from fedsilo.jobs import (
     parse_public_key,
     unpack_bundle,
 )
+from fedsilo.silo._capacity import Withdrawn
+from fedsilo.silo._computes import SiloComputes
 from fedsilo.silo._governance import (
     Clearance,
     ResolvedInput,
@@ -52,13 +65,14 @@ from fedsilo.silo._governance import (
     classify_outputs,
     resolve_inputs,
 )
+from fedsilo.silo._gpu import gpu_binds
+from fedsilo.silo._grant import ResourceRefused
+from fedsilo.silo._limits import Limits
 from fedsilo.silo._sandbox import SandboxSpec, check_sandbox
-from fedsilo.silo._worker import NICENESS
-from fedsilo.silo._workerproc import WorkerProcess
+from fedsilo.silo._secure import SecureParty, masked_words
+from fedsilo.silo._session import JobSession, Step
+from fedsilo.silo._workerproc import LimitReached, StepLimits, WorkerProcess
 from fedsilo.storage import Catalog
-
-if TYPE_CHECKING:
-    from fedsilo.privacy.secagg import RoundMask, SecAggClient
 
 __all__ = ["Agent", "run_agent"]
 
@@ -66,14 +80,20 @@ log = logging.getLogger("fedsilo.agent")
 
 POLL_SECONDS = 20.0
 HEARTBEAT_SECONDS = 1.0
+REPORT_SECONDS = 10.0  # a silo's report rides a heartbeat when it changed, or this often
 APPROVAL_POLL_SECONDS = 1.0
 WORKER_IDLE_SECONDS = 900.0  # a job worker no task has used for this long is stopped
+SIDE_THREADS = 8  # checks, releases and tasks of unknown jobs, handled beside the lanes
 
 
 class Agent:
-    """One silo's agent. ``run`` loops until ``stop`` is set."""
+    """One silo's agent. ``run`` loops until ``stop`` is set.
 
-    def __init__(self, kit: Kit) -> None:
+    ``cores`` is the silo's share of this machine's cores when several silos share it
+    (``fedsilo up``); a compute that declares no ``threads`` owns that many.
+    """
+
+    def __init__(self, kit: Kit, *, cores: int | None = None) -> None:
         if kit.role is not Role.SILO or kit.silo is None:
             raise ConfigError(
                 f"kit '{kit.name}' belongs to a {kit.role}, not a silo", file=str(kit.kit_dir)
@@ -88,21 +108,16 @@ class Agent:
             for name, line in self.policy.trusted_keys.items()
         }
         self.sandboxed = self.spec.sandbox == "bubblewrap"
+        self.computes = SiloComputes(self.spec, cores=cores)
         self.audit = AuditLog(audit_path(self.storage), actor=self.silo)
         self.catalog = Catalog(self.storage, silo=self.silo)
-        self.client = OrchestratorClient(kit, timeout=POLL_SECONDS + 15)
+        self.client = OrchestratorClient(kit, timeout=POLL_SECONDS + 15)  # the long poll's
+        self.work = OrchestratorClient(kit, timeout=60)  # every other call (thread-safe)
         self.approval = ApprovalClient(kit)
-        self._workers: dict[str, WorkerProcess] = {}
-        self._clearances: dict[str, Clearance] = {}
-        self._secagg: dict[str, SecAggClient] = {}
-        # secure aggregation: each job's next round mask, computed ahead in a thread
-        self._masks: dict[str, tuple[int, Future[RoundMask]]] = {}
-        self._masks_due: list[tuple[str, int]] = []
-        # the words of each job's masked input, and their size in its latest round
-        self._mask_words: dict[str, tuple[int, int]] = {}
-        self._masker: ThreadPoolExecutor | None = None
-        self._last_used: dict[str, float] = {}
-        self._busy = False
+        self.secure = SecureParty(self.silo, self.audit)
+        self._sessions: dict[str, JobSession] = {}
+        self._lock = threading.Lock()
+        self._side = ThreadPoolExecutor(max_workers=SIDE_THREADS, thread_name_prefix="side")
         self.stop = threading.Event()
 
     # -- loop -------------------------------------------------------------------------------
@@ -110,8 +125,13 @@ class Agent:
     def run(self) -> None:
         if not self.sandboxed:
             log.warning("silo '%s' runs job code WITHOUT a sandbox (sandbox: none)", self.silo)
+        limiter = self.computes.limiter
         self.audit.append(
-            "agent.started", sandbox=self.spec.sandbox, orchestrator=self.kit.orchestrator_url
+            "agent.started",
+            sandbox=self.spec.sandbox,
+            enforcement=limiter.enforcement.value,
+            enforcement_note=limiter.reason,
+            orchestrator=self.kit.orchestrator_url,
         )
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
@@ -136,12 +156,28 @@ class Agent:
                     announced = True
                 backoff = 0.5
                 if task is not None:
-                    if task.job_id is not None:
-                        self._last_used[task.job_id] = time.monotonic()
-                    self._handle(task)
+                    self._route(task)
                 self._stop_idle_workers()
         finally:
             self.close()
+
+    def _route(self, task: TaskMessage) -> None:
+        """Hand ``task`` to its job's lane; checks and releases run beside the lanes."""
+        if task.kind is TaskKind.RELEASE or task.job_id is None:
+            self._side.submit(self._handle, task, None)
+            return
+        with self._lock:
+            session = self._sessions.get(task.job_id)
+            if session is None and task.kind is TaskKind.PREPARE:
+                session = self._sessions[task.job_id] = JobSession(task.job_id)
+        if session is None:  # a job this agent does not hold (it restarted): fails by name
+            self._side.submit(self._handle, task, None)
+            return
+        session.last_used = time.monotonic()
+        try:
+            session.lane.submit(self._handle, task, session)
+        except RuntimeError:  # the job was released meanwhile
+            self._side.submit(self._handle, task, None)
 
     def _refuse_malformed(self, exc: MalformedTask) -> None:
         """Refuse a task this silo will not parse, and say so to the orchestrator."""
@@ -149,7 +185,7 @@ class Agent:
         self.audit.append("task.refused", task_id=exc.task_id, reason=str(exc))
         if exc.task_id is not None:
             with contextlib.suppress(FedsiloError):
-                self.client.send_result(
+                self.work.send_result(
                     exc.task_id,
                     TaskResult(
                         ok=False, refused=True, error=f"silo '{self.silo}' refused the task: {exc}"
@@ -159,32 +195,59 @@ class Agent:
     def _stop_idle_workers(self) -> None:
         """Stop workers of jobs that ended without a release (e.g. the orchestrator restarted)."""
         now = time.monotonic()
-        for job_id in list(self._workers):
-            if now - self._last_used.get(job_id, now) > WORKER_IDLE_SECONDS:
-                log.info("stopping the idle worker of job %s", job_id)
-                self._release(job_id)
+        with self._lock:
+            idle = [
+                job_id
+                for job_id, s in self._sessions.items()
+                if s.running == 0 and now - s.last_used > WORKER_IDLE_SECONDS
+            ]
+        for job_id in idle:
+            log.info("stopping the idle worker of job %s", job_id)
+            self._side.submit(self._release, job_id)
 
     def close(self) -> None:
         """Stop every job worker and the connections."""
-        for job_id in list(self._workers):
-            self._release(job_id)
-        if self._masker is not None:
-            self._masker.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            jobs = list(self._sessions)
+        for job_id in jobs:
+            self._release(job_id, graceful=False)
+        self._side.shutdown(wait=False, cancel_futures=True)
+        self.secure.close()
+        self.computes.close()
         self.client.close()
+        self.work.close()
         self.catalog.close()
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return any(s.running for s in self._sessions.values())
+
+    def report(self) -> SiloReport:
+        """What this silo tells the orchestrator of its computes, limits and queue."""
+        return self.computes.report(self.spec.sandbox)
 
     def _heartbeat(self) -> None:
         client = OrchestratorClient(self.kit, timeout=10)
+        sent: SiloReport | None = None
+        sent_at = 0.0
         try:
             while not self.stop.wait(HEARTBEAT_SECONDS):
+                report: SiloReport | None = self.report()
+                now = time.monotonic()
+                if report == sent and now - sent_at < REPORT_SECONDS:
+                    report = None
                 with contextlib.suppress(FedsiloError):
-                    client.heartbeat(busy=self._busy, sandbox=self.spec.sandbox)
+                    client.heartbeat(busy=self.busy, sandbox=self.spec.sandbox, report=report)
+                    if report is not None:
+                        sent, sent_at = report, now
         finally:
             client.close()
 
-    def _handle(self, task: TaskMessage) -> None:
+    def _handle(self, task: TaskMessage, session: JobSession | None) -> None:
         started = time.monotonic()
-        self._busy = True
+        if session is not None:
+            session.running += 1
         log.info(
             "task %s: %s job=%s round=%d",
             task.task_id[:8],
@@ -193,7 +256,9 @@ class Agent:
             task.round,
         )
         try:
-            result = self._dispatch(task)
+            result = self._dispatch(task, session)
+        except LimitReached as exc:
+            result = self._stopped(task, session, exc)
         except TaskFailed as exc:
             log.warning("task %s failed: %s", task.task_id[:8], exc)
             result = TaskResult(ok=False, error=exc.detail)
@@ -207,8 +272,10 @@ class Agent:
             log.exception("task %s failed inside the agent", task.task_id[:8])
             result = TaskResult(ok=False, error=f"internal error in the silo agent: {exc!r}")
         finally:
-            self._busy = False
-        if not result.ok and task.job_id is not None:
+            if session is not None:
+                session.running -= 1
+                session.last_used = time.monotonic()
+        if not result.ok and task.job_id is not None and result.limit is None:
             self.audit.append(
                 "task.failed",
                 job_id=task.job_id,
@@ -220,12 +287,31 @@ class Agent:
         try:
             self._send_result(task, result)
         finally:
-            self._start_masks_ahead()
+            if session is not None:
+                self.secure.start_masks_ahead(session)
+
+    def _stopped(
+        self, task: TaskMessage, session: JobSession | None, exc: LimitReached
+    ) -> TaskResult:
+        """A step hit a limit: its tree is dead; free the job's compute, say where it was."""
+        if session is not None:
+            session.end_train()
+        where = {
+            TaskKind.PREPARE: "preprocessing",
+            TaskKind.FIT: f"round {task.round}",
+            TaskKind.EVALUATE: "the final evaluation",
+        }.get(task.kind, task.kind.value)
+        sentence = f"silo '{self.silo}' stopped the job: {exc.limit} reached in {where}"
+        log.warning("job %s: %s", task.job_id, sentence)
+        self.audit.append(
+            "job.stopped", job_id=task.job_id, limit=exc.limit, step=where, round=task.round
+        )
+        return TaskResult(ok=False, error=sentence, limit=exc.limit)
 
     def _send_result(self, task: TaskMessage, result: TaskResult) -> None:
         for attempt in range(5):
             try:
-                self.client.send_result(task.task_id, result)
+                self.work.send_result(task.task_id, result)
                 return
             except FedsiloError as exc:
                 if "is not open" in str(exc):
@@ -234,40 +320,40 @@ class Agent:
                 log.warning(
                     "could not report task %s (attempt %d): %s", task.task_id[:8], attempt + 1, exc
                 )
-                time.sleep(0.5 * (attempt + 1))
+                if self.stop.wait(0.5 * (attempt + 1)):
+                    return
 
     # -- tasks ------------------------------------------------------------------------------
 
-    def _dispatch(self, task: TaskMessage) -> TaskResult:
+    def _dispatch(self, task: TaskMessage, session: JobSession | None) -> TaskResult:
         if task.kind is TaskKind.PING:
             return self._ping()
         if task.job_id is None:
             raise FedsiloError(f"a {task.kind.value} task without a job")
-        if task.kind is TaskKind.PREPARE:
-            return self._prepare(task)
-        if task.kind is TaskKind.FIT:
-            return self._fit(task)
-        if task.kind is TaskKind.EVALUATE:
-            return self._evaluate(task)
-        if task.kind is TaskKind.SECAGG:
-            return self._secure_aggregation(task)
         if task.kind is TaskKind.RELEASE:
             self._release(task.job_id)
             return TaskResult(ok=True)
+        if session is None or session.closed.is_set():
+            raise FedsiloError(f"the job worker of {task.job_id} is not running in this silo")
+        if task.kind is TaskKind.PREPARE:
+            return self._prepare(task, session)
+        if task.kind is TaskKind.FIT:
+            return self._fit(task, session)
+        if task.kind is TaskKind.EVALUATE:
+            return self._evaluate(task, session)
+        if task.kind is TaskKind.SECAGG:
+            return self._secure_aggregation(task, session)
         raise FedsiloError(f"unknown task kind {task.kind}")
 
-    def _release(self, job_id: str) -> None:
-        worker = self._workers.pop(job_id, None)
-        self._last_used.pop(job_id, None)
-        if worker is not None:
-            worker.stop()
+    def _release(self, job_id: str, *, graceful: bool = True) -> None:
+        """End a job here: kill its workers' trees, give back its compute, forget it."""
+        with self._lock:
+            session = self._sessions.pop(job_id, None)
+        if session is None:
+            return
+        had_worker = session.train is not None or bool(session.steps)
+        if session.close(graceful=graceful) and had_worker:
             self.audit.append("job.ended", job_id=job_id)
-        self._clearances.pop(job_id, None)
-        self._secagg.pop(job_id, None)
-        self._mask_words.pop(job_id, None)
-        ahead = self._masks.pop(job_id, None)
-        if ahead is not None:
-            ahead[1].cancel()
         shutil.rmtree(self._job_dir(job_id) / "params", ignore_errors=True)
 
     def _job_dir(self, job_id: str) -> Path:
@@ -281,7 +367,11 @@ class Agent:
             sandbox = SandboxSpec(code_dir=folder, inputs=(), writable=(folder,))
         folder.mkdir(parents=True, exist_ok=True)
         worker = WorkerProcess(
-            silo=self.silo, cwd=folder, log_file=folder / "worker.log", sandbox=sandbox
+            silo=self.silo,
+            cwd=folder,
+            log_file=folder / "worker.log",
+            sandbox=sandbox,
+            limits=StepLimits(max_step_seconds=60),
         )
         try:
             worker.request("noop")
@@ -300,7 +390,7 @@ class Agent:
         )
         return PolicyRejected(self.silo, rule, reason)
 
-    def _prepare(self, task: TaskMessage) -> TaskResult:
+    def _prepare(self, task: TaskMessage, session: JobSession) -> TaskResult:
         assert task.job_id is not None
         job_id = task.job_id
         self.audit.append(
@@ -311,7 +401,7 @@ class Agent:
             bundle_digest=task.bundle_digest,
         )
         job_dir = self._job_dir(job_id)
-        bundle = self.client.download_bundle(job_id)
+        bundle = self.work.download_bundle(job_id)
         if hashlib.sha256(bundle).hexdigest() != task.bundle_digest:
             raise self._refuse(
                 task, "bundle-digest", "the bundle received differs from the one the job names"
@@ -325,11 +415,13 @@ class Agent:
         inputs = resolve_inputs(task, self.catalog, self.silo)
         outputs, declassifications = classify_outputs(task.outputs, inputs)
         computes = self._computes(task)
+        grants = self._grants(task, computes)
         request = approval_request(
             task,
             silo=self.silo,
             compute=computes[SiloStep.TRAIN].name,
             computes={step.value: c.name for step, c in computes.items()},
+            resources={step.value: g for step, g in grants.items()},
             manifest_digest=manifest.digest,
             signature=signature,
             inputs=inputs,
@@ -343,11 +435,12 @@ class Agent:
             signing_key=signature.key_name or signature.key_id,
             inputs=[f"{i.storage}:{i.dataset}" for i in inputs],
             outputs={k: v.value for k, v in outputs.items()},
+            resources={step.value: g.describe() for step, g in grants.items()},
         )
         answer = self.approval.ask(request)
         while answer.decision is Decision.MANUAL:
             detail = f"waiting for approval in silo '{self.silo}' (request {answer.request_id})"
-            if not self.client.progress(task.task_id, detail):
+            if session.closed.is_set() or not self.work.progress(task.task_id, detail):
                 raise self._refuse(
                     task,
                     answer.rule,
@@ -374,7 +467,7 @@ class Agent:
                 f"in the storage of '{foreign[0].storage}'; a job in silo "
                 f"'{self.silo}' reads only this silo's storage",
             )
-        self._clearances[job_id] = Clearance(
+        session.clearance = Clearance(
             job_id,
             answer.request_id,
             answer.rule,
@@ -383,7 +476,7 @@ class Agent:
             privacy=task.privacy,
             rounds=task.rounds,
         )
-        return self._start_worker(task, code_dir, inputs, computes)
+        return self._start_worker(task, session, code_dir, inputs, computes, grants)
 
     def _computes(self, task: TaskMessage) -> dict[SiloStep, ComputeSpec]:
         """The compute of this silo each step of the job runs on, picked by kind."""
@@ -402,12 +495,38 @@ class Agent:
             chosen[step] = compute
         return chosen
 
+    def _grants(
+        self, task: TaskMessage, computes: dict[SiloStep, ComputeSpec]
+    ) -> dict[SiloStep, ResourceGrant]:
+        """What this silo grants each step; a request it cannot meet is refused now."""
+        from fedsilo.config import ResourceRequest
+
+        grants = {}
+        # the train step first: a request for every step is refused by its main step
+        for step, compute in sorted(computes.items(), key=lambda sc: sc[0] != SiloStep.TRAIN):
+            request = task.resources.get(step.value) or ResourceRequest()
+            try:
+                if request.workers > 1:
+                    raise ResourceRefused(
+                        f"resources.{step.value}.workers",
+                        f"the job asks for {request.workers} ranks in its {step.value} step; "
+                        f"silo '{self.silo}' runs one process per step",
+                    )
+                grants[step] = self.computes.grant(compute, request, step.value)
+            except ResourceRefused as exc:
+                raise self._refuse(
+                    task, "resources", f"{exc.message} (job spec field '{exc.field}')"
+                ) from exc
+        return grants
+
     def _start_worker(
         self,
         task: TaskMessage,
+        session: JobSession,
         code_dir: Path,
         inputs: list[ResolvedInput],
         computes: dict[SiloStep, ComputeSpec],
+        grants: dict[SiloStep, ResourceGrant],
     ) -> TaskResult:
         assert task.job_id is not None
         job_dir = self._job_dir(task.job_id)
@@ -426,9 +545,7 @@ class Agent:
                 "job %s runs WITHOUT a sandbox in silo '%s' (sandbox: none)", task.job_id, self.silo
             )
             self.audit.append("sandbox.disabled", job_id=task.job_id)
-        old = self._workers.pop(task.job_id, None)
-        if old is not None:
-            old.stop()
+        session.end_train()
         for i, _ in resolved:
             self.audit.append(
                 "dataset.read",
@@ -451,56 +568,125 @@ class Agent:
         out = params / "initial.safetensors"
         first, train = computes[SiloStep.PREPROCESS], computes[SiloStep.TRAIN]
         if first.name != train.name:  # the silo subgraph spans two of the silo's computes
-            pre = self._spawn(task.job_id, first, work, job_dir, sandbox, init)
+            pre = self._spawn(task, session, SiloStep.PREPROCESS, first, grants, sandbox, init)
             try:
-                pre.request("preprocess")
+                pre.worker.request("preprocess")
             finally:
-                pre.stop()
-        worker = self._workers[task.job_id] = self._spawn(
-            task.job_id, train, work, job_dir, sandbox, init
-        )
-        worker.request("prepare" if first.name == train.name else "build", out=str(out))
+                session.end_step(pre)
+        step = self._spawn(task, session, SiloStep.TRAIN, train, grants, sandbox, init)
+        step.worker.request("prepare" if first.name == train.name else "build", out=str(out))
         compute = time.perf_counter() - started
         if task.privacy.secure_aggregation is not None:
-            self._mask_words[task.job_id] = (_masked_words(out), 64)
+            session.mask_words = (masked_words(out), 64)
         return TaskResult(
-            ok=True, params_digest=self._upload(task, out, "model"), compute_seconds=compute
+            ok=True,
+            params_digest=self._upload(task, session, out, "model"),
+            compute_seconds=compute,
         )
 
     def _spawn(
         self,
-        job_id: str,
+        task: TaskMessage,
+        session: JobSession,
+        step: SiloStep,
         compute: ComputeSpec,
-        work: Path,
-        job_dir: Path,
+        grants: dict[SiloStep, ResourceGrant],
         sandbox: SandboxSpec | None,
         init: dict[str, Any],
-    ) -> WorkerProcess:
-        """A job worker on ``compute``, initialised with the job's code and inputs."""
-        worker = WorkerProcess(
-            silo=self.silo,
-            cwd=work,
-            log_file=job_dir / "worker.log",
-            sandbox=sandbox,
-            environment=compute.environment,
-        )
+    ) -> Step:
+        """A job worker for ``step`` on ``compute``, once the compute has room for it.
+
+        It runs in a control group of its own with the grant's limits, sees only the GPUs
+        it was given, and is initialised with the job's code and inputs.
+        """
+        assert task.job_id is not None
+        job_id = task.job_id
+        granted = grants[step]
+        pool = self.computes.pool(compute.name)
+        holder = job_id if step is SiloStep.TRAIN else f"{job_id}:{step.value}"
+
+        def waiting(why: str) -> bool:
+            detail = f"queued in silo '{self.silo}' for compute '{compute.name}': {why}"
+            return not session.closed.is_set() and self.work.progress(task.task_id, detail)
+
+        try:
+            allocation = pool.acquire(holder, granted, waiting=waiting)
+        except Withdrawn:
+            raise FedsiloError(
+                f"job {job_id} was withdrawn while it waited for compute '{compute.name}'"
+            ) from None
+        group = None
+        try:
+            group = self.computes.limiter.group(
+                f"{job_id}.{step.value}",
+                Limits(
+                    memory_bytes=granted.memory,
+                    processes=granted.processes,
+                    cpu_cores=granted.cpu,
+                    file_bytes=granted.disk,
+                ),
+            )
+            environment = {
+                **compute.environment,
+                "OMP_NUM_THREADS": str(granted.threads),
+                "MKL_NUM_THREADS": str(granted.threads),
+            }
+            job_sandbox = sandbox
+            if allocation.devices:
+                environment["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, allocation.devices))
+                if sandbox is not None:
+                    binds = gpu_binds(allocation.devices)
+                    job_sandbox = SandboxSpec(
+                        code_dir=sandbox.code_dir,
+                        inputs=sandbox.inputs,
+                        writable=sandbox.writable,
+                        devices=binds.devices,
+                        system=binds.read_only,
+                        library_path=binds.library_dirs,
+                    )
+            work = Path(init["work_dir"])
+            worker = WorkerProcess(
+                silo=self.silo,
+                cwd=work,
+                log_file=self._job_dir(job_id) / "worker.log",
+                sandbox=job_sandbox,
+                environment=environment,
+                group=group,
+                limits=StepLimits(
+                    max_step_seconds=granted.max_step_seconds,
+                    disk=granted.disk,
+                    work_dir=work,
+                    memory=granted.memory,
+                    processes=granted.processes,
+                ),
+            )
+        except BaseException:
+            if group is not None:
+                group.close()
+            pool.release(holder)
+            raise
+        held = Step(worker, pool, holder, group)
+        if not session.attach(held, train=step is SiloStep.TRAIN):
+            raise FedsiloError(f"job {job_id} was released while its worker started")
         self.audit.append(
             "job.started",
             job_id=job_id,
             sandbox=self.spec.sandbox,
             compute=compute.name,
+            step=step.value,
             worker_pid=worker.pid,
+            enforcement=self.computes.limiter.enforcement.value,
+            resources=granted.describe(),
+            gpus=list(allocation.devices),
         )
-        try:
-            worker.request("init", **init)
-        except BaseException:
-            worker.stop()
-            raise
-        return worker
+        device = "cuda" if allocation.devices else "cpu"
+        worker.request("init", **init, threads=granted.threads, device=device)
+        return held
 
     def _upload(
         self,
         task: TaskMessage,
+        session: JobSession,
         path: Path,
         output: str,
         *,
@@ -512,9 +698,8 @@ class Agent:
         ``data``, if given, is what leaves in the file's stead (the masked form of the
         update under secure aggregation); a refused output keeps ``path`` in the silo.
         """
-        assert task.job_id is not None
-        clearance = self._clearances[task.job_id]
-        classification = clearance.outputs[output]
+        assert task.job_id is not None and session.clearance is not None
+        classification = session.clearance.outputs[output]
         try:
             check_leaving(self.silo, output, classification)
         except ClassificationError:
@@ -529,7 +714,7 @@ class Agent:
                 classification=classification.value,
             )
             raise
-        digest = self.client.upload_params(path) if data is None else self.client.upload_bytes(data)
+        digest = self.work.upload_params(path) if data is None else self.work.upload_bytes(data)
         self.audit.append(
             "output.uploaded",
             job_id=task.job_id,
@@ -542,14 +727,14 @@ class Agent:
         return digest
 
     def _metrics(
-        self, task: TaskMessage, metrics: dict[str, float] | None
+        self, task: TaskMessage, session: JobSession, metrics: dict[str, float] | None
     ) -> dict[str, float] | None:
         """Let metrics leave only under their clearance, as a bounded set of numbers."""
         if metrics is None:
             return None
-        assert task.job_id is not None
+        assert session.clearance is not None
         try:
-            check_leaving(self.silo, "metrics", self._clearances[task.job_id].outputs["metrics"])
+            check_leaving(self.silo, "metrics", session.clearance.outputs["metrics"])
             return check_metrics(self.silo, metrics)
         except ClassificationError as exc:
             self.audit.append(
@@ -561,25 +746,26 @@ class Agent:
             )
             raise
 
-    def _worker(self, job_id: str) -> WorkerProcess:
-        worker = self._workers.get(job_id)
-        if worker is None or not worker.alive() or job_id not in self._clearances:
-            raise FedsiloError(f"the job worker of {job_id} is not running in this silo")
-        return worker
+    def _worker(self, session: JobSession) -> WorkerProcess:
+        step = session.train
+        if step is None or not step.worker.alive() or session.clearance is None:
+            raise FedsiloError(f"the job worker of {session.job_id} is not running in this silo")
+        return step.worker
 
     def _global(self, task: TaskMessage) -> Path:
         assert task.job_id is not None and task.params_digest is not None
         path = self._job_dir(task.job_id) / "params" / f"global-{task.params_digest}.safetensors"
         if not path.exists():
-            self.client.download_params(task.job_id, task.params_digest, path)
+            self.work.download_params(task.job_id, task.params_digest, path)
         return path
 
-    def _fit(self, task: TaskMessage) -> TaskResult:
+    def _fit(self, task: TaskMessage, session: JobSession) -> TaskResult:
         assert task.job_id is not None
-        clearance = self._clearances.get(task.job_id)
-        if clearance is not None and clearance.privacy.secure_aggregation is not None:
-            self._party(task.job_id)  # no training, and no update, without the masks
-        worker = self._worker(task.job_id)
+        clearance = session.clearance
+        secure = clearance is not None and clearance.privacy.secure_aggregation is not None
+        if secure:
+            self.secure.party(session)  # no training, and no update, without the masks
+        worker = self._worker(session)
         params = self._global(task)
         out = self._job_dir(task.job_id) / "params" / f"update-{task.round}.safetensors"
         started = time.perf_counter()
@@ -592,15 +778,15 @@ class Agent:
             config=task.config,
         )
         compute = time.perf_counter() - started
-        train = self._metrics(task, reply["train_metrics"])
-        evaluation = self._metrics(task, reply.get("eval_metrics"))
-        if clearance is not None and clearance.privacy.secure_aggregation is not None:
+        train = self._metrics(task, session, reply["train_metrics"])
+        evaluation = self._metrics(task, session, reply.get("eval_metrics"))
+        if secure:
             samples = float(reply["train_metrics"].get("num_samples", 0))
-            masked = self._mask(task, out, params, samples)
-            digest = self._upload(task, out, "model", data=masked, masked=True)
+            masked = self.secure.mask(session, task, out, params, samples)
+            digest = self._upload(task, session, out, "model", data=masked, masked=True)
             out.unlink(missing_ok=True)  # the plain update never leaves, nor stays around
         else:
-            digest = self._upload(task, out, "model")
+            digest = self._upload(task, session, out, "model")
         params.unlink(missing_ok=True)
         return TaskResult(
             ok=True,
@@ -610,173 +796,33 @@ class Agent:
             compute_seconds=compute,
         )
 
-    # -- secure aggregation -----------------------------------------------------------------
+    def _secure_aggregation(self, task: TaskMessage, session: JobSession) -> TaskResult:
+        """One secure-aggregation message for the job's party; a protocol error is refused."""
+        from fedsilo.privacy.secagg import SecAggProtocolError
 
-    def _secure_aggregation(self, task: TaskMessage) -> TaskResult:
-        """Hand one secure-aggregation message to this silo's party; return its answers.
-
-        The party holds this silo's keys and the shares other silos dealt it, here in the
-        agent, never in the job worker that runs the job's code. It is built from the
-        privacy settings the silo approved, not from anything the task says, and refuses
-        (as the silo, in its audit log) any message that would reveal too much.
-        """
-        from fedsilo.privacy.secagg import (
-            KeyRoster,
-            SecAggClient,
-            SecAggProtocolError,
-            ShareDelivery,
-            UnmaskRequest,
-            parse_message,
-        )
-
-        assert task.job_id is not None
-        clearance = self._clearances.get(task.job_id)
-        secure = clearance.privacy.secure_aggregation if clearance is not None else None
-        if clearance is None or secure is None:
-            raise self._refuse(
-                task,
-                "secure-aggregation",
-                "this silo approved no secure aggregation for the job",
-            )
         try:
-            if task.secagg is None:
-                if task.job_id in self._secagg:
-                    raise SecAggProtocolError("secure aggregation is already set up for the job")
-                party = SecAggClient(
-                    self.silo,
-                    job_id=task.job_id,
-                    rounds=clearance.rounds,
-                    threshold=secure.threshold,
-                    bits=secure.fixed_point_bits,
-                    clip_range=secure.clip_range,
-                )
-                self._secagg[task.job_id] = party
-                self.audit.append("secagg.setup", job_id=task.job_id, rounds=clearance.rounds)
-                return TaskResult(ok=True, secagg=(party.advertise().model_dump_json(),))
-            party = self._party(task.job_id)
-            message = parse_message(task.secagg)
-            if not isinstance(message, KeyRoster | ShareDelivery | UnmaskRequest):
-                raise SecAggProtocolError(
-                    f"a silo takes no {type(message).__name__} from the orchestrator"
-                )
-            if isinstance(message, UnmaskRequest):
-                self.audit.append(
-                    "secagg.unmask",
-                    job_id=task.job_id,
-                    round=message.round,
-                    survivors=list(message.survivors),
-                    dropped=list(message.dropped),
-                )
-            replies = party.feed(message)
+            return self.secure.handle(session, task)
         except SecAggProtocolError as exc:
             raise self._refuse(task, "secure-aggregation", str(exc)) from exc
-        if isinstance(message, ShareDelivery) and party.ready:
-            self._masks_due.append((task.job_id, 1))
-        elif isinstance(message, UnmaskRequest):
-            self._masks_due.append((task.job_id, message.round + 1))
-        return TaskResult(ok=True, secagg=tuple(r.model_dump_json() for r in replies))
 
-    def _start_masks_ahead(self) -> None:
-        """Start computing the masks of the rounds this silo waits for, once it answered.
-
-        Expanding the masks is most of the cost of masking and needs no data, only the
-        keys: done between rounds, in a thread of low priority, it is off the round's
-        critical path (the answer that ends the previous round is sent first). The word
-        size is the latest round's (64 bits before round 1); should the next round's plan
-        say otherwise, its mask is computed again when the update is ready.
-        """
-        due, self._masks_due = self._masks_due, []
-        for job_id, round_ in due:
-            party, shape = self._secagg.get(job_id), self._mask_words.get(job_id)
-            if party is None or shape is None or round_ > party.rounds:
-                continue
-            if self._masker is None:
-                self._masker = ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="secagg-mask", initializer=_lower_priority
-                )
-            future = self._masker.submit(party.round_mask, round_, *shape)
-            self._masks[job_id] = (round_, future)
-
-    def _mask_for(self, job_id: str, round_: int, words: int, bits: int) -> RoundMask | None:
-        """The mask of ``round_`` if it was computed ahead: ``words`` words of ``bits`` bits."""
-        round_ahead, future = self._masks.pop(job_id, (0, None))
-        if future is None or round_ahead != round_:
-            return None
-        try:
-            mask = future.result()
-        except Exception as exc:  # computed again, in line, by the caller
-            log.warning("job %s: the mask of round %d was not ready: %r", job_id, round_, exc)
-            return None
-        fits = mask.words.size == words and mask.words.dtype.itemsize * 8 == bits
-        return mask if fits else None
-
-    def _party(self, job_id: str) -> SecAggClient:
-        party = self._secagg.get(job_id)
-        if party is None:
-            raise FedsiloError(
-                f"secure aggregation of job {job_id} is not set up in silo '{self.silo}' "
-                "(its agent may have restarted); the silo sends no update in the clear"
-            )
-        return party
-
-    def _mask(
-        self, task: TaskMessage, update: Path, current: Path, samples: float
-    ) -> tuple[bytes, memoryview]:
-        """Mask this silo's update (clipped under central DP); return the file to upload."""
-        from fedsilo.privacy import MaskPlan
-        from fedsilo.privacy.secagg import mask_update, masked_parts
-        from fedsilo.tensors import load_parameters
-
+    def _evaluate(self, task: TaskMessage, session: JobSession) -> TaskResult:
         assert task.job_id is not None
-        party = self._party(task.job_id)
-        central = self._clearances[task.job_id].privacy.central
-        plan = task.mask_plan or MaskPlan()
-        words = _masked_words(current)
-        self._mask_words[task.job_id] = (words, plan.word_bits)
-        masked = mask_update(
-            party,
-            task.round,
-            load_parameters(update),
-            load_parameters(current),
-            weight=samples if task.mask_weight is None else task.mask_weight,
-            clip_norm=central.clip_norm if central is not None else None,
-            mask=self._mask_for(task.job_id, task.round, words, plan.word_bits),
-            plan=plan,
-        )
-        return masked_parts(masked)
-
-    def _evaluate(self, task: TaskMessage) -> TaskResult:
-        assert task.job_id is not None
-        worker = self._worker(task.job_id)
+        worker = self._worker(session)
         params = self._global(task)
         started = time.perf_counter()
         reply = worker.request("evaluate", round=task.round, params=str(params))
         compute = time.perf_counter() - started
         return TaskResult(
             ok=True,
-            eval_metrics=self._metrics(task, reply["eval_metrics"]),
+            eval_metrics=self._metrics(task, session, reply["eval_metrics"]),
             compute_seconds=compute,
         )
 
 
-def _masked_words(model: Path) -> int:
-    """The words of a masked update of ``model``'s shape: one per value, then the weight."""
-    from fedsilo.tensors import value_count
-
-    return value_count(model) + 1
-
-
-def _lower_priority() -> None:
-    """Give the calling thread less CPU, as the job worker: on Linux, niceness is per thread."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
-
-
-def run_agent(kit_dir: Path) -> None:
+def run_agent(kit_dir: Path, *, cores: int | None = None) -> None:
     """Run the agent of the silo kit in ``kit_dir`` until SIGTERM or SIGINT."""
     kit = load_kit(kit_dir)
-    agent = Agent(kit)
+    agent = Agent(kit, cores=cores)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         agent.stop.set()

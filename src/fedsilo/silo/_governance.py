@@ -23,7 +23,7 @@ from fedsilo.approval import (
     OutputRef,
     PrivacySettings,
 )
-from fedsilo.config import Classification
+from fedsilo.config import Classification, ResourceGrant
 from fedsilo.errors import ClassificationError
 from fedsilo.jobs import LEAVING_OUTPUTS, SignatureCheck
 from fedsilo.privacy import PrivacySpec
@@ -120,6 +120,7 @@ def approval_request(
     silo: str,
     compute: str,
     computes: Mapping[str, str] | None = None,
+    resources: Mapping[str, ResourceGrant] | None = None,
     manifest_digest: str,
     signature: SignatureCheck,
     inputs: list[ResolvedInput],
@@ -134,6 +135,7 @@ def approval_request(
         silo=silo,
         compute=compute,
         computes=dict(computes or {}),
+        resources=dict(resources or {}),
         bundle_digest=task.bundle_digest or "",
         manifest_digest=manifest_digest,
         author=task.author or "unknown",

@@ -56,12 +56,18 @@ class SandboxSpec:
     may write (its work folder, then its params folder). The first writable folder is the
     working directory and ``HOME`` inside. ``environment`` adds variables of the compute the
     job runs on (the ones a compute spec may set) to the clean environment inside.
+    ``devices`` are device nodes bound in (a GPU compute's), ``system`` further host paths
+    bound read-only (the GPU driver's files), ``library_path`` the folders of libraries
+    the dynamic linker must search there.
     """
 
     code_dir: Path
     inputs: tuple[Path, ...] = ()
     writable: tuple[Path, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
+    devices: tuple[str, ...] = ()
+    system: tuple[str, ...] = ()
+    library_path: tuple[str, ...] = ()
 
 
 def bwrap_path() -> str | None:
@@ -103,7 +109,8 @@ def _binds(spec: SandboxSpec) -> list[tuple[str, str, str]]:
     the inner mode wins. A bind already covered by an ancestor of the same mode is dropped.
     """
     wanted: dict[str, bool] = {"/usr": False}
-    for path in [*_environment_dirs(), spec.code_dir, *spec.inputs]:
+    paths: list[str | Path] = [*_environment_dirs(), *spec.system, spec.code_dir, *spec.inputs]
+    for path in paths:
         wanted.setdefault(os.path.abspath(path), False)
     for path in spec.writable:
         wanted[os.path.abspath(path)] = True
@@ -147,6 +154,8 @@ def sandbox_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
         argv += ["--tmpfs", tmpdir]
     for flag, source, target in binds:
         argv += [flag, source, target]
+    for node in spec.devices:
+        argv += ["--dev-bind", node, node]
     if skeleton_in_tmp:
         argv += ["--remount-ro", "/tmp"]
     argv += ["--remount-ro", "/"]
@@ -177,6 +186,8 @@ def sandbox_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
         "TMPDIR": tmpdir,
         **dict(spec.environment),
     }
+    if spec.library_path:
+        env["LD_LIBRARY_PATH"] = ":".join(spec.library_path)
     for key, value in env.items():
         argv += ["--setenv", key, value]
     argv += ["--chdir", home, "--", *command]

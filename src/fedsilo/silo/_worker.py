@@ -78,6 +78,8 @@ class _Worker:
             hyperparameters=Hyperparameters.model_validate(msg["hyperparameters"]),
             rounds=int(msg.get("rounds", 1)),
             privacy=PrivacySpec.model_validate(msg.get("privacy") or {}),
+            threads=int(msg.get("threads", 1)),
+            device=str(msg.get("device", "cpu")),
         )
         return {}
 
@@ -108,6 +110,9 @@ def _yield_cpu() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Serve commands until the agent closes the pipe or says ``shutdown``."""
     args = sys.argv[1:] if argv is None else argv
+    from fedsilo.silo._limits import apply_rlimits
+
+    apply_rlimits()  # where the silo has no control groups: before any task code runs
     _die_with_parent()
     _yield_cpu()
     inp = os.fdopen(int(args[0]), "rb")

@@ -1,21 +1,38 @@
-"""The agent's handle on a job worker process."""
+"""The agent's handle on a job worker process tree, and the limits it runs under.
+
+Each job step runs in a worker the agent starts: in a bubblewrap sandbox (unless the silo
+says ``sandbox: none``), inside a control group of its own that bounds its memory, its
+processes and its CPU time (or under rlimits where control groups cannot be made), with a
+deadline for every step and a bound on its work folder. A watchdog thread follows each
+step; when a limit is reached it kills the whole tree at once, and the step fails with
+:class:`LimitReached` naming the limit.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from fedsilo.config import format_bytes, format_seconds
 from fedsilo.errors import TaskFailed
+from fedsilo.silo._limits import Breach, JobGroup
 from fedsilo.silo._protocol import read_message, write_message
 from fedsilo.silo._sandbox import SandboxSpec, sandbox_argv
 
-__all__ = ["WorkerProcess"]
+__all__ = ["LimitReached", "StepLimits", "WorkerProcess", "folder_size"]
+
+WATCH_SECONDS = 0.2  # how often a step's watchdog reads the kernel's counters and the clock
+DISK_WATCH_SECONDS = 2.0  # how often it measures the work folder
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -23,6 +40,51 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (their allocated blocks), not following links."""
+    total = 0
+    stack = [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+class LimitReached(TaskFailed):
+    """A job step reached a limit of its silo and its whole process tree was killed.
+
+    ``limit`` says which, in words (``memory limit 2 GiB``); the agent says where.
+    """
+
+    def __init__(self, silo: str, limit: str) -> None:
+        self.limit = limit
+        super().__init__(silo, f"{limit} reached")
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """The limits a worker's steps run under, besides its control group's.
+
+    ``max_step_seconds`` bounds each request; ``disk`` bounds ``work_dir``'s size.
+    """
+
+    max_step_seconds: float | None = None
+    disk: int | None = None
+    work_dir: Path | None = None
+    memory: int | None = None
+    processes: int | None = None
 
 
 class WorkerProcess:
@@ -34,7 +96,9 @@ class WorkerProcess:
     :func:`~fedsilo.silo._sandbox.sandbox_argv` says: the two pipes pass through ``bwrap``
     (it keeps inherited descriptors open), and the sandbox's writable folders are created
     first so they can be bound. ``cwd`` should then be one of them (the work folder), since
-    the sandbox starts in its first writable folder.
+    the sandbox starts in its first writable folder. With ``group`` the process is inside
+    that control group before it runs anything; it leads a session of its own, so the tree
+    can be killed whole even without one.
     """
 
     def __init__(
@@ -45,13 +109,20 @@ class WorkerProcess:
         log_file: Path,
         sandbox: SandboxSpec | None = None,
         environment: Mapping[str, str] | None = None,
+        group: JobGroup | None = None,
+        limits: StepLimits = StepLimits(),
     ) -> None:
         self.silo = silo
         self.log_file = log_file
         self.sandbox = sandbox
+        self.group = group
+        self.limits = limits
+        self._stopped: str | None = None  # the limit the watchdog stopped the tree for
+        self._lock = threading.Lock()
         cwd.mkdir(parents=True, exist_ok=True)
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
+        variables = {**(environment or {}), **(group.environment() if group else {})}
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONUNBUFFERED": "1",
@@ -59,7 +130,7 @@ class WorkerProcess:
             "OMP_NUM_THREADS": "1",
             "HOME": str(cwd),
             "LANG": "C.UTF-8",
-            **(environment or {}),  # the compute's own variables (checked in its spec)
+            **variables,  # the compute's own and the grant's (checked in its spec)
         }
         command = [
             sys.executable,
@@ -69,10 +140,12 @@ class WorkerProcess:
             str(from_worker_w),
         ]
         if sandbox is not None:
-            sandbox = dataclasses.replace(sandbox, environment=tuple((environment or {}).items()))
+            sandbox = dataclasses.replace(sandbox, environment=tuple(variables.items()))
             for folder in sandbox.writable:
                 folder.mkdir(parents=True, exist_ok=True)
             command = sandbox_argv(sandbox, command)
+        if group is not None:
+            command = [*group.launch_prefix(), *command]
         with log_file.open("ab") as log:
             self._proc = subprocess.Popen(
                 command,
@@ -82,6 +155,7 @@ class WorkerProcess:
                 stderr=log,
                 cwd=cwd,
                 env=env,
+                start_new_session=True,
             )
         os.close(to_worker_r)
         os.close(from_worker_w)
@@ -96,15 +170,33 @@ class WorkerProcess:
         return self._proc.poll() is None
 
     def request(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send one command and wait for its answer; a dead or failing worker raises."""
+        """Send one command and wait for its answer; a dead or failing worker raises.
+
+        The step runs under the worker's limits: past its deadline, at its memory or
+        process limit or over its disk limit, the whole tree is killed and
+        :class:`LimitReached` says which limit it was.
+        """
+        done = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch, args=(done,), name=f"watch-{self.pid}", daemon=True
+        )
+        watchdog.start()
         try:
-            write_message(self._to, {"op": op, **fields})
-            reply = read_message(self._from)
-        except (BrokenPipeError, ValueError, OSError) as exc:
-            reply = None
-            detail = str(exc)
-        else:
-            detail = ""
+            try:
+                write_message(self._to, {"op": op, **fields})
+                reply = read_message(self._from)
+            except (BrokenPipeError, ValueError, OSError) as exc:
+                reply = None
+                detail = str(exc)
+            else:
+                detail = ""
+        finally:
+            done.set()
+            watchdog.join()
+        breach = self._breach()
+        if breach is not None:
+            self.kill()
+            raise LimitReached(self.silo, breach)
         if reply is None:
             code = self._proc.wait(timeout=5) if not self.alive() else None
             raise TaskFailed(
@@ -115,16 +207,72 @@ class WorkerProcess:
             raise TaskFailed(self.silo, f"{reply.get('error')}\n{reply.get('traceback', '')}")
         return reply
 
-    def stop(self) -> None:
-        """Ask the worker to exit; kill it if it does not within a few seconds."""
-        if self.alive():
-            with contextlib.suppress(OSError):
-                write_message(self._to, {"op": "shutdown"})
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
+    def _breach(self) -> str | None:
+        """The limit this worker's tree reached, in words, if it reached one."""
+        if self._stopped is not None:
+            return self._stopped
+        if self.group is None:
+            return None
+        found = self.group.breach()
+        if found is Breach.MEMORY:
+            return _memory_limit(self.limits.memory)
+        if found is Breach.PROCESSES:
+            return _process_limit(self.limits.processes)
+        return None
+
+    def _watch(self, done: threading.Event) -> None:
+        """Kill the tree when the step passes its deadline, a kernel limit or its disk."""
+        limits = self.limits
+        started = time.monotonic()
+        next_disk = started
+        while not done.wait(WATCH_SECONDS):
+            now = time.monotonic()
+            why: str | None = None
+            if limits.max_step_seconds is not None and now - started > limits.max_step_seconds:
+                why = f"time limit {format_seconds(limits.max_step_seconds)} a step"
+            elif self.group is not None and (found := self.group.breach()) is not None:
+                why = (
+                    _memory_limit(limits.memory)
+                    if found is Breach.MEMORY
+                    else _process_limit(limits.processes)
+                )
+            elif limits.disk is not None and limits.work_dir is not None and now >= next_disk:
+                next_disk = now + DISK_WATCH_SECONDS
+                if folder_size(limits.work_dir) > limits.disk:
+                    why = f"disk limit {format_bytes(limits.disk)} of the work folder"
+            if why is not None:
+                self._stopped = why
+                self.kill()
+                return
+
+    def kill(self) -> None:
+        """Kill the whole worker tree now: every process of its control group and session."""
+        with self._lock:
+            if self.group is not None:
+                self.group.kill()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
-                self._proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._proc.wait(timeout=5)
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """End the worker: ask it to exit (``graceful``), and kill its tree in any case."""
+        if graceful and self.alive():
+            with contextlib.suppress(OSError, ValueError):
+                write_message(self._to, {"op": "shutdown"})
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=5)
+        self.kill()
         for stream in (self._to, self._from):
             with contextlib.suppress(OSError):
                 stream.close()
+
+
+def _memory_limit(memory: int | None) -> str:
+    return f"memory limit {format_bytes(memory)}" if memory else "memory limit"
+
+
+def _process_limit(processes: int | None) -> str:
+    return f"process limit {processes}" if processes else "process limit"

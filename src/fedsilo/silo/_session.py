@@ -1,0 +1,117 @@
+"""One job in one silo: everything the agent holds for it, given back by one ``close``.
+
+A job's tasks run one after the other on the job's own lane (a thread of its own), so a
+job that trains for hours holds up neither the silo's other jobs, nor ``fedsilo check``,
+nor the release that cancels it. What a job holds: its approval's clearance, its job
+worker (alive across rounds), the compute capacity and control group that worker runs
+in, and its secure-aggregation party.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from fedsilo.silo._capacity import ComputePool
+from fedsilo.silo._governance import Clearance
+from fedsilo.silo._limits import JobGroup
+from fedsilo.silo._workerproc import WorkerProcess
+
+if TYPE_CHECKING:
+    from fedsilo.privacy.secagg import RoundMask, SecAggClient
+
+__all__ = ["JobSession", "Step"]
+
+
+@dataclass(eq=False)
+class Step:
+    """A worker of the job on one compute: its process tree, control group and capacity."""
+
+    worker: WorkerProcess
+    pool: ComputePool
+    holder: str
+    group: JobGroup | None = None
+
+    def end(self, *, graceful: bool) -> None:
+        """Stop the worker's tree, remove its control group, give its capacity back."""
+        try:
+            self.worker.stop(graceful=graceful)
+        finally:
+            if self.group is not None:
+                self.group.close()
+            self.pool.release(self.holder)
+
+
+@dataclass(eq=False)
+class JobSession:
+    """What this silo holds for one job, until :meth:`close`."""
+
+    job_id: str
+    lane: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
+    )
+    clearance: Clearance | None = None
+    train: Step | None = None  # the worker that builds, trains and evaluates the model
+    steps: list[Step] = field(default_factory=list)  # other steps' workers, while they run
+    secagg: SecAggClient | None = None
+    mask_ahead: tuple[int, Future[RoundMask]] | None = None
+    masks_due: list[int] = field(default_factory=list)
+    mask_words: tuple[int, int] | None = None  # words of a masked update, their bits
+    last_used: float = field(default_factory=time.monotonic)
+    running: int = 0  # tasks of the job being handled now
+    closed: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def end_train(self, *, graceful: bool = False) -> None:
+        """Stop the job's train worker (a limit killed it, or the job ends)."""
+        with self._lock:
+            step, self.train = self.train, None
+        if step is not None:
+            step.end(graceful=graceful)
+
+    def close(self, *, graceful: bool = True) -> bool:
+        """Give back everything the job holds; False if it was closed already.
+
+        A worker busy with a step is killed at once (the job was cancelled or failed);
+        an idle one is asked to exit first when ``graceful``.
+        """
+        with self._lock:
+            if self.closed.is_set():
+                return False
+            self.closed.set()
+            steps, self.steps = self.steps, []
+        self.end_train(graceful=graceful and self.running == 0)
+        for step in steps:
+            step.end(graceful=False)
+        ahead, self.mask_ahead = self.mask_ahead, None
+        if ahead is not None:
+            ahead[1].cancel()
+        self.secagg = None
+        with contextlib.suppress(RuntimeError):
+            self.lane.shutdown(wait=False, cancel_futures=True)
+        return True
+
+    def attach(self, step: Step, *, train: bool) -> bool:
+        """Hold ``step`` until the job ends (``train``) or until :meth:`end_step`.
+
+        False if the job was closed meanwhile: the step is ended at once.
+        """
+        with self._lock:
+            if not self.closed.is_set():
+                if train:
+                    self.train = step
+                else:
+                    self.steps.append(step)
+                return True
+        step.end(graceful=False)
+        return False
+
+    def end_step(self, step: Step) -> None:
+        with self._lock:
+            if step in self.steps:
+                self.steps.remove(step)
+        step.end(graceful=True)
