@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from fedsilo._distributed import Distributed
 from fedsilo.errors import ConfigError, TaskFailed
 from fedsilo.jobs import Hyperparameters
 from fedsilo.privacy._accounting import silence_opacus_warnings
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Context",
+    "Distributed",
     "PrivateTraining",
     "SiloRunner",
     "TaskModule",
@@ -71,6 +73,10 @@ class Context:
     ``device`` is where the silo granted the step to compute (``cuda`` on a GPU compute,
     else ``cpu``): the model is already there, and ``train``/``evaluate`` move each batch
     with ``.to(ctx.device)``. ``threads`` is how many threads torch runs with.
+    ``distributed`` is this process's rank among the ranks that train the silo's step
+    together (a group of one unless the silo granted ``workers``; see
+    :class:`~fedsilo.task.Distributed`); ``preprocess`` and ``evaluate`` run on rank 0
+    alone, with a group of one.
     """
 
     silo: str
@@ -83,6 +89,7 @@ class Context:
     privacy: PrivateTraining | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     threads: int = 1
+    distributed: Distributed = field(default_factory=Distributed)
 
     def input(self, role: str) -> Path:
         """The path of the input for ``role``; a clear error when the job spec lacks it."""
@@ -102,10 +109,18 @@ class PrivateTraining:
 
     local_dp: LocalDP
     round: int
+    distributed: Distributed = field(default_factory=Distributed)
 
     def make_private(self, model: Any, optimizer: Any, data_loader: Any) -> tuple[Any, Any, Any]:
-        """Wrap the three with Opacus; train through what it returns, as usual."""
-        return self.local_dp.make_private(model, optimizer, data_loader, round_=self.round)
+        """Wrap the three with Opacus; train through what it returns, as usual.
+
+        ``data_loader`` is over the silo's whole training data, in every rank: with
+        several ranks, each samples its share of it (Opacus's distributed Poisson
+        sampling) and the gradients are averaged over the ranks, noised once.
+        """
+        return self.local_dp.make_private(
+            model, optimizer, data_loader, round_=self.round, distributed=self.distributed
+        )
 
     def epsilon(self) -> float:
         """Epsilon spent so far in this silo, over every round of the job."""
@@ -252,12 +267,14 @@ class SiloRunner:
         privacy_seed: int | None = None,
         threads: int = 1,
         device: str = "cpu",
+        distributed: Distributed | None = None,
     ) -> None:
         if threads < 1:
             raise ConfigError(f"a silo runs torch on at least 1 thread, not {threads}")
         self.task = task
         self.threads = threads
         self.device = torch.device(device)
+        self.distributed = distributed or Distributed()
         self.silo = silo
         self.inputs = dict(inputs)
         self.work_dir = work_dir
@@ -275,7 +292,15 @@ class SiloRunner:
             if saved.is_file():
                 self._local_dp.load_state_dict(json.loads(saved.read_text()))
 
-    def _context(self, round_: int, config: Mapping[str, float] | None = None) -> Context:
+    def _context(
+        self,
+        round_: int,
+        config: Mapping[str, float] | None = None,
+        *,
+        ranks: Distributed | None = None,
+    ) -> Context:
+        """The context of a call; ``ranks`` for the calls every rank makes together."""
+        group = ranks or Distributed()
         return Context(
             silo=self.silo,
             inputs=self.inputs,
@@ -285,10 +310,13 @@ class SiloRunner:
             seed=derive_seed(self.hp.seed, self.silo, round_),
             config=dict(config or {}),
             privacy=(
-                PrivateTraining(self._local_dp, round_) if self._local_dp is not None else None
+                PrivateTraining(self._local_dp, round_, group)
+                if self._local_dp is not None
+                else None
             ),
             device=self.device,
             threads=self.threads,
+            distributed=group,
         )
 
     def prepare(self) -> dict[str, np.ndarray[Any, Any]]:
@@ -314,7 +342,7 @@ class SiloRunner:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with _threads(self.threads):
             seed_everything(self.hp.seed)
-            model = self.task.model(self._context(0))
+            model = self.task.model(self._context(0, ranks=self.distributed))
             if not isinstance(model, torch.nn.Module):
                 raise TaskFailed(self.silo, f"model() must return a torch.nn.Module, not {model!r}")
             params = parameters_of(model)  # built on the CPU: the same in every silo
@@ -342,18 +370,20 @@ class SiloRunner:
         the task's own ``train`` needs no change.
         """
         model = self._load(params)
-        ctx = self._context(round_, config)
+        ctx = self._context(round_, config, ranks=self.distributed)
         mu = float((config or {}).get("proximal_mu", 0.0))
         quiet = silence_opacus_warnings() if self._local_dp is not None else nullcontext()
         with _threads(self.threads), _proximal(model, mu), quiet:
             seed_everything(ctx.seed)
             model.train()
             metrics = _check_metrics(self.silo, "train", self.task.train(model, ctx))
+            metrics = self.distributed.combine(metrics)
         if self._local_dp is not None:
             metrics["epsilon"] = self._local_dp.epsilon()
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            state = self.work_dir / _PRIVACY_STATE
-            state.write_text(json.dumps(self._local_dp.state_dict()))
+            if self.distributed.is_main:  # one accountant for the silo: rank 0 keeps it
+                self.work_dir.mkdir(parents=True, exist_ok=True)
+                state = self.work_dir / _PRIVACY_STATE
+                state.write_text(json.dumps(self._local_dp.state_dict()))
         return parameters_of(model), metrics
 
     def evaluate(self, round_: int, params: Parameters) -> dict[str, float]:

@@ -34,6 +34,7 @@ from opacus.grad_sample import AbstractGradSampleModule  # type: ignore[import-u
 from opacus.validators import ModuleValidator  # type: ignore[import-untyped]
 from torch.utils.data import DataLoader
 
+from fedsilo._distributed import Distributed
 from fedsilo.errors import ConfigError, PrivacyBudgetExceeded
 from fedsilo.privacy._accounting import (
     HistoryEntry,
@@ -141,6 +142,7 @@ class LocalDP:
         data_loader: DataLoader[Any],
         *,
         round_: int,
+        distributed: Distributed | None = None,
     ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader[Any]]:
         """Wrap one round's training objects for DP-SGD; train through what it returns.
 
@@ -150,7 +152,14 @@ class LocalDP:
         gradients and records each step in the job's accountant. Raises
         :class:`PrivacyBudgetExceeded` before training when this round would take the job
         past its limit, and from ``optimizer.step()`` if training goes past it anyway.
+
+        With ``distributed`` ranks (torch.distributed), ``data_loader`` is over the silo's
+        whole data in every rank: each rank Poisson-samples its share of it at the same
+        rate, the clipped gradients are summed over the ranks and noised once (rank 0),
+        so the accountant of every rank records what one process would, and epsilon is
+        the same as with one process over the same data.
         """
+        ranks = distributed if distributed is not None and distributed.world_size > 1 else None
         if isinstance(model, AbstractGradSampleModule):
             model = model.to_standard_module()
         self._release_wrapper()
@@ -165,9 +174,19 @@ class LocalDP:
         if len(data_loader) == 0:
             raise ConfigError("local DP needs a non-empty training data loader")
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        # each rank samples its own share of the data, from a stream of its own
+        sampling = "sampling" if ranks is None else f"sampling-rank-{ranks.rank}"
         with silence_opacus_warnings():
+            if ranks is not None:
+                from opacus.distributed import (  # type: ignore[import-untyped]
+                    DifferentiallyPrivateDistributedDataParallel,
+                )
+
+                model = DifferentiallyPrivateDistributedDataParallel(model)
             dp_loader = DPDataLoader.from_data_loader(
-                data_loader, generator=self._generator(torch.device("cpu"), round_, "sampling")
+                data_loader,
+                generator=self._generator(torch.device("cpu"), round_, sampling),
+                distributed=ranks is not None,
             )
             # Opacus accounts with 1 / len(loader) and steps len(loader) times per epoch;
             # planning with the same numbers keeps the plan and the accountant in step.

@@ -506,12 +506,6 @@ class Agent:
         for step, compute in sorted(computes.items(), key=lambda sc: sc[0] != SiloStep.TRAIN):
             request = task.resources.get(step.value) or ResourceRequest()
             try:
-                if request.workers > 1:
-                    raise ResourceRefused(
-                        f"resources.{step.value}.workers",
-                        f"the job asks for {request.workers} ranks in its {step.value} step; "
-                        f"silo '{self.silo}' runs one process per step",
-                    )
                 grants[step] = self.computes.grant(compute, request, step.value)
             except ResourceRefused as exc:
                 raise self._refuse(
@@ -680,7 +674,13 @@ class Agent:
             gpus=list(allocation.devices),
         )
         device = "cuda" if allocation.devices else "cpu"
-        worker.request("init", **init, threads=granted.threads, device=device)
+        worker.request(
+            "init",
+            **init,
+            threads=granted.threads,
+            device=device,
+            workers=granted.workers,
+        )
         return held
 
     def _upload(

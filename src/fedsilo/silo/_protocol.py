@@ -5,9 +5,18 @@ from __future__ import annotations
 import json
 from typing import IO, Any
 
-__all__ = ["read_message", "write_message"]
+__all__ = ["NICENESS", "read_message", "write_message"]
 
 MAX_LINE = 16 * 1024 * 1024
+
+NICENESS = 10
+"""How much less CPU the job worker asks for than the agent, under contention.
+
+Training may take every core; the agent must still heartbeat, answer approvals and move
+parameters, or the orchestrator counts the silo as disconnected. On a machine that runs
+nothing else the worker still gets all of the CPU. The agent's thread that computes
+secure-aggregation masks ahead, work off a round's critical path, takes the same.
+"""
 
 
 def write_message(stream: IO[bytes], message: dict[str, Any]) -> None:

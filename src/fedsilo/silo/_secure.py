@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from fedsilo.api import TaskMessage, TaskResult
 from fedsilo.audit import AuditLog
 from fedsilo.errors import FedsiloError
+from fedsilo.silo._protocol import NICENESS
 from fedsilo.silo._session import JobSession
-from fedsilo.silo._worker import NICENESS
 
 if TYPE_CHECKING:
     from fedsilo.privacy.secagg import RoundMask, SecAggClient

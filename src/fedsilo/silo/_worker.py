@@ -2,7 +2,9 @@
 
 It imports the task's code (never the agent), receives commands from the agent over a
 pipe, reads and writes parameters as safetensors files in the job's folder, and answers
-with metrics. Run as ``python -m fedsilo.silo._worker IN_FD OUT_FD``.
+with metrics. Run as ``python -m fedsilo.silo._worker IN_FD OUT_FD``. When the silo
+grants the step several ranks, it starts them with torch's launcher and relays each
+command to them (:mod:`fedsilo.silo._ranks`).
 """
 
 from __future__ import annotations
@@ -13,23 +15,23 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from fedsilo.silo._protocol import read_message, write_message
+from fedsilo._distributed import Distributed
+from fedsilo.silo._protocol import NICENESS, read_message, write_message
 
-__all__ = ["NICENESS", "main"]
-
-NICENESS = 10
-"""How much less CPU the job worker asks for than the agent, under contention.
-
-Training may take every core; the agent must still heartbeat, answer approvals and move
-parameters, or the orchestrator counts the silo as disconnected. On a machine that runs
-nothing else the worker still gets all of the CPU. The agent's thread that computes
-secure-aggregation masks ahead, work off a round's critical path, takes the same.
-"""
+__all__ = ["NICENESS", "Worker", "die_with_parent", "failure", "main"]
 
 
-class _Worker:
-    def __init__(self) -> None:
+class Worker:
+    """Runs one process's share of a job step: the whole step, or one rank's of it.
+
+    With several ranks (``ranks.world_size > 1``) every rank gets every command, builds
+    and trains the model together with the others; rank 0 alone preprocesses, evaluates
+    and writes the parameters that leave the silo.
+    """
+
+    def __init__(self, ranks: Distributed | None = None) -> None:
         self.runner: Any = None
+        self.ranks = ranks or Distributed()
 
     def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
         op = msg.get("op")
@@ -41,25 +43,33 @@ class _Worker:
             raise RuntimeError(f"'{op}' before 'init'")
         from fedsilo.tensors import load_parameters, save_parameters
 
-        if op == "prepare":  # preprocess, then build the model
-            params = self.runner.prepare()
-            return {"digest": save_parameters(params, Path(msg["out"]))}
+        main = self.ranks.is_main
+        if op == "prepare":  # preprocess (rank 0), then build the model (every rank)
+            if main:
+                self.runner.preprocess()
+            self.ranks.all_reduce(0.0)  # the others wait for what preprocess wrote
+            params = self.runner.build()
+            return {"digest": save_parameters(params, Path(msg["out"]))} if main else {}
         if op == "preprocess":  # preprocessing alone, on a compute of its own
             self.runner.preprocess()
             return {}
         if op == "build":  # the model alone, on the compute that trains it
             params = self.runner.build()
-            return {"digest": save_parameters(params, Path(msg["out"]))}
+            return {"digest": save_parameters(params, Path(msg["out"]))} if main else {}
         if op == "fit":
             global_params = load_parameters(Path(msg["params"]))
             reply: dict[str, Any] = {}
-            if msg.get("evaluate_first"):
+            if msg.get("evaluate_first") and main:
                 reply["eval_metrics"] = self.runner.evaluate(msg["round"] - 1, global_params)
             params, metrics = self.runner.fit(msg["round"], global_params, msg.get("config"))
+            if not main:
+                return {}
             reply["train_metrics"] = metrics
             reply["digest"] = save_parameters(params, Path(msg["out"]))
             return reply
         if op == "evaluate":
+            if not main:
+                return {}
             global_params = load_parameters(Path(msg["params"]))
             return {"eval_metrics": self.runner.evaluate(msg["round"], global_params)}
         raise RuntimeError(f"unknown operation '{op}'")
@@ -70,6 +80,11 @@ class _Worker:
         from fedsilo.task import SiloRunner, load_task
 
         task = load_task(Path(msg["code_dir"]), msg["entrypoint"])
+        device = str(msg.get("device", "cpu"))
+        if device == "cuda":  # this rank's first GPU (the launcher set it), 0 in one process
+            import torch
+
+            device = f"cuda:{torch.cuda.current_device()}"
         self.runner = SiloRunner(
             task,
             silo=msg["silo"],
@@ -79,12 +94,20 @@ class _Worker:
             rounds=int(msg.get("rounds", 1)),
             privacy=PrivacySpec.model_validate(msg.get("privacy") or {}),
             threads=int(msg.get("threads", 1)),
-            device=str(msg.get("device", "cpu")),
+            device=device,
+            distributed=self.ranks,
         )
         return {}
 
 
-def _die_with_parent() -> None:
+def failure(exc: BaseException) -> dict[str, Any]:
+    """The reply for a command that raised: the error, and the tail of its traceback."""
+    tb = traceback.format_exc(limit=-8)
+    print(tb, file=sys.stderr, flush=True)
+    return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": tb}
+
+
+def die_with_parent() -> None:
     """Ask Linux to kill this process when the agent that started it dies."""
     if not sys.platform.startswith("linux"):
         return
@@ -113,21 +136,23 @@ def main(argv: list[str] | None = None) -> int:
     from fedsilo.silo._limits import apply_rlimits
 
     apply_rlimits()  # where the silo has no control groups: before any task code runs
-    _die_with_parent()
+    die_with_parent()
     _yield_cpu()
     inp = os.fdopen(int(args[0]), "rb")
     out = os.fdopen(int(args[1]), "wb")
-    worker = _Worker()
+    worker = Worker()
     while True:
         msg = read_message(inp)
         if msg is None or msg.get("op") == "shutdown":
             return 0
+        if msg.get("op") == "init" and int(msg.get("workers", 1)) > 1:
+            from fedsilo.silo._ranks import serve_ranks
+
+            return serve_ranks(msg, inp, out)  # this process now relays to the ranks
         try:
             reply = {"ok": True, **worker.handle(msg)}
         except Exception as exc:
-            tb = traceback.format_exc(limit=-8)
-            print(tb, file=sys.stderr, flush=True)
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": tb}
+            reply = failure(exc)
         write_message(out, reply)
 
 
