@@ -146,6 +146,35 @@ ERROR_CASES = {
         "silos.1.compute.per_job.memory",
         "lets one job take memory 8 GiB, more than the 4 GiB it has",
     ),
+    "a compute of one node": (
+        _edit(
+            "{name: silo-b-cpu}",
+            "{name: silo-b-cpu, nodes: [{name: n0, address: 10.0.0.1, interface: eth1, "
+            "job_addresses: [10.0.0.11]}]}  #!",
+        ),
+        "silos.1.compute.nodes",
+        "lists one node",
+    ),
+    "two nodes with one job address": (
+        _edit(
+            "{name: silo-b-cpu}",
+            "{name: silo-b-cpu, nodes: [{name: n0, address: 10.0.0.1, interface: eth1, "
+            "job_addresses: [10.0.0.11]}, {name: n1, address: 10.0.0.2, interface: eth1, "
+            "job_addresses: [10.0.0.11]}]}  #!",
+        ),
+        "silos.1.compute.nodes.1.job_addresses",
+        "repeats address 10.0.0.11 (also node 'n0')",
+    ),
+    "a node address that is not one": (
+        _edit(
+            "{name: silo-b-cpu}",
+            "{name: silo-b-cpu, nodes: [{name: n0, address: here, interface: eth1, "
+            "job_addresses: [10.0.0.11]}, {name: n1, address: 10.0.0.2, interface: eth1, "
+            "job_addresses: [10.0.0.12]}]}  #!",
+        ),
+        "silos.1.compute.nodes.0.address",
+        "IP",
+    ),
     "too few processes": (
         _edit("{name: silo-b-cpu}", "{name: silo-b-cpu, processes: 2}  #!"),
         "silos.1.compute.processes",

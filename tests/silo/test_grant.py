@@ -53,6 +53,7 @@ def test_ranks_share_the_threads_and_gpu_computes_give_one_gpu_per_rank() -> Non
             "at most 1 h",
         ),
         ({"per_job": {"workers": 2}}, {"workers": 4}, "resources.train.workers", "at most 2"),
+        ({}, {"nodes": 2}, "resources.train.nodes", "has one machine"),
     ],
 )
 def test_a_request_the_compute_cannot_meet_names_the_silo_compute_and_field(

@@ -20,6 +20,9 @@ orchestrator_app = typer.Typer(
     name="orchestrator", help="Run the orchestrator.", no_args_is_help=True
 )
 silo_app = typer.Typer(name="silo", help="Run a silo's agent.", no_args_is_help=True)
+node_app = typer.Typer(
+    name="node", help="Run a machine of a silo's compute that spans several.", no_args_is_help=True
+)
 
 KitDir = Annotated[Path, typer.Option("--kit", help="The participant's kit folder.")]
 
@@ -212,8 +215,23 @@ def silo_start(
     run_agent(kit, cores=cores)
 
 
+def node_start(
+    kit: KitDir,
+    node: Annotated[
+        str, typer.Option("--node", help="This machine's name among the compute's nodes.")
+    ],
+) -> None:
+    """Serve as one machine of a silo's compute (listens on its address on the silo's
+    network; runs the ranks of job steps the silo's agent asks for)."""
+    from fedsilo.silo._node import run_node
+
+    _logging()
+    run_node(kit, node)
+
+
 orchestrator_app.command("start")(orchestrator_start)
 silo_app.command("start")(silo_start)
+node_app.command("start")(node_start)
 
 
 def register(app: typer.Typer) -> None:
@@ -224,3 +242,4 @@ def register(app: typer.Typer) -> None:
     app.command()(check)
     app.add_typer(orchestrator_app)
     app.add_typer(silo_app)
+    app.add_typer(node_app)

@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
 
 from fedsilo.config._resources import ByteSize, Duration, JobCaps, format_bytes
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
@@ -27,6 +27,7 @@ __all__ = [
     "DatasetSpec",
     "FederationSpec",
     "LimitsSpec",
+    "NodeSpec",
     "OrchestratorSpec",
     "SiloSpec",
     "StorageSpec",
@@ -101,6 +102,28 @@ DEFAULT_MAX_STEP_SECONDS = 86400.0
 """How long one step of a job may run unless its compute says: a day."""
 
 
+_IFNAME = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$"  # a Linux interface name
+
+
+class NodeSpec(BaseModel):
+    """One machine of a compute that spans several, on the silo's own network.
+
+    ``address`` is the machine's address on that network, where its node service
+    (``fedsilo node start``) listens on ``port``; ``interface`` is its network card there.
+    ``job_addresses`` are spare addresses of that network reserved for the sandboxes of
+    the job steps this machine runs (one per step running at once): a step's ranks reach
+    the other machines' job addresses and nothing else.
+    """
+
+    model_config = _FROZEN
+
+    name: ParticipantName
+    address: IPvAnyAddress
+    port: Annotated[int, Field(ge=1, le=65535)] = 7600
+    interface: Annotated[str, Field(pattern=_IFNAME)]
+    job_addresses: Annotated[tuple[IPvAnyAddress, ...], Field(min_length=1)]
+
+
 class ComputeSpec(BaseModel):
     """What runs a participant's code, by name (unique in the federation), and its limits.
 
@@ -108,7 +131,8 @@ class ComputeSpec(BaseModel):
     otherwise). What it has: ``threads`` (the cores it owns; default: the machine's, or
     its share of them when ``fedsilo up`` runs several silos on one machine), ``gpus``
     (NVIDIA device indices; a compute of kind ``gpu`` must list them) and ``memory``
-    (default: the machine's, less room for the agent and the system). What one job may
+    (default: the machine's, less room for the agent and the system); with ``nodes``, each
+    of its machines has that much, and the first is the agent's own. What one job may
     take: ``per_job`` caps threads, GPUs, memory and ranks; every step of a job runs with
     at most ``processes`` processes, ``cpu`` cores of CPU time (a quota; default none),
     ``disk`` bytes in its work folder and ``max_step_seconds``. ``environment`` holds
@@ -130,9 +154,11 @@ class ComputeSpec(BaseModel):
     disk: ByteSize | None = None
     max_step_seconds: Duration | None = DEFAULT_MAX_STEP_SECONDS
     per_job: JobCaps = JobCaps()
+    nodes: tuple[NodeSpec, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> ComputeSpec:
+        self._check_nodes()
         reserved = sorted(set(self.environment) & _RESERVED_ENVIRONMENT)
         if reserved:
             raise FieldIssue(
@@ -170,6 +196,33 @@ class ComputeSpec(BaseModel):
                     f"{owned} it has",
                 )
         return self
+
+    def _check_nodes(self) -> None:
+        if len(self.nodes) == 1:
+            raise FieldIssue(
+                ("nodes",),
+                f"compute '{self.name}' lists one node; list every machine of the compute "
+                "(the agent's own first), or none for a compute of one machine",
+            )
+        seen: dict[str, str] = {}
+        for position, node in enumerate(self.nodes):
+            for kind, value in (
+                ("name", node.name),
+                ("address", str(node.address)),
+                *(("job_addresses", str(a)) for a in node.job_addresses),
+            ):
+                key = value if kind == "name" else f"address {value}"
+                if key in seen:
+                    raise FieldIssue(
+                        ("nodes", position, kind),
+                        f"compute '{self.name}': node '{node.name}' repeats {key} "
+                        f"(also node '{seen[key]}'); every node and job address is unique",
+                    )
+                seen[key] = node.name
+
+    def node(self, name: str) -> NodeSpec | None:
+        """The node called ``name``, or ``None``."""
+        return next((n for n in self.nodes if n.name == name), None)
 
     @property
     def has_gpus(self) -> bool:

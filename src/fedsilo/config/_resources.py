@@ -121,13 +121,15 @@ class JobCaps(BaseModel):
     gpus: Annotated[int, Field(ge=0, le=1024)] | None = None
     memory: ByteSize | None = None
     workers: Annotated[int, Field(ge=1, le=1024)] | None = None
+    nodes: Annotated[int, Field(ge=1, le=1024)] | None = None
 
 
 class ResourceRequest(BaseModel):
     """What a job asks for one step in each silo (the silo decides what it grants).
 
-    ``workers`` is the number of ranks (processes under torch.distributed); ``threads`` and
-    ``gpus`` are per rank; ``memory`` is for the whole step, every rank together.
+    ``workers`` is the number of ranks (processes under torch.distributed) on each of
+    ``nodes`` machines of the compute; ``threads`` and ``gpus`` are per rank; ``memory`` is
+    for the whole step on each machine, every rank there together.
     ``max_step_seconds`` may ask for less time than the silo's limit, never more. Unset
     fields take the compute's defaults: every thread and all the memory one job may take,
     one GPU per rank on a compute with GPUs.
@@ -136,6 +138,7 @@ class ResourceRequest(BaseModel):
     model_config = _FROZEN
 
     workers: Annotated[int, Field(ge=1, le=1024)] = 1
+    nodes: Annotated[int, Field(ge=1, le=1024)] = 1
     threads: Annotated[int, Field(ge=1, le=4096)] | None = None
     gpus: Annotated[int, Field(ge=0, le=1024)] | None = None
     memory: ByteSize | None = None
@@ -145,8 +148,9 @@ class ResourceRequest(BaseModel):
 class ResourceGrant(BaseModel):
     """What a silo grants one step of a job on one of its computes, and enforces.
 
-    ``threads`` and ``gpus`` are per rank, ``memory`` and ``processes`` for the step's
-    whole process tree, ``cpu`` a CPU quota in cores (``None``: no quota), ``disk`` the
+    ``workers`` ranks run on each of ``nodes`` machines; ``threads`` and ``gpus`` are per
+    rank, ``memory`` and ``processes`` for the step's whole process tree on each machine,
+    ``cpu`` a CPU quota in cores (``None``: no quota), ``disk`` the
     most the job's work folder may hold, ``max_step_seconds`` the deadline of each step
     (preprocessing, one round's training, an evaluation).
     """
@@ -155,6 +159,7 @@ class ResourceGrant(BaseModel):
 
     compute: str
     workers: int = 1
+    nodes: int = 1
     threads: int = 1
     gpus: int = 0
     memory: int
@@ -165,12 +170,12 @@ class ResourceGrant(BaseModel):
 
     @property
     def total_threads(self) -> int:
-        """Threads of every rank together: what the step takes of the compute's threads."""
+        """Threads of every rank of one machine: what the step takes of its threads."""
         return self.threads * self.workers
 
     @property
     def total_gpus(self) -> int:
-        """GPUs of every rank together."""
+        """GPUs of every rank of one machine together."""
         return self.gpus * self.workers
 
     def describe(self) -> str:
@@ -180,6 +185,8 @@ class ResourceGrant(BaseModel):
             if self.workers > 1
             else f"{self.threads} thread{'s' if self.threads != 1 else ''}"
         ]
+        if self.nodes > 1:
+            parts[0] = f"{self.nodes} nodes x {parts[0]}"
         if self.gpus:
             each = " each" if self.workers > 1 else ""
             parts.append(f"{self.gpus} GPU{'s' if self.gpus != 1 else ''}{each}")
@@ -198,12 +205,14 @@ class ResourceBounds(BaseModel):
     """Bounds a silo's policy puts on a grant (``resources_above`` in a rule's ``when``).
 
     Each field bounds the grant's field of the same name; ``threads`` and ``gpus`` bound
-    every rank together (what the step takes of the compute).
+    every rank of one machine together (what the step takes of it), ``workers`` every
+    rank of the step on every machine.
     """
 
     model_config = _FROZEN
 
     workers: Annotated[int, Field(ge=0)] | None = None
+    nodes: Annotated[int, Field(ge=0)] | None = None
     threads: Annotated[int, Field(ge=0)] | None = None
     gpus: Annotated[int, Field(ge=0)] | None = None
     memory: ByteSize | None = None
@@ -223,7 +232,8 @@ class ResourceBounds(BaseModel):
     def exceeded(self, grant: ResourceGrant) -> tuple[str, str, str] | None:
         """The first ``(field, granted, bound)`` of ``grant`` above these bounds, if any."""
         granted: dict[str, float] = {
-            "workers": grant.workers,
+            "workers": grant.workers * grant.nodes,
+            "nodes": grant.nodes,
             "threads": grant.total_threads,
             "gpus": grant.total_gpus,
             "memory": grant.memory,

@@ -116,12 +116,12 @@ class JobSpec(_Frozen):
     def _resources_by_step(cls, value: Any) -> Any:
         """A ``resources`` mapping without step names asks the same for every step.
 
-        Preprocessing then runs as one process: the request's ``workers`` is the train
-        step's alone.
+        Preprocessing then runs as one process: the request's ``workers`` and ``nodes``
+        are the train step's alone.
         """
         steps = {step.value for step in SiloStep}
         if isinstance(value, dict) and value and not (set(value) & steps):
-            once = {k: v for k, v in value.items() if k != "workers"}
+            once = {k: v for k, v in value.items() if k not in ("workers", "nodes")}
             return {SiloStep.PREPROCESS.value: once, SiloStep.TRAIN.value: value}
         return value
 
@@ -171,12 +171,16 @@ class JobSpec(_Frozen):
                 )
         self._check_secure_aggregation()
         pre = self.resources.get(SiloStep.PREPROCESS)
-        if pre is not None and pre.workers > 1:
-            raise FieldIssue(
-                ("resources", "preprocess", "workers"),
-                "preprocessing runs once, as one process; ask for workers in the train step "
-                "(resources: {train: {workers: N}})",
-            )
+        for field, value in (
+            ("workers", pre.workers if pre else 1),
+            ("nodes", pre.nodes if pre else 1),
+        ):
+            if value > 1:
+                raise FieldIssue(
+                    ("resources", "preprocess", field),
+                    f"preprocessing runs once, as one process; ask for {field} in the train "
+                    f"step (resources: {{train: {{{field}: N}}}})",
+                )
         return self
 
     def resources_for(self, step: SiloStep) -> ResourceRequest:

@@ -16,6 +16,7 @@ computes' capacity.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -38,7 +39,15 @@ from fedsilo.api import (
 )
 from fedsilo.approval import ApprovalClient, Decision, load_policy
 from fedsilo.audit import AuditLog, audit_path
-from fedsilo.config import Classification, ComputeSpec, Kit, ResourceGrant, Role, load_kit
+from fedsilo.config import (
+    Classification,
+    ComputeSpec,
+    Kit,
+    NodeSpec,
+    ResourceGrant,
+    Role,
+    load_kit,
+)
 from fedsilo.errors import (
     ClassificationError,
     ConfigError,
@@ -54,7 +63,7 @@ from fedsilo.jobs import (
     parse_public_key,
     unpack_bundle,
 )
-from fedsilo.silo._capacity import Withdrawn
+from fedsilo.silo._capacity import Allocation, ComputePool, Withdrawn
 from fedsilo.silo._computes import SiloComputes
 from fedsilo.silo._governance import (
     Clearance,
@@ -67,7 +76,9 @@ from fedsilo.silo._governance import (
 )
 from fedsilo.silo._gpu import gpu_binds
 from fedsilo.silo._grant import ResourceRefused
-from fedsilo.silo._limits import Limits
+from fedsilo.silo._limits import JobGroup, Limits
+from fedsilo.silo._network import JobNetwork
+from fedsilo.silo._node import RemoteStep, StartRanks
 from fedsilo.silo._sandbox import SandboxSpec, check_sandbox
 from fedsilo.silo._secure import SecureParty, masked_words
 from fedsilo.silo._session import JobSession, Step
@@ -260,8 +271,12 @@ class Agent:
         except LimitReached as exc:
             result = self._stopped(task, session, exc)
         except TaskFailed as exc:
-            log.warning("task %s failed: %s", task.task_id[:8], exc)
-            result = TaskResult(ok=False, error=exc.detail)
+            remote = self._remote_limit(session)
+            if remote is not None:  # another machine stopped its ranks at a limit
+                result = self._stopped(task, session, LimitReached(self.silo, remote))
+            else:
+                log.warning("task %s failed: %s", task.task_id[:8], exc)
+                result = TaskResult(ok=False, error=exc.detail)
         except (PolicyRejected, ClassificationError) as exc:
             log.warning("task %s refused: %s", task.task_id[:8], exc)
             result = TaskResult(ok=False, error=str(exc), refused=True)
@@ -289,6 +304,12 @@ class Agent:
         finally:
             if session is not None:
                 self.secure.start_masks_ahead(session)
+
+    @staticmethod
+    def _remote_limit(session: JobSession | None) -> str | None:
+        """The limit another machine of the job's step stopped its ranks at, if any."""
+        step = session.train if session is not None else None
+        return step.remote_limit() if step is not None and step.remotes else None
 
     def _stopped(
         self, task: TaskMessage, session: JobSession | None, exc: LimitReached
@@ -591,27 +612,31 @@ class Agent:
         """A job worker for ``step`` on ``compute``, once the compute has room for it.
 
         It runs in a control group of its own with the grant's limits, sees only the GPUs
-        it was given, and is initialised with the job's code and inputs.
+        it was given, and is initialised with the job's code and inputs. A step over
+        several machines also gets the same on each other machine, through its node
+        service, and a network namespace on each that reaches the others only.
         """
         assert task.job_id is not None
         job_id = task.job_id
         granted = grants[step]
-        pool = self.computes.pool(compute.name)
         holder = job_id if step is SiloStep.TRAIN else f"{job_id}:{step.value}"
 
         def waiting(why: str) -> bool:
             detail = f"queued in silo '{self.silo}' for compute '{compute.name}': {why}"
             return not session.closed.is_set() and self.work.progress(task.task_id, detail)
 
+        machines: list[tuple[NodeSpec | None, ComputePool]] = (
+            list(self.computes.machines(compute.name)[: granted.nodes])
+            if granted.nodes > 1
+            else [(None, self.computes.pool(compute.name))]
+        )
+        parts = _Parts()
         try:
-            allocation = pool.acquire(holder, granted, waiting=waiting)
-        except Withdrawn:
-            raise FedsiloError(
-                f"job {job_id} was withdrawn while it waited for compute '{compute.name}'"
-            ) from None
-        group = None
-        try:
-            group = self.computes.limiter.group(
+            allocations = []
+            for _, pool in machines:
+                allocations.append(pool.acquire(holder, granted, waiting=waiting))
+                parts.holds.append((pool, holder))
+            parts.group = self.computes.limiter.group(
                 f"{job_id}.{step.value}",
                 Limits(
                     memory_bytes=granted.memory,
@@ -625,19 +650,23 @@ class Agent:
                 "OMP_NUM_THREADS": str(granted.threads),
                 "MKL_NUM_THREADS": str(granted.threads),
             }
+            devices = allocations[0].devices
             job_sandbox = sandbox
-            if allocation.devices:
-                environment["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, allocation.devices))
+            if devices:
+                environment["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, devices))
                 if sandbox is not None:
-                    binds = gpu_binds(allocation.devices)
-                    job_sandbox = SandboxSpec(
-                        code_dir=sandbox.code_dir,
-                        inputs=sandbox.inputs,
-                        writable=sandbox.writable,
+                    binds = gpu_binds(devices)
+                    job_sandbox = dataclasses.replace(
+                        sandbox,
                         devices=binds.devices,
                         system=binds.read_only,
                         library_path=binds.library_dirs,
                     )
+            spread = None
+            if granted.nodes > 1:
+                spread = self._spread(task, parts, machines, allocations, granted, sandbox, init)
+                if job_sandbox is not None:
+                    job_sandbox = dataclasses.replace(job_sandbox, share_net=True)
             work = Path(init["work_dir"])
             worker = WorkerProcess(
                 silo=self.silo,
@@ -645,7 +674,7 @@ class Agent:
                 log_file=self._job_dir(job_id) / "worker.log",
                 sandbox=job_sandbox,
                 environment=environment,
-                group=group,
+                group=parts.group,
                 limits=StepLimits(
                     max_step_seconds=granted.max_step_seconds,
                     disk=granted.disk,
@@ -653,13 +682,17 @@ class Agent:
                     memory=granted.memory,
                     processes=granted.processes,
                 ),
+                prefix=parts.network.prefix() if parts.network is not None else (),
             )
+        except Withdrawn:
+            parts.undo()
+            raise FedsiloError(
+                f"job {job_id} was withdrawn while it waited for compute '{compute.name}'"
+            ) from None
         except BaseException:
-            if group is not None:
-                group.close()
-            pool.release(holder)
+            parts.undo()
             raise
-        held = Step(worker, pool, holder, group)
+        held = Step(worker, parts.holds, parts.group, parts.network, parts.remotes)
         if not session.attach(held, train=step is SiloStep.TRAIN):
             raise FedsiloError(f"job {job_id} was released while its worker started")
         self.audit.append(
@@ -671,17 +704,81 @@ class Agent:
             worker_pid=worker.pid,
             enforcement=self.computes.limiter.enforcement.value,
             resources=granted.describe(),
-            gpus=list(allocation.devices),
+            gpus=list(devices),
+            nodes=[node.name for node, _ in machines if node is not None],
         )
-        device = "cuda" if allocation.devices else "cpu"
         worker.request(
             "init",
             **init,
             threads=granted.threads,
-            device=device,
+            device="cuda" if devices else "cpu",
             workers=granted.workers,
+            machines=spread,
         )
         return held
+
+    def _spread(
+        self,
+        task: TaskMessage,
+        parts: _Parts,
+        machines: list[tuple[NodeSpec | None, ComputePool]],
+        allocations: list[Allocation],
+        granted: ResourceGrant,
+        sandbox: SandboxSpec | None,
+        init: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Network namespaces for a step over several machines, and its ranks on the others.
+
+        Returns what this machine's launcher needs to join them (it is node rank 0).
+        """
+        addresses = [a.address for a in allocations]
+        if any(a is None for a in addresses):
+            raise FedsiloError("a machine of the compute gave the step no job address")
+        head = machines[0][0]
+        assert head is not None and task.job_id is not None
+        step_id = f"{task.job_id}.train"
+        parts.network = JobNetwork.for_step(
+            f"{step_id}@{head.name}",
+            parent=head.interface,
+            address=str(addresses[0]),
+            peers=tuple(str(a) for a in addresses[1:]),
+        )
+        parts.network.create()
+        paths = sandbox or SandboxSpec(
+            code_dir=Path(init["code_dir"]),
+            inputs=tuple(Path(p) for p in init["inputs"].values()),
+            writable=(Path(init["work_dir"]), self._job_dir(task.job_id) / "params"),
+        )
+        for rank, ((node, _), allocation) in enumerate(zip(machines, allocations, strict=True)):
+            if rank == 0 or node is None:
+                continue
+            request = StartRanks(
+                step=step_id,
+                node_rank=rank,
+                nnodes=len(machines),
+                workers=granted.workers,
+                threads=granted.threads,
+                master=str(addresses[0]),
+                address=str(allocation.address),
+                peers=tuple(str(a) for j, a in enumerate(addresses) if j != rank),
+                code_dir=str(paths.code_dir),
+                inputs=tuple(str(p) for p in paths.inputs),
+                writable=tuple(str(p) for p in paths.writable),
+                environment=dict(self.computes.offers[granted.compute].spec.environment),
+                memory=granted.memory,
+                processes=granted.processes,
+                cpu=granted.cpu,
+                disk=granted.disk,
+                sandbox=self.sandboxed,
+                gpus=allocation.devices,
+            )
+            parts.remotes.append(RemoteStep(self.kit, node, request))
+        return {
+            "count": len(machines),
+            "rank": 0,
+            "master": str(addresses[0]),
+            "address": str(addresses[0]),
+        }
 
     def _upload(
         self,
@@ -817,6 +914,26 @@ class Agent:
             eval_metrics=self._metrics(task, session, reply["eval_metrics"]),
             compute_seconds=compute,
         )
+
+
+@dataclasses.dataclass
+class _Parts:
+    """What a step holds while its worker starts; given back if it does not start."""
+
+    holds: list[tuple[ComputePool, str]] = dataclasses.field(default_factory=list)
+    group: JobGroup | None = None
+    network: JobNetwork | None = None
+    remotes: list[RemoteStep] = dataclasses.field(default_factory=list)
+
+    def undo(self) -> None:
+        for remote in self.remotes:
+            remote.close()
+        if self.group is not None:
+            self.group.close()
+        if self.network is not None:
+            self.network.close()
+        for pool, holder in self.holds:
+            pool.release(holder)
 
 
 def run_agent(kit_dir: Path, *, cores: int | None = None) -> None:

@@ -24,11 +24,13 @@ class Withdrawn(Exception):
 
 @dataclass(frozen=True)
 class Allocation:
-    """What one job step holds of a compute: its grant and the GPU devices it got."""
+    """What one job step holds of a compute: its grant, the GPU devices it got, and the
+    job address it got on a machine of a compute that spans several."""
 
     holder: str
     grant: ResourceGrant
     devices: tuple[int, ...] = ()
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ComputePool:
     """The threads, GPUs and memory of one compute, handed out to job steps in turn."""
 
     offer: ComputeOffer
+    addresses: tuple[str, ...] = ()  # job addresses of this machine, when it has any
     _held: dict[str, Allocation] = field(default_factory=dict)
     _queue: list[str] = field(default_factory=list)
     _cond: threading.Condition = field(default_factory=threading.Condition)
@@ -55,8 +58,14 @@ class ComputePool:
         taken = {d for a in self._held.values() for d in a.devices}
         return [d for d in self.offer.gpus if d not in taken]
 
+    def _free_addresses(self) -> list[str]:
+        taken = {a.address for a in self._held.values()}
+        return [a for a in self.addresses if a not in taken]
+
     def _shortfall(self, grant: ResourceGrant) -> str | None:
         """What is missing for ``grant`` now, in words; ``None`` when it fits."""
+        if self.addresses and not self._free_addresses():
+            return "a job address, none free"
         threads = self.offer.threads - sum(a.grant.total_threads for a in self._held.values())
         memory = self.offer.memory - sum(a.grant.memory for a in self._held.values())
         devices = len(self._free_devices())
@@ -89,7 +98,9 @@ class ComputePool:
                     first = self._queue[0] == holder
                     if why is None and first:
                         devices = tuple(self._free_devices()[: grant.total_gpus])
-                        allocation = Allocation(holder, grant, devices)
+                        free = self._free_addresses()
+                        address = free[0] if free else None
+                        allocation = Allocation(holder, grant, devices, address)
                         self._held[holder] = allocation
                         return allocation
                     if why is None:

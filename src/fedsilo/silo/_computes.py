@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from fedsilo.api import ComputeReport, SiloReport
-from fedsilo.config import ComputeSpec, ResourceGrant, ResourceRequest, SiloSpec
+from fedsilo.config import ComputeSpec, NodeSpec, ResourceGrant, ResourceRequest, SiloSpec
 from fedsilo.errors import ConfigError
 from fedsilo.silo._capacity import ComputePool
 from fedsilo.silo._gpu import check_gpus
@@ -29,7 +29,13 @@ class SiloComputes:
         self.spec = spec
         machine = Machine.probe(cores=cores)
         self.offers = {c.name: ComputeOffer.of(c, machine) for c in spec.all_computes()}
-        self.pools = {name: ComputePool(offer) for name, offer in self.offers.items()}
+        self.pools: dict[str, ComputePool] = {}
+        for name, offer in self.offers.items():
+            if not offer.spec.nodes:
+                self.pools[name] = ComputePool(offer)
+            for node in offer.spec.nodes:  # each machine of the compute has the same
+                addresses = tuple(str(a) for a in node.job_addresses)
+                self.pools[f"{name}@{node.name}"] = ComputePool(offer, addresses)
         for compute in spec.all_computes():
             if compute.gpus:
                 check_gpus(spec.name, compute.name, compute.gpus)
@@ -58,13 +64,20 @@ class SiloComputes:
         return grant(self.offers[compute.name], request, silo=self.spec.name, step=step)
 
     def pool(self, compute: str) -> ComputePool:
-        return self.pools[compute]
+        """The capacity of ``compute`` (of its first machine, the agent's, if it has several)."""
+        nodes = self.offers[compute].spec.nodes
+        return self.pools[f"{compute}@{nodes[0].name}" if nodes else compute]
+
+    def machines(self, compute: str) -> list[tuple[NodeSpec, ComputePool]]:
+        """Each machine of ``compute`` with its capacity, the agent's first."""
+        return [(n, self.pools[f"{compute}@{n.name}"]) for n in self.offers[compute].spec.nodes]
 
     def report(self, sandbox: str) -> SiloReport:
         """This silo's computes, their limits and their use now, for ``fedsilo status``."""
         computes = []
-        for name, offer in self.offers.items():
-            spec, state = offer.spec, self.pools[name].state()
+        for name, pool in self.pools.items():
+            offer = pool.offer
+            spec, state = offer.spec, pool.state()
             computes.append(
                 ComputeReport(
                     name=name,

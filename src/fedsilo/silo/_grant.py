@@ -137,6 +137,20 @@ def grant(offer: ComputeOffer, request: ResourceRequest, *, silo: str, step: str
     """
     where = f"compute '{offer.name}' of silo '{silo}'"
     field = f"resources.{step}"
+    nodes = request.nodes
+    if nodes > 1 and nodes > len(offer.spec.nodes):
+        has = f"{len(offer.spec.nodes)} machines" if offer.spec.nodes else "one machine"
+        raise ResourceRefused(
+            f"{field}.nodes",
+            f"the job asks for {nodes} machines in its {step} step; {where} has {has}",
+        )
+    cap = offer.spec.per_job.nodes
+    if cap is not None and nodes > cap:
+        raise ResourceRefused(
+            f"{field}.nodes",
+            f"the job asks for {nodes} machines in its {step} step; {where} gives one job "
+            f"at most {cap}",
+        )
     workers = request.workers
     if workers > offer.job_workers:
         raise ResourceRefused(
@@ -185,6 +199,7 @@ def grant(offer: ComputeOffer, request: ResourceRequest, *, silo: str, step: str
     return ResourceGrant(
         compute=offer.name,
         workers=workers,
+        nodes=nodes,
         threads=threads,
         gpus=gpus,
         memory=memory,

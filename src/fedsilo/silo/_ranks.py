@@ -24,12 +24,14 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from fedsilo.silo._network import INTERFACE, RENDEZVOUS_PORT
 from fedsilo.silo._protocol import read_message, write_message
 
-__all__ = ["ERRORS_VARIABLE", "serve_ranks"]
+__all__ = ["ERRORS_VARIABLE", "Machines", "launcher_argv", "serve_ranks"]
 
 ERRORS_VARIABLE = "FEDSILO_RANK_ERRORS"
 """The folder where a failing rank writes its error (``rank-N.json``) for the relay."""
@@ -37,39 +39,71 @@ ERRORS_VARIABLE = "FEDSILO_RANK_ERRORS"
 _POLL = 0.2
 
 
+@dataclass(frozen=True)
+class Machines:
+    """A step over several machines, as one machine's launcher sees it."""
+
+    count: int
+    rank: int
+    master: str  # the first machine's job address: the rendezvous
+    address: str  # this machine's job address
+
+
+def launcher_argv(*, workers: int, socket_path: str, machines: Machines | None = None) -> list[str]:
+    """torch's launcher (``torch.distributed.run``) for this machine's ranks of a step.
+
+    On one machine the rendezvous is on a free port of the sandbox's loopback, named by
+    address (the sandbox has no ``/etc/hosts``, so neither ``localhost`` nor its host name
+    resolves there). Across machines it is static: the first machine (the agent's) holds
+    the store on its job address, so global rank 0, which answers the agent, is there.
+    """
+    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={workers}"]
+    if machines is None:
+        argv += [
+            "--nnodes=1",
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=127.0.0.1:0",
+            f"--rdzv-id={uuid.uuid4().hex}",
+            "--local-addr=127.0.0.1",
+        ]
+    else:
+        argv += [
+            f"--nnodes={machines.count}",
+            f"--node-rank={machines.rank}",
+            "--rdzv-backend=static",
+            f"--master-addr={machines.master}",
+            f"--master-port={RENDEZVOUS_PORT}",
+            f"--local-addr={machines.address}",
+        ]
+    return [
+        *argv,
+        "--max-restarts=0",
+        "--monitor-interval=0.2",
+        "-m",
+        "fedsilo.silo._rank",
+        socket_path,
+    ]
+
+
 class _Ranks:
     """torch's launcher running the ranks, and the connection to rank 0."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, machines: Machines | None = None) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="fedsilo-ranks-"))
         path = self.folder / "rank0.sock"
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(str(path))
         self._listener.listen(1)
-        argv = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nnodes=1",
-            f"--nproc-per-node={workers}",
-            # a rendezvous on a free port of this machine, named by address: the sandbox
-            # has no /etc/hosts, so neither 'localhost' nor its host name resolves there
-            "--rdzv-backend=c10d",
-            "--rdzv-endpoint=127.0.0.1:0",
-            f"--rdzv-id={uuid.uuid4().hex}",
-            "--local-addr=127.0.0.1",
-            "--max-restarts=0",
-            "--monitor-interval=0.2",
-            "-m",
-            "fedsilo.silo._rank",
-            str(path),
-        ]
+        argv = launcher_argv(workers=workers, socket_path=str(path), machines=machines)
         env = {
             # c10d's warnings about names it cannot resolve in the sandbox are noise
             "TORCH_CPP_LOG_LEVEL": "ERROR",
             **os.environ,
             ERRORS_VARIABLE: str(self.folder),
-            "GLOO_SOCKET_IFNAME": "lo",  # the ranks of one machine talk over loopback
+            # the ranks talk over loopback on one machine, over the step's own interface
+            # across machines
+            "GLOO_SOCKET_IFNAME": "lo" if machines is None else INTERFACE,
+            "NCCL_SOCKET_IFNAME": "lo" if machines is None else INTERFACE,
         }
         self.launcher = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=env)
         self._conn: socket.socket | None = None
@@ -145,7 +179,9 @@ def serve_ranks(init: dict[str, Any], inp: IO[bytes], out: IO[bytes]) -> int:
     Returns the worker's exit code: 0 when the agent closed or said ``shutdown``, 1 when
     the ranks failed (the agent got their error first).
     """
-    ranks = _Ranks(int(init["workers"]))
+    spread = init.get("machines")
+    machines = Machines(**spread) if isinstance(spread, dict) else None
+    ranks = _Ranks(int(init["workers"]), machines)
     try:
         msg: dict[str, Any] | None = init
         while msg is not None and msg.get("op") != "shutdown":

@@ -58,7 +58,9 @@ class SandboxSpec:
     job runs on (the ones a compute spec may set) to the clean environment inside.
     ``devices`` are device nodes bound in (a GPU compute's), ``system`` further host paths
     bound read-only (the GPU driver's files), ``library_path`` the folders of libraries
-    the dynamic linker must search there.
+    the dynamic linker must search there. ``share_net`` keeps the network namespace the
+    sandbox starts in (a step's own, reaching its other machines only) instead of a new
+    one with only ``lo``.
     """
 
     code_dir: Path
@@ -68,6 +70,7 @@ class SandboxSpec:
     devices: tuple[str, ...] = ()
     system: tuple[str, ...] = ()
     library_path: tuple[str, ...] = ()
+    share_net: bool = False
 
 
 def bwrap_path() -> str | None:
@@ -159,8 +162,8 @@ def sandbox_argv(spec: SandboxSpec, command: list[str]) -> list[str]:
     if skeleton_in_tmp:
         argv += ["--remount-ro", "/tmp"]
     argv += ["--remount-ro", "/"]
+    argv += ["--unshare-all", *(["--share-net"] if spec.share_net else [])]
     argv += [
-        "--unshare-all",
         "--unshare-user",
         "--uid",
         str(SANDBOX_ID),

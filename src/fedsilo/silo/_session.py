@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 from fedsilo.silo._capacity import ComputePool
 from fedsilo.silo._governance import Clearance
 from fedsilo.silo._limits import JobGroup
+from fedsilo.silo._network import JobNetwork
+from fedsilo.silo._node import RemoteStep
 from fedsilo.silo._workerproc import WorkerProcess
 
 if TYPE_CHECKING:
@@ -29,21 +31,41 @@ __all__ = ["JobSession", "Step"]
 
 @dataclass(eq=False)
 class Step:
-    """A worker of the job on one compute: its process tree, control group and capacity."""
+    """A worker of the job on one compute: its process tree, control group and capacity.
+
+    A step over several machines also holds its network namespace on this machine and
+    its connection to each other machine's node service, which runs its ranks there.
+    """
 
     worker: WorkerProcess
-    pool: ComputePool
-    holder: str
+    holds: list[tuple[ComputePool, str]]
     group: JobGroup | None = None
+    network: JobNetwork | None = None
+    remotes: list[RemoteStep] = field(default_factory=list)
+
+    def remote_limit(self, wait: float = 2.0) -> str | None:
+        """The limit another machine stopped its ranks at, if one did (within ``wait`` s)."""
+        deadline = time.monotonic() + wait
+        for remote in self.remotes:
+            remote.poll(max(0.0, deadline - time.monotonic()))
+            if remote.limit is not None:
+                return remote.limit
+        return None
 
     def end(self, *, graceful: bool) -> None:
-        """Stop the worker's tree, remove its control group, give its capacity back."""
+        """Stop the worker's tree (and the other machines' ranks), remove its control group
+        and network namespace, give its capacity back."""
         try:
             self.worker.stop(graceful=graceful)
         finally:
+            for remote in self.remotes:
+                remote.close()
             if self.group is not None:
                 self.group.close()
-            self.pool.release(self.holder)
+            if self.network is not None:
+                self.network.close()
+            for pool, holder in self.holds:
+                pool.release(holder)
 
 
 @dataclass(eq=False)

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = read_message(inp)
         if msg is None or msg.get("op") == "shutdown":
             return 0
-        if msg.get("op") == "init" and int(msg.get("workers", 1)) > 1:
+        ranked = int(msg.get("workers", 1)) > 1 or msg.get("machines") is not None
+        if msg.get("op") == "init" and ranked:
             from fedsilo.silo._ranks import serve_ranks
 
             return serve_ranks(msg, inp, out)  # this process now relays to the ranks

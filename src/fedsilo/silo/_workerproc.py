@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -98,7 +98,8 @@ class WorkerProcess:
     first so they can be bound. ``cwd`` should then be one of them (the work folder), since
     the sandbox starts in its first writable folder. With ``group`` the process is inside
     that control group before it runs anything; it leads a session of its own, so the tree
-    can be killed whole even without one.
+    can be killed whole even without one. ``prefix`` runs the command in the step's
+    network namespace (a step over several machines).
     """
 
     def __init__(
@@ -111,6 +112,7 @@ class WorkerProcess:
         environment: Mapping[str, str] | None = None,
         group: JobGroup | None = None,
         limits: StepLimits = StepLimits(),
+        prefix: Sequence[str] = (),
     ) -> None:
         self.silo = silo
         self.log_file = log_file
@@ -144,6 +146,7 @@ class WorkerProcess:
             for folder in sandbox.writable:
                 folder.mkdir(parents=True, exist_ok=True)
             command = sandbox_argv(sandbox, command)
+        command = [*prefix, *command]  # a network namespace of the step's own, if any
         if group is not None:
             command = [*group.launch_prefix(), *command]
         with log_file.open("ab") as log:
