@@ -43,6 +43,9 @@ def _bomb(ctx):
     if kind == "memory":
         hog = np.ones((3 << 30) // 8)  # 3 GiB, every page written
         return float(hog.sum())
+    if kind == "spin":  # every core busy, for as long as it is let
+        while True:
+            pass
     if kind == "fork":
         for _ in range(1500):
             if os.fork() == 0:
@@ -180,14 +183,15 @@ def test_a_job_asking_more_than_a_compute_offers_is_refused_before_round_one(
 def test_cancel_stops_every_worker_within_seconds_and_frees_the_silos(
     limited: Federation, tmp_path: Path
 ) -> None:
-    job_id = _submit(limited, tmp_path / "long", extra=", extra: {sleep: 600}")
+    job_id = _submit(limited, tmp_path / "long", extra=", extra: {bomb: spin}")
     deadline = time.monotonic() + 120
     while len(_started_workers(limited, job_id)) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
     pids = _started_workers(limited, job_id)
     assert len(pids) == 3 and all(_alive(p) for p in pids.values())
     with OrchestratorClient(limited.submitter) as client:
-        # a silo that is training answers the connectivity check
+        # a silo whose job spins on every core answers the connectivity check
+        time.sleep(2)  # the spinning has begun
         report = client.check(timeout=15)
         assert all(line.ran for line in report.silos), report
         started = time.monotonic()
