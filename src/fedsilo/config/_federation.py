@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
 
 from fedsilo.config._resources import ByteSize, Duration, JobCaps, format_bytes
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
@@ -76,12 +76,44 @@ _RANKS = {
 }
 
 
+# Folders of the operating system a storage root may not be, nor lie in.
+_SYSTEM_FOLDERS = frozenset(
+    {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "usr"}
+)
+
+
 class StorageSpec(BaseModel):
-    """Where a participant's data lives; a relative ``root`` is relative to the workspace."""
+    """Where a participant's data lives; a relative ``root`` is relative to the workspace.
+
+    A relative root stays inside the workspace (``..`` may not climb out of it); an
+    absolute one is a folder of its own, never ``/`` nor a folder of the operating system
+    (``/etc``, ``/usr``...).
+    """
 
     model_config = _FROZEN
 
-    root: Annotated[str, Field(min_length=1)]
+    root: Annotated[str, Field(min_length=1, max_length=4096)]
+
+    @field_validator("root")
+    @classmethod
+    def _stays_in_place(cls, root: str) -> str:
+        if "\x00" in root:
+            raise ValueError("a storage root cannot hold a NUL character")
+        expanded = PurePosixPath(os.path.expanduser(root))
+        if not expanded.is_absolute():
+            if PurePosixPath(os.path.normpath(str(expanded))).parts[:1] == ("..",):
+                raise ValueError(
+                    f"the storage root {root!r} climbs out of the workspace with '..'; "
+                    "give a folder inside the workspace, or an absolute path"
+                )
+            return root
+        parts = PurePosixPath(os.path.normpath(str(expanded))).parts
+        if len(parts) == 1 or parts[1] in _SYSTEM_FOLDERS:
+            raise ValueError(
+                f"the storage root {root!r} is a folder of the operating system; "
+                "give a folder of its own, such as /srv/fedsilo/NAME"
+            )
+        return root
 
 
 # Variables a compute's environment may not set: the sandbox and the Python environment the
@@ -288,7 +320,9 @@ class SiloSpec(BaseModel):
     ``none``, an explicit development setting logged with every job. ``limits`` says how
     the limits of its computes are enforced. ``policy`` names the
     silo's approval policy file (relative to the federation spec); without it the silo
-    gets the safe default policy.
+    gets the safe default policy. ``share_errors: true`` sends the message and traceback of
+    a failed step (host paths removed) with the silo's own sentence, for development
+    federations on data that is not sensitive; by default they stay in the silo.
     """
 
     model_config = _FROZEN
@@ -302,6 +336,7 @@ class SiloSpec(BaseModel):
     sandbox: Literal["bubblewrap", "none"] = "bubblewrap"
     limits: LimitsSpec = LimitsSpec()
     policy: str | None = None
+    share_errors: bool = False
 
     @model_validator(mode="after")
     def _unique_datasets(self) -> SiloSpec:

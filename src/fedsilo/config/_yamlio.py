@@ -8,7 +8,10 @@ line, in words a person can act on.
 
 from __future__ import annotations
 
+import difflib
+import math
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -25,6 +28,13 @@ __all__ = ["FieldIssue", "LineIndex", "issue_error", "load_yaml_mapping", "valid
 
 Loc = tuple[str | int, ...]
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+MAX_FILE_BYTES = 1 << 20
+"""The largest spec, policy or kit file fedsilo reads: a person writes these by hand."""
+MAX_DEPTH = 32
+"""How deeply mappings and lists may nest in such a file (fedsilo's own need at most 6)."""
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a file may hold (counts, sizes and seeds all fit in 64 bits)."""
 
 
 class FieldIssue(ValueError):
@@ -69,29 +79,62 @@ def load_yaml_mapping(path: Path) -> tuple[dict[str, Any], LineIndex]:
     """
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError("file not found", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read file: {exc}", file=file) from exc
-
-    loader = yaml.SafeLoader(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror or exc}", file=file) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(
+            f"the file is {len(raw)} bytes, over the {MAX_FILE_BYTES} byte limit of a spec file",
+            file=file,
+        )
     try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ConfigError("the file is empty; expected a mapping of keys", file=file, line=1)
-        lines: dict[Loc, int] = {(): node.start_mark.line + 1}
-        _index(node, (), lines, file, set())
-        data = loader.construct_document(node)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"the file is not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8",
+            file=file,
+            line=line,
+        ) from None
+
+    try:
+        _check_depth(text, file)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise ConfigError(
+                    "the file is empty; expected a mapping of keys", file=file, line=1
+                )
+            lines: dict[Loc, int] = {(): node.start_mark.line + 1}
+            _index(node, (), lines, file, set())
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = None if mark is None else mark.line + 1
+        at = None if mark is None else mark.line + 1
         problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError(f"invalid YAML: {problem}", file=file, line=line) from None
+        raise ConfigError(f"invalid YAML: {problem}", file=file, line=at) from None
+    except yaml.reader.ReaderError as exc:  # a control character, for one
+        line = text[: exc.position].count("\n") + 1
+        raise ConfigError(
+            f"invalid YAML: the character #x{exc.character:04x} is not allowed in a YAML file"
+            if isinstance(exc.character, int)
+            else f"invalid YAML: {_one_line(exc)}",
+            file=file,
+            line=line,
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file=file) from None
-    finally:
-        loader.dispose()
+        raise ConfigError(f"invalid YAML: {_one_line(exc)}", file=file) from None
+    except (ValueError, OverflowError):  # an integer of thousands of digits
+        raise ConfigError(
+            f"a number is too long to read (at most {MAX_INTEGER})", file=file
+        ) from None
+    except RecursionError:
+        raise ConfigError("the file nests too deeply to be read", file=file) from None
 
     if not isinstance(data, dict):
         kind = type(data).__name__
@@ -100,7 +143,55 @@ def load_yaml_mapping(path: Path) -> tuple[dict[str, Any], LineIndex]:
             file=file,
             line=node.start_mark.line + 1,
         )
-    return data, LineIndex(lines)
+    index = LineIndex(lines)
+    _check_numbers(data, file, index)
+    return data, index
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _check_depth(text: str, file: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH`, before anything recursive reads it.
+
+    YAML's event parser is iterative, so this holds for any depth (composing the document
+    would recurse once per level).
+    """
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    f"mappings and lists nest more than {MAX_DEPTH} levels deep here",
+                    file=file,
+                    line=None if event.start_mark is None else event.start_mark.line + 1,
+                )
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def _check_numbers(data: Any, file: str, index: LineIndex) -> None:
+    """Refuse infinite or NaN numbers (``.inf``, ``1e999``) and integers past 64 bits."""
+    stack: list[tuple[Loc, Any]] = [((), data)]
+    seen: set[int] = set()
+    while stack:
+        loc, value = stack.pop()
+        problem = None
+        if isinstance(value, float) and not math.isfinite(value):
+            problem = f"{value!r} is not a finite number"
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INTEGER:
+            problem = f"the number {_short(value)} is too large (at most {MAX_INTEGER})"
+        if problem is not None:
+            dotted = ".".join(str(part) for part in loc) or None
+            raise ConfigError(problem, file=file, field=dotted, line=index.line_of(loc))
+        if isinstance(value, (dict, list)):
+            if id(value) in seen:  # an alias of a node already checked
+                continue
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend(((*loc, key if isinstance(key, int) else str(key)), v) for key, v in items)
 
 
 def _index(
@@ -186,11 +277,15 @@ def validate_model(
     ``index``, the line of the deepest part of that field present in the file.
     """
     try:
-        return model_cls.model_validate(data)
+        model = model_cls.model_validate(data)
     except ValidationError as exc:
         errors = _without_echoes(exc.errors())
+        # an unknown key first: it is usually why a required one is missing (a typo)
+        errors.sort(key=lambda e: e["type"] not in ("extra_forbidden", "invalid_key"))
         first = errors[0]
         loc: Loc = _without_tags(tuple(first["loc"]), data)
+        if first["type"] == "invalid_key" and loc:  # a key such as 10: written as a name
+            loc = (*loc[:-1], str(loc[-1]))
         error = first.get("ctx", {}).get("error")
         if isinstance(error, FieldIssue):
             loc = (*loc, *error.loc)
@@ -201,6 +296,29 @@ def validate_model(
         line = None if index is None else index.line_of(loc)
         dotted = ".".join(str(part) for part in loc) or None
         raise ConfigError(message, file=str(path), field=dotted, line=line) from None
+    # a number given as text ("1e999") becomes infinite only once a field converts it
+    found = _non_finite(model.model_dump())
+    if found is not None:
+        dotted = ".".join(str(part) for part in found) or None
+        line = None if index is None else index.line_of(found)
+        raise ConfigError(
+            "the value is not a finite number", file=str(path), field=dotted, line=line
+        )
+    return model
+
+
+def _non_finite(data: Any) -> Loc | None:
+    """The location of the first infinite or NaN float in ``data``, if any."""
+    stack: list[tuple[Loc, Any]] = [((), data)]
+    while stack:
+        loc, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return loc
+        if isinstance(value, dict):
+            stack.extend(((*loc, str(k)), v) for k, v in value.items())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(((*loc, i), v) for i, v in enumerate(value))
+    return None
 
 
 def issue_error(issue: FieldIssue, path: Path, index: LineIndex | None = None) -> ConfigError:
@@ -216,9 +334,13 @@ def _describe(model_cls: type[BaseModel], error: Any, loc: Loc) -> str:
     name = next((str(part) for part in reversed(loc) if isinstance(part, str)), "value")
     if kind == "extra_forbidden":
         owner = _model_at(model_cls, loc[:-1])
-        allowed = ", ".join(owner.model_fields) if owner is not None else ""
-        suffix = f"; allowed keys: {allowed}" if allowed else ""
-        return f"unknown key '{loc[-1]}'{suffix}"
+        keys = list(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        allowed = f"; allowed keys: {', '.join(keys)}" if keys else ""
+        return f"unknown key {_short(loc[-1])}{hint}{allowed}"
+    if kind == "invalid_key":
+        return f"the key {_short(error['input'])} is not a name; write keys as text"
     if kind == "missing":
         return f"missing required key '{name}'"
     if kind == "enum":
@@ -233,8 +355,12 @@ def _describe(model_cls: type[BaseModel], error: Any, loc: Loc) -> str:
     return f"{error['msg']} (got {_short(error['input'])})"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 58, 58, 40
+
+
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)  # bounded, however large or deep the value
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 

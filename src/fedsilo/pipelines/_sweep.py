@@ -123,7 +123,7 @@ def check_plot_path(path: Path) -> None:
 def _scalar(raw: str) -> Any:
     try:
         return yaml.safe_load(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # kept as text: the spec says why
         return raw
 
 
