@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from fedsilo.errors import (
 from fedsilo.jobs import load_job
 from fedsilo.pipelines import simulate, workspace_inputs
 from fedsilo.runtime import processes, up
+from fedsilo.silo._errors import ErrorStore
 from fedsilo.tensors import load_parameters
 from tests.integration.conftest import SILOS, Federation, write_federation, write_job
 
@@ -97,7 +99,7 @@ def test_a_dataset_a_silo_lacks_fails_before_round_one(running: Federation) -> N
     assert info.current_round == 0 and info.history == []
 
 
-def test_task_code_errors_reach_the_submitter(running: Federation) -> None:
+def test_task_code_errors_reach_the_submitter_as_an_error_id(running: Federation) -> None:
     folder = running.scratch / "broken"
     write_job(folder)
     task = folder / "task" / "task.py"
@@ -110,8 +112,15 @@ def test_task_code_errors_reach_the_submitter(running: Federation) -> None:
     with OrchestratorClient(running.submitter) as client:
         info = client.wait(client.submit(spec, code_dir, signing_key=running.key), timeout=60)
     assert info.state is JobState.FAILED
-    assert "bad batch in train" in (info.error or "")
-    assert "round 1" in (info.error or "")
+    error = info.error or ""
+    assert "round 1" in error and "the task code raised ValueError" in error
+    assert "bad batch in train" not in error  # it stays in the silo, under the error id
+    found = re.search(r"fedsilo silo errors (e-[0-9a-f]{12})", error)
+    assert found is not None, error
+    kept = [ErrorStore(running.workspace.kit(s).storage_path, s).recent() for s in SILOS]
+    assert any(
+        e.id == found.group(1) and "bad batch in train" in e.message for k in kept for e in k
+    )
 
 
 def test_a_client_certificate_from_another_ca_is_refused(

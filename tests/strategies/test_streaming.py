@@ -73,9 +73,10 @@ def test_an_unreadable_file_is_refused_and_changes_nothing(tmp_path: Path) -> No
     aggregation.add("s0", results["s0"], 1)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not safetensors")
-    with pytest.raises(AggregationError, match=r"silo 's1'.*bad\.safetensors"):
+    with pytest.raises(AggregationError, match=r"silo 's1': cannot read its parameters") as caught:
         aggregation.add("s1", bad, 1)
-    with pytest.raises(AggregationError, match=r"silo 's1'.*missing\.safetensors"):
+    assert str(tmp_path) not in str(caught.value)  # no path of the orchestrator's
+    with pytest.raises(AggregationError, match=r"silo 's1': cannot read its parameters"):
         aggregation.add("s1", tmp_path / "missing.safetensors", 1)
     aggregation.add("s1", results["s1"], 1)  # a later, valid result from the same silo counts
     out = aggregation.finish()

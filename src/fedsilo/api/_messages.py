@@ -21,6 +21,7 @@ __all__ = [
     "LiteralState",
     "ModelRef",
     "RoundInfo",
+    "RoundNote",
     "SiloCheck",
     "SiloReport",
     "SiloStatus",
@@ -71,6 +72,8 @@ _HEX64 = r"^[0-9a-f]{64}$"
 _SECAGG_MAX = 64 * 1024 * 1024
 # ids become folder names in a silo's storage: nothing that could climb out of it
 _SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# a silo's own sentence (1,000 characters) and, where it shares errors, their text (8 KiB)
+_ERROR_MAX = 10 * 1024
 
 
 class TaskMessage(_Msg):
@@ -113,10 +116,17 @@ class TaskResult(_Msg):
     holds the silo's secure-aggregation messages (JSON) for the orchestrator to relay.
     ``limit`` is set when the silo stopped the step at one of its limits (``memory limit
     2 GiB``, ``time limit 8 h a step``): its whole process tree was killed.
+
+    ``error`` is the silo's own sentence, never text of task code; where the silo keeps the
+    whole of a failure, ``error_id`` names it (the sentence says it too) and the silo's
+    administrator reads it with ``fedsilo silo errors ID``. A silo that shares errors
+    (``share_errors: true``) adds their message and traceback to ``error``, on lines of
+    their own after the sentence.
     """
 
     ok: bool
-    error: str | None = None
+    error: str | None = Field(default=None, max_length=_ERROR_MAX)
+    error_id: str | None = Field(default=None, pattern=r"^e-[0-9a-f]{12}$")
     refused: bool = False
     limit: str | None = Field(default=None, max_length=200)
     params_digest: str | None = None
@@ -135,9 +145,23 @@ class SubmitRequest(_Msg):
     manifest_digest: str
 
 
+class RoundNote(_Msg):
+    """What the orchestrator noticed of a silo's update in a round.
+
+    ``kind`` is ``replay`` (the update is byte-identical to an earlier upload of the job or
+    to one of its global models: the silo did not train) or ``clipped`` (it moved the model
+    past the job's ``updates.max_norm`` and was scaled back onto it).
+    """
+
+    silo: str
+    kind: str
+    text: str
+
+
 class RoundInfo(_Msg):
-    """One round of a job: per-silo metrics, their sample-weighted aggregate, and the
-    federation-wide privacy accounting (``central_epsilon`` under central DP)."""
+    """One round of a job: per-silo metrics, their sample-weighted aggregate, the
+    federation-wide privacy accounting (``central_epsilon`` under central DP), and notes on
+    the silos' updates (:class:`RoundNote`)."""
 
     round: int
     seconds: float | None = None
@@ -145,6 +169,7 @@ class RoundInfo(_Msg):
     evaluate: dict[str, dict[str, float]] = Field(default_factory=dict)
     evaluate_aggregate: dict[str, float] = Field(default_factory=dict)
     privacy: dict[str, float] = Field(default_factory=dict)
+    notes: list[RoundNote] = Field(default_factory=list)
 
 
 class JobInfo(_Msg):
@@ -194,13 +219,16 @@ class SiloReport(_Msg):
     """What a silo's agent tells the orchestrator about itself with its heartbeat.
 
     ``enforcement`` is how its limits hold: ``cgroup-v2``, ``cgroup-v1`` or ``rlimits``
-    (``enforcement_note`` says why control groups could not be used).
+    (``enforcement_note`` says why control groups could not be used). ``share_errors``
+    says the silo sends the message and traceback of its failures with them, rather than
+    keeping them to itself.
     """
 
     sandbox: str = Field(max_length=32)
     enforcement: str = Field(max_length=32)
     enforcement_note: str | None = Field(default=None, max_length=1000)
     computes: tuple[ComputeReport, ...] = Field(default=(), max_length=64)
+    share_errors: bool = False
 
 
 class SiloStatus(_Msg):

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, RoundInfo
 from fedsilo.cli._common import KitOption, WorkspaceOption, console, submitter_kit
@@ -151,12 +152,19 @@ def _render(info: JobInfo, as_json: bool) -> None:
         f"[bold]{info.state.value}[/], round {info.current_round}/{info.rounds}, "
         f"silos {', '.join(info.silos)}"
     )
+    # texts of silos and the orchestrator are printed as they are, never read as markup
     if info.error:
-        console.print(f"[red]error:[/] {info.error}", highlight=False)
+        console.print(Text.assemble(("error: ", "red"), info.error), highlight=False)
     elif info.detail and not info.state.finished:
-        console.print(info.detail)
+        console.print(Text(info.detail))
     if info.history:
         console.print(_round_table(info.history))
+    for r in info.history:  # what the orchestrator noticed of the silos' updates
+        for note in r.notes:
+            console.print(
+                Text.assemble((f"round {r.round}, {note.kind}: ", "yellow"), note.text),
+                highlight=False,
+            )
 
 
 def show(
@@ -187,7 +195,7 @@ def list_jobs(
     for column in ("job", "state", "round", "error"):
         table.add_column(column, overflow="fold")
     for j in jobs:
-        table.add_row(j.id, j.state.value, f"{j.current_round}/{j.rounds}", j.error or "")
+        table.add_row(j.id, j.state.value, f"{j.current_round}/{j.rounds}", Text(j.error or ""))
     console.print(table)
 
 

@@ -10,16 +10,20 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from fedsilo.api import OrchestratorClient, StatusReport
 from fedsilo.cli._common import KitOption, WorkspaceArgument, console, submitter_kit
+from fedsilo.cli._errors import errors
 from fedsilo.config import format_bytes, format_seconds
 from fedsilo.errors import OrchestratorUnavailable
 
 orchestrator_app = typer.Typer(
     name="orchestrator", help="Run the orchestrator.", no_args_is_help=True
 )
-silo_app = typer.Typer(name="silo", help="Run a silo's agent.", no_args_is_help=True)
+silo_app = typer.Typer(
+    name="silo", help="Run a silo's agent, and read the errors it keeps.", no_args_is_help=True
+)
 node_app = typer.Typer(
     name="node", help="Run a machine of a silo's compute that spans several.", no_args_is_help=True
 )
@@ -78,7 +82,7 @@ def status(
         typer.echo(report.model_dump_json(indent=2))
         return
     silos = Table(title=f"federation '{report.federation}'")
-    for column in ("silo", "state", "last seen", "busy", "sandbox", "limits"):
+    for column in ("silo", "state", "last seen", "busy", "sandbox", "limits", "errors"):
         silos.add_column(column)
     now = time.time()
     for s in report.silos:
@@ -87,12 +91,17 @@ def status(
         sandbox = s.sandbox or "-"
         if sandbox == "none":
             sandbox = "[bold red]none (job code not confined)[/]"
-        limits = "-"
+        limits = errors = "-"
         if s.report is not None:
             limits = s.report.enforcement
             if s.report.enforcement == "rlimits":
                 limits = "[yellow]rlimits (per process, not per job)[/]"
-        silos.add_row(s.name, state, seen, "yes" if s.busy else "", sandbox, limits)
+            errors = (
+                "[bold yellow]shared (message and traceback)[/]"
+                if s.report.share_errors
+                else "kept in the silo"
+            )
+        silos.add_row(s.name, state, seen, "yes" if s.busy else "", sandbox, limits, errors)
     console.print(silos)
     computes = _computes_table(report)
     if computes is not None:
@@ -103,7 +112,10 @@ def status(
             jobs.add_column(column, overflow="fold")
         for j in report.jobs:
             jobs.add_row(
-                j.id, j.state.value, f"{j.current_round}/{j.rounds}", j.error or j.detail or ""
+                j.id,
+                j.state.value,
+                f"{j.current_round}/{j.rounds}",
+                Text(j.error or j.detail or ""),
             )
         console.print(jobs)
 
@@ -168,7 +180,9 @@ def check(
             table.add_column(column, overflow="fold")
         for line in report.silos:
             rtt = f"{line.round_trip_seconds * 1000:.0f} ms" if line.round_trip_seconds else "-"
-            table.add_row(line.silo, _yes(line.reachable), _yes(line.ran), rtt, line.error or "")
+            table.add_row(
+                line.silo, _yes(line.reachable), _yes(line.ran), rtt, Text(line.error or "")
+            )
         console.print(table)
     if not all(line.ran for line in report.silos):
         raise typer.Exit(1)
@@ -231,6 +245,7 @@ def node_start(
 
 orchestrator_app.command("start")(orchestrator_start)
 silo_app.command("start")(silo_start)
+silo_app.command("errors")(errors)
 node_app.command("start")(node_start)
 
 

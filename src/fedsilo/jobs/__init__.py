@@ -27,6 +27,7 @@ from fedsilo.jobs._spec import (
     PipelineStyle,
     SiloStep,
     StrategySpec,
+    UpdateBounds,
     Weighting,
     load_job,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "SigningStatus",
     "SiloStep",
     "StrategySpec",
+    "UpdateBounds",
     "Weighting",
     "bundle_signature",
     "check_signature",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,6 +27,7 @@ __all__ = [
     "PipelineStyle",
     "SiloStep",
     "StrategySpec",
+    "UpdateBounds",
     "Weighting",
     "load_job",
 ]
@@ -85,6 +86,19 @@ class Hyperparameters(_Frozen):
     extra: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
+class UpdateBounds(_Frozen):
+    """How far one silo's update may move the global model, checked by the orchestrator.
+
+    ``max_norm`` bounds ``||update - global||`` relative to ``||global||`` (over the floating
+    tensors; an absolute bound when the global model is all zeros); an update past it is
+    refused, failing the round, or with ``over_norm: clip`` scaled back onto the bound
+    before it is aggregated. Either way the job's history records it.
+    """
+
+    max_norm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    over_norm: Literal["refuse", "clip"] = "refuse"
+
+
 class JobSpec(_Frozen):
     """An FL job: a code folder, the silos it runs in, their inputs, rounds and strategy.
 
@@ -110,6 +124,7 @@ class JobSpec(_Frozen):
         default_factory=dict
     )
     resources: dict[SiloStep, ResourceRequest] = Field(default_factory=dict)
+    updates: UpdateBounds = UpdateBounds()
 
     @field_validator("resources", mode="before")
     @classmethod
@@ -170,6 +185,13 @@ class JobSpec(_Frozen):
                     + ", ".join(missing),
                 )
         self._check_secure_aggregation()
+        if self.updates.max_norm is not None and self.privacy.secure_aggregation is not None:
+            raise FieldIssue(
+                ("updates", "max_norm"),
+                "the orchestrator bounds each update's norm by reading it, and secure "
+                "aggregation shows it only their sum; bound updates in the silos instead "
+                "(privacy.local clips each example's gradient), or drop updates.max_norm",
+            )
         pre = self.resources.get(SiloStep.PREPROCESS)
         for field, value in (
             ("workers", pre.workers if pre else 1),

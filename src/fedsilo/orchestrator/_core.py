@@ -25,6 +25,7 @@ from fedsilo.api._messages import (
     JobInfo,
     JobState,
     RoundInfo,
+    RoundNote,
     SiloCheck,
     SiloReport,
     SiloStatus,
@@ -486,6 +487,12 @@ class Orchestrator:
             r.round: (r.finished_at - r.started_at) if r.finished_at else None
             for r in self.store.rounds(job_id)
         }
+        notes: dict[int, list[RoundNote]] = {}
+        for note in self.store.notes(job_id):
+            history.setdefault(note.round, {"train": {}, "evaluate": {}, "privacy": {}})
+            notes.setdefault(note.round, []).append(
+                RoundNote(silo=note.silo, kind=note.kind, text=note.text)
+            )
         rounds = [
             RoundInfo(
                 round=n,
@@ -496,6 +503,7 @@ class Orchestrator:
                 if phases["evaluate"]
                 else {},
                 privacy=next(iter(phases["privacy"].values()), {}),
+                notes=notes.get(n, []),
             )
             for n, phases in sorted(history.items())
         ]

@@ -35,6 +35,7 @@ __all__ = [
     "BlobRow",
     "JobRow",
     "MetricRow",
+    "NoteRow",
     "RoundRow",
     "Store",
     "TaskRow",
@@ -95,6 +96,20 @@ class MetricRow(_Base):
     silo: Mapped[str] = mapped_column(String(64), primary_key=True)
     phase: Mapped[str] = mapped_column(String(16), primary_key=True)  # train, evaluate
     metrics_json: Mapped[str] = mapped_column(Text)
+
+
+class NoteRow(_Base):
+    """Something the orchestrator noticed of a silo's update in a round: an update sent
+    again (``replay``), one scaled back onto the job's bound (``clipped``)."""
+
+    __tablename__ = "round_notes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    silo: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
 
 
 class BlobRow(_Base):
@@ -301,6 +316,26 @@ class Store:
                     .where(MetricRow.job_id == job_id)
                     .order_by(MetricRow.round, MetricRow.silo)
                 )
+            )
+
+    def add_note(self, job_id: str, round_: int, silo: str, kind: str, text: str) -> None:
+        """Record a note on ``silo``'s update in ``round_`` of a job."""
+        with self.session() as s:
+            s.add(
+                NoteRow(
+                    job_id=job_id,
+                    round=round_,
+                    silo=silo,
+                    kind=kind,
+                    text=text,
+                    created_at=time.time(),
+                )
+            )
+
+    def notes(self, job_id: str) -> list[NoteRow]:
+        with self.session() as s:
+            return list(
+                s.scalars(select(NoteRow).where(NoteRow.job_id == job_id).order_by(NoteRow.id))
             )
 
     # -- blobs ------------------------------------------------------------------------------

@@ -219,7 +219,12 @@ class LiteralRun(_JobRun):
             out = _Outcome(step.silo, self._futures[step.id].result())
             self.record(round_, out)
             samples = int((out.result.train_metrics or {}).get("num_samples", 0))
-            await asyncio.to_thread(aggregation.add, step.silo, self.params_path(out), samples)
+            try:
+                path = await self.vetted(round_, out, current, step.model)
+            except JobFailed as exc:  # a refused update ends the job, as in a plain round
+                self._fail(exc)
+                raise
+            await asyncio.to_thread(aggregation.add, step.silo, path, samples)
         params = await asyncio.to_thread(aggregation.finish)
         digest = self.orch.blobs.put_parameters(params)
         self.ledger.aggregated(steps, round_, digest)

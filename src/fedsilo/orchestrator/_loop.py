@@ -24,6 +24,7 @@ from fedsilo.api._messages import JobState, TaskKind, TaskMessage, TaskResult
 from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, TaskFailed
 from fedsilo.jobs import JobSpec
 from fedsilo.orchestrator._secure import SecureRounds
+from fedsilo.orchestrator._vetting import UpdateRefused, clipped, vet_update
 from fedsilo.privacy import CentralDP, strategy_for
 from fedsilo.strategies import Aggregation, Strategy
 from fedsilo.tensors import Parameters, load_parameters
@@ -56,6 +57,8 @@ class _JobRun:
         self.spec = spec
         self.author = author
         self.metrics: list[_Metric] = []
+        # every parameter file of the job so far, by digest: its round, and what it was
+        self.seen: dict[str, tuple[int, str]] = {}
 
     def task_message(
         self, silo: str, kind: TaskKind, config: Mapping[str, float], **fields: Any
@@ -162,7 +165,87 @@ class _JobRun:
             raise TaskFailed(out.silo, "reported parameters it did not upload")
         return self.orch.blobs.path(digest)
 
+    def note(self, round_: int, silo: str, kind: str, text: str, **audit: Any) -> None:
+        """Record a note on ``silo``'s update in the job's history and audit log."""
+        log.warning("job %s, round %d: %s", self.job_id, round_, text)
+        self.orch.store.add_note(self.job_id, round_, silo, kind, text)
+        self.orch.audit.append(
+            f"update.{kind}", job_id=self.job_id, round=round_, silo=silo, **audit
+        )
+
+    async def vetted(
+        self, round_: int, out: _Outcome, current: Parameters, current_digest: str
+    ) -> Path:
+        """``out``'s update, checked as parameters against the global model ``current``.
+
+        A refused update fails the round naming the silo and the tensor (and is audited).
+        An update byte-identical to a file of an earlier round (an upload, a global model)
+        is a replay: noted in the job's history, and refused. One identical to the global
+        model it was trained from, or to another silo's upload of this round, is noted and
+        kept. One past the job's ``updates.max_norm`` with ``over_norm: clip`` is replaced
+        by its clipped copy. Returns the file to aggregate.
+        """
+        path = self.params_path(out)
+        digest = path.name
+        earlier = self.seen.get(digest)
+        if digest == current_digest:
+            self.note(
+                round_,
+                out.silo,
+                "unchanged",
+                f"silo '{out.silo}' sent back the global model it was given, unchanged",
+                digest=digest,
+            )
+        elif earlier is not None and earlier[0] == round_:
+            self.note(
+                round_,
+                out.silo,
+                "duplicate",
+                f"silo '{out.silo}' sent an update byte-identical to {earlier[1]}",
+                digest=digest,
+            )
+        elif earlier is not None:
+            text = f"silo '{out.silo}' sent an update byte-identical to {earlier[1]}"
+            self.note(round_, out.silo, "replay", text, digest=digest)
+            raise JobFailed(
+                f"round {round_}: silo '{out.silo}' sent an update the orchestrator refuses: "
+                f"it is byte-identical to {earlier[1]} (a replay, not this round's training)"
+            )
+        else:
+            self.seen[digest] = (round_, f"the update silo '{out.silo}' sent in round {round_}")
+        bounds = self.spec.updates
+        try:
+            found = await asyncio.to_thread(vet_update, out.silo, path, current, bounds)
+        except UpdateRefused as exc:
+            self.orch.audit.append(
+                "update.refused",
+                job_id=self.job_id,
+                round=round_,
+                silo=out.silo,
+                tensor=exc.tensor,
+                reason=exc.reason,
+                digest=digest,
+            )
+            raise JobFailed(f"round {round_}: {exc}") from None
+        if found.scale >= 1.0:
+            return path
+        params = await asyncio.to_thread(lambda: dict(clipped(path, current, found.scale)))
+        digest = await asyncio.to_thread(self.orch.blobs.put_parameters, params)
+        self.note(
+            round_,
+            out.silo,
+            "clipped",
+            f"silo '{out.silo}''s update moved the model by {found.relative:.4g} of its norm; "
+            f"clipped to the job's bound of {bounds.max_norm:g}",
+            relative_norm=found.relative,
+            scale=found.scale,
+            digest=digest,
+        )
+        return self.orch.blobs.path(digest)
+
     def close_round(self, round_: int, digest: str | None) -> None:
+        if digest is not None:
+            self.seen.setdefault(digest, (round_, f"the global model of round {round_}"))
         self.orch.store.finish_round(self.job_id, round_, digest, self.metrics)
         self.orch.track_round(self.job_id, self.metrics)
         self.metrics = []
@@ -192,7 +275,8 @@ class _JobRun:
             async for out in outcomes:
                 self.record(round_, out)
                 samples = int((out.result.train_metrics or {}).get("num_samples", 0))
-                arrived[out.silo] = (self.params_path(out), samples)
+                checked = await self.vetted(round_, out, current, global_digest)
+                arrived[out.silo] = (checked, samples)
                 while order and order[0] in arrived:
                     silo = order.pop(0)
                     path, count = arrived.pop(silo)
@@ -212,10 +296,37 @@ class _JobRun:
         prepare = self.fan_out(
             TaskKind.PREPARE, "preprocessing", bundle_digest=orch.bundle_for(spec.silos[0], job_id)
         )
+        paths: dict[str, Path] = {}
         async with aclosing(prepare) as outcomes:
             async for out in outcomes:
-                initial[out.silo] = self.params_path(out).name
-        global_digest = initial[spec.silos[0]]
+                paths[out.silo] = self.params_path(out)
+                initial[out.silo] = paths[out.silo].name
+        first = spec.silos[0]
+        try:
+            model = await asyncio.to_thread(load_parameters, paths[first])
+        except FedsiloError:
+            raise JobFailed(
+                f"preprocessing: silo '{first}' sent an initial model that is not a "
+                "safetensors file"
+            ) from None
+        for silo in spec.silos:  # the same layout everywhere, and nothing but finite numbers
+            try:
+                await asyncio.to_thread(vet_update, silo, paths[silo], model)
+            except UpdateRefused as exc:
+                orch.audit.append(
+                    "update.refused",
+                    job_id=job_id,
+                    round=0,
+                    silo=silo,
+                    tensor=exc.tensor,
+                    reason=exc.reason,
+                    digest=initial[silo],
+                )
+                raise JobFailed(
+                    f"preprocessing: {exc} (the initial model of silo '{first}')"
+                ) from None
+        del model
+        global_digest = initial[first]
         self.close_round(0, global_digest)
         return global_digest
 

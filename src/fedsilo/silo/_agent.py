@@ -65,6 +65,7 @@ from fedsilo.jobs import (
 )
 from fedsilo.silo._capacity import Allocation, ComputePool, Withdrawn
 from fedsilo.silo._computes import SiloComputes
+from fedsilo.silo._errors import SiloErrors
 from fedsilo.silo._governance import (
     Clearance,
     ResolvedInput,
@@ -126,6 +127,13 @@ class Agent:
         self.work = OrchestratorClient(kit, timeout=60)  # every other call (thread-safe)
         self.approval = ApprovalClient(kit)
         self.secure = SecureParty(self.silo, self.audit)
+        self.errors = SiloErrors(
+            self.silo,
+            self.storage,
+            self.audit,
+            share=self.spec.share_errors,
+            roots=(kit.kit_dir, Path.home()),
+        )
         self._sessions: dict[str, JobSession] = {}
         self._lock = threading.Lock()
         self._side = ThreadPoolExecutor(max_workers=SIDE_THREADS, thread_name_prefix="side")
@@ -195,13 +203,9 @@ class Agent:
         log.warning("%s", exc)
         self.audit.append("task.refused", task_id=exc.task_id, reason=str(exc))
         if exc.task_id is not None:
+            reason = self.errors.scrub(f"silo '{self.silo}' refused the task: {exc}")
             with contextlib.suppress(FedsiloError):
-                self.work.send_result(
-                    exc.task_id,
-                    TaskResult(
-                        ok=False, refused=True, error=f"silo '{self.silo}' refused the task: {exc}"
-                    ),
-                )
+                self.work.send_result(exc.task_id, TaskResult(ok=False, refused=True, error=reason))
 
     def _stop_idle_workers(self) -> None:
         """Stop workers of jobs that ended without a release (e.g. the orchestrator restarted)."""
@@ -235,8 +239,16 @@ class Agent:
             return any(s.running for s in self._sessions.values())
 
     def report(self) -> SiloReport:
-        """What this silo tells the orchestrator of its computes, limits and queue."""
-        return self.computes.report(self.spec.sandbox)
+        """What this silo tells the orchestrator of its computes, limits and queue, and
+        whether it shares its errors (a note on its limits never names a host path)."""
+        report = self.computes.report(self.spec.sandbox)
+        note = report.enforcement_note
+        return report.model_copy(
+            update={
+                "enforcement_note": None if note is None else self.errors.scrub(note),
+                "share_errors": self.spec.share_errors,
+            }
+        )
 
     def _heartbeat(self) -> None:
         client = OrchestratorClient(self.kit, timeout=10)
@@ -274,23 +286,26 @@ class Agent:
             remote = self._remote_limit(session)
             if remote is not None:  # another machine stopped its ranks at a limit
                 result = self._stopped(task, session, LimitReached(self.silo, remote))
-            else:
-                log.warning("task %s failed: %s", task.task_id[:8], exc)
-                result = TaskResult(ok=False, error=exc.detail)
-        except (PolicyRejected, ClassificationError) as exc:
+            else:  # the worker's words stay here; fedsilo's leave (fedsilo.silo._errors)
+                result = self.errors.failed(task, exc)
+        except (PolicyRejected, ClassificationError, SignatureError) as exc:
             log.warning("task %s refused: %s", task.task_id[:8], exc)
-            result = TaskResult(ok=False, error=str(exc), refused=True)
+            result = TaskResult(ok=False, error=self.errors.scrub(str(exc)), refused=True)
         except FedsiloError as exc:
-            log.warning("task %s failed: %s", task.task_id[:8], exc)
-            result = TaskResult(ok=False, error=str(exc))
+            result = self.errors.failed(task, exc)
         except Exception as exc:
             log.exception("task %s failed inside the agent", task.task_id[:8])
-            result = TaskResult(ok=False, error=f"internal error in the silo agent: {exc!r}")
+            result = self.errors.failed(task, exc)
         finally:
             if session is not None:
                 session.running -= 1
                 session.last_used = time.monotonic()
-        if not result.ok and task.job_id is not None and result.limit is None:
+        if (
+            not result.ok
+            and task.job_id is not None
+            and result.limit is None
+            and not result.error_id
+        ):
             self.audit.append(
                 "task.failed",
                 job_id=task.job_id,
@@ -330,6 +345,7 @@ class Agent:
         return TaskResult(ok=False, error=sentence, limit=exc.limit)
 
     def _send_result(self, task: TaskMessage, result: TaskResult) -> None:
+        result = self.errors.outgoing(result)
         for attempt in range(5):
             try:
                 self.work.send_result(task.task_id, result)
@@ -623,7 +639,9 @@ class Agent:
 
         def waiting(why: str) -> bool:
             detail = f"queued in silo '{self.silo}' for compute '{compute.name}': {why}"
-            return not session.closed.is_set() and self.work.progress(task.task_id, detail)
+            return not session.closed.is_set() and self.work.progress(
+                task.task_id, self.errors.scrub(detail)
+            )
 
         machines: list[tuple[NodeSpec | None, ComputePool]] = (
             list(self.computes.machines(compute.name)[: granted.nodes])

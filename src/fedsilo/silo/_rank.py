@@ -47,7 +47,11 @@ def _record(rank: int, exc: BaseException) -> None:
     print(f"rank {rank}:\n{tb}", file=sys.stderr, flush=True)
     folder = os.environ.get("FEDSILO_RANK_ERRORS")
     if folder:
-        error = {"error": f"{type(exc).__name__}: {exc}", "traceback": tb}
+        error = {
+            "error": f"{type(exc).__name__}: {exc}",
+            "error_class": type(exc).__name__,
+            "traceback": tb,
+        }
         Path(folder, f"rank-{rank}.json").write_text(json.dumps(error))
 
 

@@ -149,6 +149,7 @@ class _Ranks:
                 return {
                     "ok": False,
                     "error": f"rank {rank} failed: {error['error']}",
+                    "error_class": error.get("error_class"),
                     "traceback": error.get("traceback", ""),
                 }
         code = self.launcher.poll()

@@ -101,10 +101,20 @@ class Worker:
 
 
 def failure(exc: BaseException) -> dict[str, Any]:
-    """The reply for a command that raised: the error, and the tail of its traceback."""
+    """The reply for a command that raised: the error, its class and its traceback's tail.
+
+    The agent keeps all of it in the silo and names the class to the orchestrator only
+    if it is one it knows (:mod:`fedsilo.silo._errors`): task code runs in this process
+    and could make this reply say anything.
+    """
     tb = traceback.format_exc(limit=-8)
     print(tb, file=sys.stderr, flush=True)
-    return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": tb}
+    return {
+        "ok": False,
+        "error": f"{type(exc).__name__}: {exc}",
+        "error_class": type(exc).__name__,
+        "traceback": tb,
+    }
 
 
 def die_with_parent() -> None:

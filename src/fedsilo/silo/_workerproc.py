@@ -29,17 +29,23 @@ from fedsilo.silo._limits import Breach, JobGroup
 from fedsilo.silo._protocol import read_message, write_message
 from fedsilo.silo._sandbox import SandboxSpec, sandbox_argv
 
-__all__ = ["LimitReached", "StepLimits", "WorkerProcess", "folder_size"]
+__all__ = ["LimitReached", "StepLimits", "WorkerFailed", "WorkerProcess", "folder_size"]
 
+OUTPUT_LINES = 200  # lines of a failed worker's output the silo keeps with its error
 WATCH_SECONDS = 0.2  # how often a step's watchdog reads the kernel's counters and the clock
 DISK_WATCH_SECONDS = 2.0  # how often it measures the work folder
 
 
-def _tail(path: Path, lines: int = 15) -> str:
+def _tail(path: Path, lines: int = 15, max_bytes: int = 256 * 1024) -> str:
+    """The last ``lines`` lines of ``path``, read from its last ``max_bytes`` bytes only."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(size - max_bytes, 0))
+            data = f.read()
     except OSError:
         return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
 def folder_size(folder: Path) -> int:
@@ -60,6 +66,40 @@ def folder_size(folder: Path) -> int:
             except OSError:
                 continue
     return total
+
+
+class WorkerFailed(TaskFailed):
+    """A job worker answered a command with an error, or ended without answering.
+
+    Every field comes from the worker process, where task code runs and can rewrite what
+    the worker says: ``message``, ``traceback`` and ``claimed_class`` (the exception's class
+    as the worker names it) are the task's to choose, and ``output`` is the tail of what
+    the worker printed. The agent keeps them in the silo (:mod:`fedsilo.silo._errors`);
+    none of them leaves it. ``exited`` says the worker ended without an answer.
+    """
+
+    def __init__(
+        self,
+        silo: str,
+        *,
+        message: str,
+        traceback: str = "",
+        claimed_class: str | None = None,
+        output: str = "",
+        exited: bool = False,
+    ) -> None:
+        self.message = message
+        self.traceback = traceback
+        self.claimed_class = claimed_class
+        self.output = output
+        self.exited = exited
+        detail = f"{message}\n{output}" if exited else f"{message}\n{traceback}"
+        super().__init__(silo, detail.strip())
+
+
+def _text(value: object) -> str:
+    """A field of a worker's reply as text, whatever JSON value the worker put there."""
+    return value if isinstance(value, str) else "" if value is None else repr(value)
 
 
 class LimitReached(TaskFailed):
@@ -202,12 +242,21 @@ class WorkerProcess:
             raise LimitReached(self.silo, breach)
         if reply is None:
             code = self._proc.wait(timeout=5) if not self.alive() else None
-            raise TaskFailed(
+            raise WorkerFailed(
                 self.silo,
-                f"the job worker exited (code {code}) {detail}\n{_tail(self.log_file)}".strip(),
+                message=f"the job worker exited (code {code}) {detail}".strip(),
+                output=_tail(self.log_file, OUTPUT_LINES),
+                exited=True,
             )
-        if not reply.get("ok"):
-            raise TaskFailed(self.silo, f"{reply.get('error')}\n{reply.get('traceback', '')}")
+        if reply.get("ok") is not True:
+            claimed = reply.get("error_class")
+            raise WorkerFailed(
+                self.silo,
+                message=_text(reply.get("error")),
+                traceback=_text(reply.get("traceback")),
+                claimed_class=claimed if isinstance(claimed, str) else None,
+                output=_tail(self.log_file, OUTPUT_LINES),
+            )
         return reply
 
     def _breach(self) -> str | None:

@@ -85,9 +85,7 @@ def open_update(silo: str, params: Parameters | Path) -> Iterator[Update]:
             with safe_open(str(params), framework="numpy") as fh:
                 layout = {name: _file_info(silo, name, fh) for name in fh.keys()}  # noqa: SIM118
         except (SafetensorError, OSError) as exc:
-            raise AggregationError(
-                f"silo '{silo}': cannot read its parameters from {params}: {exc}"
-            ) from exc
+            raise AggregationError(f"silo '{silo}': cannot read its parameters ({exc})") from exc
         yield Update(silo, layout, lambda name: _read(silo, params, name), owned=True)
         return
     arrays = {name: np.asarray(value) for name, value in params.items()}
@@ -132,9 +130,7 @@ def _read(silo: str, path: Path, name: str) -> npt.NDArray[np.generic]:
         with safe_open(str(path), framework="numpy") as fh:
             return np.asarray(fh.get_tensor(name))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise AggregationError(
-            f"silo '{silo}': cannot read tensor '{name}' from {path}: {exc}"
-        ) from exc
+        raise AggregationError(f"silo '{silo}': cannot read tensor '{name}' ({exc})") from exc
 
 
 def _check_numeric(silo: str, name: str, dtype: np.dtype[np.generic]) -> None:
