@@ -10,6 +10,7 @@ import pytest
 
 from fedsilo.approval import (
     DEFAULT_RULE,
+    CodeChange,
     Decision,
     Declassification,
     InputRef,
@@ -22,6 +23,7 @@ from fedsilo.approval import (
 )
 from fedsilo.config import Classification, ResourceGrant
 from fedsilo.errors import ConfigError
+from fedsilo.jobs import ModelLayout, TensorLayout
 from tests.approval.conftest import SILO, make_request
 
 S, E = Classification.SENSITIVE, Classification.EYES_ON
@@ -171,6 +173,32 @@ def _granted(**fields: object) -> dict[str, ResourceGrant]:
 TWO_GPUS = _granted(gpus=1, workers=2, threads=4, max_step_seconds=3600)
 
 
+def _outputs(*shape: int, metrics: tuple[str, ...] | None = ("accuracy",)) -> tuple[OutputRef, ...]:
+    """A model of one float32 tensor of ``shape`` and metrics of these names, leaving."""
+    tensor = TensorLayout(name="w", shape=shape, dtype="float32")
+    model = ModelLayout(tensors=(tensor,), parameters=tensor.values, bytes=tensor.bytes)
+    return (
+        OutputRef(
+            name="model",
+            destination="orchestrator",
+            classification=Classification.INTERMEDIATE,
+            bytes=model.bytes,
+            model=model,
+        ),
+        OutputRef(
+            name="metrics",
+            destination="orchestrator",
+            classification=Classification.INTERMEDIATE,
+            bytes=8 * len(metrics) if metrics is not None else 4608,
+            metric_names=metrics,
+        ),
+    )
+
+
+SAME_CODE = CodeChange(previous_job_id="job-0", previous_manifest="m" * 64)
+CHANGED_CODE = SAME_CODE.model_copy(update={"modified": ("task.py",), "diff": "-a\n+b\n"})
+
+
 @pytest.mark.parametrize(
     ("when", "hit", "miss"),
     [
@@ -214,6 +242,16 @@ TWO_GPUS = _granted(gpus=1, workers=2, threads=4, max_step_seconds=3600)
             {"author": "bob", "job_name": "x"},
             {"author": "bob"},
         ),
+        ("{code_changed: true}", {"code_change": CHANGED_CODE}, {"code_change": SAME_CODE}),
+        ("{code_changed: true}", {"code_change": CodeChange()}, {"code_change": SAME_CODE}),
+        ("{code_changed: false}", {"code_change": SAME_CODE}, {"code_change": CHANGED_CODE}),
+        ("{output_bytes_above: 1MiB}", {"outputs": _outputs(512, 1024)}, {"outputs": _outputs(8)}),
+        (
+            "{output_bytes_above: 1KiB}",
+            {"outputs": _outputs(8, metrics=None)},  # undeclared names could carry anything
+            {"outputs": _outputs(8)},
+        ),
+        ("{output_bytes_above: 100}", {}, {"outputs": _outputs(8)}),  # no MODEL.json: no size
     ],
 )
 def test_each_condition_holds_only_when_its_facts_do(
@@ -326,3 +364,37 @@ def test_odd_key_names_are_quoted_safely(tmp_path: Path) -> None:
     path = tmp_path / "default.yaml"
     path.write_text(default_policy_yaml({"a: b # c": KEY}))
     assert load_policy(path).trusted_keys == {"a: b # c": KEY}
+
+
+def test_a_code_change_holds_the_job_and_the_reason_names_the_files_and_the_last_approval() -> None:
+    text = """\
+    rules:
+      - name: changed-code-needs-a-person
+        when: {code_changed: true}
+        decision: manual
+    default: approve
+    """
+    decision, rule, reason = decide(text, code_change=CHANGED_CODE)
+    assert (decision, rule) == (Decision.MANUAL, "changed-code-needs-a-person")
+    assert "task.py" in reason and "job-0" in reason and "digits" in reason
+    _, _, first = decide(text, code_change=CodeChange())
+    assert f"silo '{SILO}' approved no job named 'digits' before" in first
+    assert decide(text, code_change=SAME_CODE)[:2] == (Decision.APPROVE, DEFAULT_RULE)
+
+
+def test_an_output_size_bound_says_which_output_is_how_big() -> None:
+    text = """\
+    rules:
+      - name: big-outputs
+        when: {output_bytes_above: 1MiB}
+        decision: manual
+    default: approve
+    """
+    decision, rule, reason = decide(text, outputs=_outputs(512, 1024))
+    assert (decision, rule) == (Decision.MANUAL, "big-outputs")
+    assert "output 'model' would carry 2 MiB (524,288 parameters) an upload, above 1 MiB" in reason
+    staying = tuple(o.model_copy(update={"destination": SILO}) for o in _outputs(512, 1024))
+    assert decide(text, outputs=staying)[1] == DEFAULT_RULE  # nothing leaves: no size counts
+    with pytest.raises(ConfigError, match="output_bytes_above") as caught:
+        policy("rules:\n  - {name: x, when: {output_bytes_above: lots}, decision: manual}\n")
+    assert "8GiB" in str(caught.value)

@@ -114,3 +114,38 @@ def test_an_endpoint_that_is_down_is_a_clear_error(app: typer.Typer, silo_kit: K
     result = invoke(app, "approval", "list", "--kit", str(silo_kit.kit_dir))
     assert isinstance(result.exception, TransportError)
     assert "fedsilo approval serve" in str(result.exception)
+
+
+def test_show_bounds_long_tensor_lists_and_says_when_no_model_is_declared(
+    app: typer.Typer, endpoint: Endpoint
+) -> None:
+    import numpy as np
+
+    from fedsilo.approval import CodeFile, OutputRef
+    from fedsilo.config import Classification
+    from fedsilo.jobs import ModelLayout
+
+    model = ModelLayout.of(
+        {f"layer{i:03d}.weight": np.zeros((4, 4), np.float32) for i in range(100)}
+    )
+    big = OutputRef(
+        name="model",
+        destination="orchestrator",
+        classification=Classification.INTERMEDIATE,
+        bytes=model.bytes,
+        model=model,
+    )
+    files = (CodeFile(path="task.py", bytes=2048, sha256="c" * 64),)
+    kit = str(endpoint.kit.kit_dir)
+    with ApprovalClient(endpoint.kit) as client:
+        shown = client.ask(
+            make_request(job_name="needs-a-person", outputs=(big,), files=files, rounds=3)
+        )
+        bare = client.ask(make_request(job_id="job-2", job_name="needs-a-person"))
+    output = invoke(app, "approval", "show", shown.request_id, "--kit", kit).output
+    assert "1,600 values in 100 tensors, 6.2 KiB an upload; it leaves 4 times" in output
+    assert "layer039.weight" in output and "layer040.weight" not in output
+    assert "... and 60 more tensors" in output
+    assert f"2 KiB  sha256 {'c' * 64}  task.py" in output
+    output = invoke(app, "approval", "show", bare.request_id, "--kit", kit).output
+    assert "not declared: the bundle has no MODEL.json" in output

@@ -43,7 +43,7 @@ from fedsilo.errors import (
     OrchestratorUnavailable,
     TransportError,
 )
-from fedsilo.jobs import JobSpec, pack_bundle
+from fedsilo.jobs import JobSpec, declare_model, pack_bundle
 
 __all__ = ["MalformedTask", "OrchestratorClient", "client_ssl_context"]
 
@@ -190,8 +190,13 @@ class OrchestratorClient:
     def submit(
         self, spec: JobSpec, code_dir: Path, *, signing_key: Ed25519PrivateKey | None = None
     ) -> str:
-        """Pack ``code_dir`` (signed with ``signing_key``), upload it, submit; return the job id."""
-        bundle, manifest = pack_bundle(code_dir, signing_key=signing_key)
+        """Pack ``code_dir`` (signed with ``signing_key``), upload it, submit; return the job id.
+
+        The bundle declares the model (``MODEL.json``): its task's ``model(ctx)`` is built
+        here first, as a silo would build it, and each silo sends only that layout.
+        """
+        model = declare_model(code_dir, spec.entrypoint, spec.hyperparameters)
+        bundle, manifest = pack_bundle(code_dir, signing_key=signing_key, model=model)
         digest = self._upload("/v1/uploads", bundle)
         request = SubmitRequest(spec=spec, bundle_digest=digest, manifest_digest=manifest.digest)
         job_id: str = self._request(

@@ -14,6 +14,8 @@ from fedsilo.approval._default import default_policy_yaml
 from fedsilo.approval._models import (
     ApprovalAnswer,
     ApprovalRequest,
+    CodeChange,
+    CodeFile,
     Decision,
     Declassification,
     InputRef,
@@ -32,6 +34,8 @@ __all__ = [
     "ApprovalAnswer",
     "ApprovalClient",
     "ApprovalRequest",
+    "CodeChange",
+    "CodeFile",
     "Condition",
     "Decision",
     "Declassification",

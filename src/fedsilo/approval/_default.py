@@ -20,7 +20,8 @@ _RULES = """\
 # Every key of a `when` must hold; a rule without `when` applies to every job.
 # Keys: signature, author_in, author_not_in, job_name_in, input_outside_silo,
 # input_classification, output_leaving, declassification_any,
-# declassification_not_in, epsilon_above, epsilon_missing.
+# declassification_not_in, epsilon_above, epsilon_missing, secure_aggregation_missing,
+# resources_above, code_changed, output_bytes_above.
 rules:
   - name: code-must-be-signed
     when: {signature: [unsigned, invalid, untrusted]}
@@ -54,6 +55,16 @@ rules:
   #    when: {author_not_in: [alice]}
   #    decision: manual
   #    expires_after_hours: 72
+  # To have a person read the code whenever it differs from the code this silo approved
+  # last for a job of the same name (and the first time a name is seen):
+  #  - name: changed-code-needs-a-person
+  #    when: {code_changed: true}
+  #    decision: manual
+  # To have a person look at any job whose model (or metrics) would leave with more than
+  # a size per upload (`fedsilo approval show ID` lists every tensor):
+  #  - name: big-outputs-need-a-person
+  #    when: {output_bytes_above: 64MiB}
+  #    decision: manual
 
   - name: everything-else
     decision: approve

@@ -1,9 +1,13 @@
 """What a silo's agent asks its approval endpoint, and what the endpoint answers.
 
 The agent computes every field of an :class:`ApprovalRequest` itself (signature status,
-the classification of each input from its own catalog, each output's classification and
-destination); nothing in it is taken on the submitter's word. The endpoint answers with
-an :class:`ApprovalAnswer`: approve, reject, or manual (held until a person decides).
+the classification and size of each input from its own catalog, each output's
+classification and destination, every file of the code and how it differs from the code
+this silo approved last for a job of the same name). The one thing it takes from the
+bundle is the model the submitter declared (``MODEL.json``, under the signature), and the
+agent refuses to send any parameters that are not exactly that model. The endpoint
+answers with an :class:`ApprovalAnswer`: approve, reject, or manual (held until a person
+decides).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedsilo.config import Classification, ResourceGrant
-from fedsilo.jobs import SigningStatus
+from fedsilo.jobs import ModelLayout, SigningStatus
 
 __all__ = [
     "ApprovalAnswer",
     "ApprovalRequest",
+    "CodeChange",
+    "CodeFile",
     "Decision",
     "Declassification",
     "InputRef",
@@ -38,10 +44,11 @@ class Decision(StrEnum):
 
 
 class InputRef(BaseModel):
-    """One input of the job: the storage that holds it, the dataset, its classification.
+    """One input of the job: the storage that holds it, the dataset, its classification
+    and its size in bytes (a folder's: all its files).
 
-    ``classification`` is ``None`` when the silo could not look the dataset up (it lives
-    in another participant's storage, which this silo's catalog does not cover).
+    ``classification`` and ``bytes`` are ``None`` when the silo could not look the dataset
+    up (it lives in another participant's storage, which this silo's catalog does not cover).
     """
 
     model_config = _FROZEN
@@ -49,16 +56,69 @@ class InputRef(BaseModel):
     storage: str
     dataset: str
     classification: Classification | None = None
+    bytes: int | None = None
 
 
 class OutputRef(BaseModel):
-    """One output: its name, where it goes (``orchestrator`` or this silo), its class."""
+    """One output: its name, where it goes (``orchestrator`` or this silo), its class, and
+    what it is.
+
+    ``bytes`` is the most one upload of it carries: for the model, the bytes of the
+    declared tensors (``model``); for metrics, 8 bytes a value, plus the names when they
+    are not declared. ``None`` when the job does not say (a bundle without ``MODEL.json``).
+    ``metric_names`` are the metric names the job declares; ``None`` when it declares none
+    (any name may then leave, within the silo's bounds).
+    """
 
     model_config = _FROZEN
 
     name: str
     destination: str
     classification: Classification
+    bytes: int | None = None
+    model: ModelLayout | None = None
+    metric_names: tuple[str, ...] | None = None
+
+
+class CodeFile(BaseModel):
+    """One file of the job's code: its path in the bundle, its size and sha256."""
+
+    model_config = _FROZEN
+
+    path: str
+    bytes: int
+    sha256: str
+
+
+class CodeChange(BaseModel):
+    """How the job's code differs from the last bundle this silo approved for a job of the
+    same name.
+
+    ``previous_job_id`` and ``previous_manifest`` name that bundle; both are ``None`` when
+    this silo approved no job of that name before (every file is then new). ``diff`` is a
+    unified diff of the text files (a binary file is one line with its sizes and digests),
+    cut at a bound with a note saying what was left out (``diff_truncated``).
+    """
+
+    model_config = _FROZEN
+
+    previous_job_id: str | None = None
+    previous_manifest: str | None = None
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    modified: tuple[str, ...] = ()
+    diff: str = ""
+    diff_truncated: bool = False
+
+    @property
+    def first(self) -> bool:
+        """No bundle of this job name was approved in this silo before."""
+        return self.previous_manifest is None
+
+    @property
+    def changed(self) -> bool:
+        """The code is not the code last approved (or none was approved before)."""
+        return self.first or bool(self.added or self.removed or self.modified)
 
 
 class Declassification(BaseModel):
@@ -98,7 +158,10 @@ class ApprovalRequest(BaseModel):
     ``computes`` names the compute of each step of the silo subgraph, and ``resources``
     what the silo grants each step there (threads, GPUs, ranks, memory, processes, time).
     ``signing_key`` names the trusted key that signed the code (or the key id of an
-    untrusted one).
+    untrusted one). ``files`` lists every file of the code (``files_not_listed`` counts
+    those past the listing's bound) and ``code_change`` how the code differs from the
+    code this silo approved last for a job of the same name. ``rounds`` is how many
+    training rounds the job runs: the model leaves once when it is built, then once a round.
     """
 
     model_config = _FROZEN
@@ -118,6 +181,14 @@ class ApprovalRequest(BaseModel):
     outputs: tuple[OutputRef, ...]
     declassifications: tuple[Declassification, ...] = ()
     privacy: PrivacySettings = PrivacySettings()
+    rounds: int = 0
+    files: tuple[CodeFile, ...] = ()
+    files_not_listed: int = 0
+    code_change: CodeChange = CodeChange()
+
+    def output(self, name: str) -> OutputRef | None:
+        """The output called ``name``, or ``None``."""
+        return next((o for o in self.outputs if o.name == name), None)
 
 
 class ApprovalAnswer(BaseModel):

@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedsilo.approval._models import ApprovalRequest, Decision, Declassification, SigningStatus
-from fedsilo.config import Classification, ResourceBounds
+from fedsilo.config import ByteSize, Classification, ResourceBounds, format_bytes
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import parse_public_key
@@ -48,6 +48,8 @@ class Condition(BaseModel):
     epsilon_missing: bool | None = None
     secure_aggregation_missing: bool | None = None
     resources_above: ResourceBounds | None = None
+    code_changed: bool | None = None
+    output_bytes_above: ByteSize | None = None
 
     def facts(self, request: ApprovalRequest, silo: str) -> list[str] | None:
         """What makes every key hold, one sentence each; ``None`` if some key does not."""
@@ -186,6 +188,44 @@ def _resources_above(c: Condition, r: ApprovalRequest, _silo: str) -> Fact:
     return None
 
 
+def _code_changed(c: Condition, r: ApprovalRequest, silo: str) -> Fact:
+    change = r.code_change
+    if change.changed != c.code_changed:
+        return None
+    if change.first:
+        return f"silo '{silo}' approved no job named '{r.job_name}' before"
+    if not change.changed:
+        return (
+            f"the code is the code silo '{silo}' approved last for job name '{r.job_name}' "
+            f"(job {change.previous_job_id})"
+        )
+    named = [*change.added, *change.removed, *change.modified]
+    shown = ", ".join(named[:5]) + (f" and {len(named) - 5} more" if len(named) > 5 else "")
+    return (
+        f"the code differs from the code silo '{silo}' approved last for job name "
+        f"'{r.job_name}' (job {change.previous_job_id}): {shown}"
+    )
+
+
+def _output_bytes_above(c: Condition, r: ApprovalRequest, _silo: str) -> Fact:
+    assert c.output_bytes_above is not None
+    bound = format_bytes(c.output_bytes_above)
+    for o in r.outputs:
+        if o.destination == r.silo:
+            continue
+        if o.bytes is None:
+            return (
+                f"output '{o.name}' declares no size (no MODEL.json in the bundle), above {bound}"
+            )
+        if o.bytes > c.output_bytes_above:
+            what = f" ({o.model.parameters:,} parameters)" if o.model is not None else ""
+            return (
+                f"output '{o.name}' would carry {format_bytes(o.bytes)}{what} an upload, "
+                f"above {bound}"
+            )
+    return None
+
+
 _CHECKS: dict[str, Callable[[Condition, ApprovalRequest, str], Fact]] = {
     "signature": _signature,
     "author_in": _author_in,
@@ -200,6 +240,8 @@ _CHECKS: dict[str, Callable[[Condition, ApprovalRequest, str], Fact]] = {
     "epsilon_missing": _epsilon_missing,
     "secure_aggregation_missing": _secure_aggregation_missing,
     "resources_above": _resources_above,
+    "code_changed": _code_changed,
+    "output_bytes_above": _output_bytes_above,
 }
 assert set(_CHECKS) == set(Condition.model_fields)
 

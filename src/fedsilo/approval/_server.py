@@ -37,8 +37,10 @@ __all__ = ["AuditSink", "DecisionBody", "build_app", "queue_path", "serve", "ser
 
 log = logging.getLogger("fedsilo.approval")
 
-MAX_BODY = 1024 * 1024
-"""The largest request body the endpoint reads (an approval request is a few KiB)."""
+MAX_BODY = 8 * 1024 * 1024
+"""The largest request body the endpoint reads: an approval request carries the code's
+diff (at most 256 KiB), its file list and the model's tensors (each bounded), so a few
+MiB at most."""
 
 
 class AuditSink(Protocol):
@@ -180,6 +182,10 @@ def build_app(
             inputs=[f"{i.storage}:{i.dataset}" for i in body.inputs],
             outputs={o.name: o.classification.value for o in body.outputs},
             declassifications=[d.model_dump(mode="json") for d in body.declassifications],
+            output_bytes={o.name: o.bytes for o in body.outputs},
+            files=len(body.files) + body.files_not_listed,
+            code_changed=body.code_change.changed,
+            previous_job_id=body.code_change.previous_job_id,
         )
         decision, rule, reason = rules.evaluate(body, silo=silo)
         if decision is not Decision.MANUAL:

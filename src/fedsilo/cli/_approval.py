@@ -11,7 +11,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedsilo.approval import AdminClient, ApprovalAnswer, QueueEntry, QueueState
+from fedsilo.approval import (
+    AdminClient,
+    ApprovalAnswer,
+    ApprovalRequest,
+    OutputRef,
+    QueueEntry,
+    QueueState,
+)
 from fedsilo.cli._common import (
     SiloKitOption,
     SiloOption,
@@ -19,6 +26,7 @@ from fedsilo.cli._common import (
     console,
     silo_kit,
 )
+from fedsilo.config import format_bytes
 
 approval_app = typer.Typer(
     name="approval",
@@ -31,6 +39,9 @@ ReasonOption = Annotated[
     str | None, typer.Option("--reason", help="Why; recorded in the audit log and the answer.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+SHOWN_TENSORS = 40
+SHOWN_FILES = 200
 
 
 def _when(stamp: float | None) -> str:
@@ -101,7 +112,8 @@ def show(
     kit: SiloKitOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one request: the job, its code's signature, inputs, outputs and state."""
+    """Show one request: the job, its code (files, and the diff against the code this silo
+    approved last for a job of that name), its inputs and outputs (what and how big)."""
     kit_of_silo = silo_kit(silo, workspace, kit)
     with AdminClient(kit_of_silo) as client:
         entry = client.show(request_id)
@@ -130,16 +142,94 @@ def _print_entry(entry: QueueEntry) -> None:
         lines.append(f"resources    {step}: {granted.describe()} on {granted.compute}")
     for i in r.inputs:
         level = i.classification.value if i.classification else "unknown"
-        lines.append(f"input        {i.storage}:{i.dataset} ({level})")
+        size = f", {format_bytes(i.bytes)}" if i.bytes is not None else ""
+        lines.append(f"input        {i.storage}:{i.dataset} ({level}{size})")
+    if r.rounds:
+        lines.append(f"rounds       {r.rounds}")
     for o in r.outputs:
-        lines.append(f"output       {o.name} -> {o.destination} ({o.classification.value})")
+        lines.extend(_output_lines(o, r))
     for d in r.declassifications:
         lines.append(f"declassify   {d.output}: {d.from_.value} -> {d.to.value}")
     if r.privacy.target_epsilon is not None:
         lines.append(f"privacy      epsilon {r.privacy.target_epsilon:g}")
     if r.privacy.secure_aggregation:
         lines.append("privacy      secure aggregation: the update leaves masked")
+    lines.extend(_code_lines(r))
     typer.echo("\n".join(lines))
+
+
+def _output_lines(o: OutputRef, r: ApprovalRequest) -> list[str]:
+    """One output: where it goes and as what, then what it is and how big."""
+    lines = [f"output       {o.name} -> {o.destination} ({o.classification.value})"]
+    pad = " " * 13
+    if o.name == "model":
+        if o.model is None:
+            lines.append(
+                f"{pad}model parameters, not declared: the bundle has no MODEL.json, and "
+                "the silo will send no parameters"
+            )
+            return lines
+        m = o.model
+        uploads = f"; it leaves {r.rounds + 1} times (built, then each round)" if r.rounds else ""
+        lines.append(
+            f"{pad}model parameters: {m.parameters:,} values in {len(m.tensors)} tensors, "
+            f"{format_bytes(m.bytes)} an upload{uploads}"
+        )
+        width = max((len(t.name) for t in m.tensors[:SHOWN_TENSORS]), default=0)
+        for t in m.tensors[:SHOWN_TENSORS]:
+            lines.append(f"{pad}  {t.name:<{width}}  {t.describe():<24} {format_bytes(t.bytes)}")
+        if len(m.tensors) > SHOWN_TENSORS:
+            lines.append(
+                f"{pad}  ... and {len(m.tensors) - SHOWN_TENSORS} more tensors "
+                "(--json, or MODEL.json in the code, lists every one)"
+            )
+    elif o.name == "metrics":
+        size = f", at most {format_bytes(o.bytes)} a report" if o.bytes is not None else ""
+        if o.metric_names is None:
+            lines.append(f"{pad}metrics, names not declared: any name may leave{size}")
+        else:
+            named = ", ".join(o.metric_names) or "(none)"
+            lines.append(f"{pad}metrics named: {named}{size}")
+    elif o.bytes is not None:
+        lines.append(f"{pad}{format_bytes(o.bytes)} an upload")
+    return lines
+
+
+def _code_lines(r: ApprovalRequest) -> list[str]:
+    """Every file of the code, then how it differs from the code approved last."""
+    lines: list[str] = []
+    total = sum(f.bytes for f in r.files)
+    count = len(r.files) + r.files_not_listed
+    unlisted = f" (and {r.files_not_listed} files not listed)" if r.files_not_listed else ""
+    lines.append(f"files        {len(r.files)} files, {format_bytes(total)}{unlisted}")
+    for f in r.files[:SHOWN_FILES]:
+        lines.append(f"  {format_bytes(f.bytes):>10}  sha256 {f.sha256}  {f.path}")
+    hidden = count - min(len(r.files), SHOWN_FILES)
+    if hidden:
+        lines.append(f"  ... and {hidden} more files (--json lists {len(r.files)})")
+    c = r.code_change
+    if c.first:
+        lines.append(
+            f"changes      silo {r.silo} approved no job named '{r.job_name}' before: "
+            "every file is new"
+        )
+    elif not c.changed:
+        lines.append(
+            f"changes      none: the code is the code approved last for '{r.job_name}' "
+            f"(job {c.previous_job_id})"
+        )
+    else:
+        lines.append(
+            f"changes      against the code approved last for '{r.job_name}' (job "
+            f"{c.previous_job_id}):"
+        )
+        for word, paths in (("added", c.added), ("removed", c.removed), ("changed", c.modified)):
+            if paths:
+                lines.append(f"  {word:<8} {', '.join(paths)}")
+    if c.diff:
+        lines.append("diff")
+        lines.append(c.diff.rstrip("\n"))
+    return lines
 
 
 def approve(

@@ -7,6 +7,7 @@ from fedsilo.jobs._bundle import (
     pack_bundle,
     unpack_bundle,
 )
+from fedsilo.jobs._layout import MODEL_NAME, ModelLayout, TensorLayout, declare_model
 from fedsilo.jobs._signing import (
     BundleSignature,
     SignatureCheck,
@@ -35,20 +36,24 @@ from fedsilo.jobs._spec import (
 __all__ = [
     "LEAVING_OUTPUTS",
     "MAX_BUNDLE_BYTES",
+    "MODEL_NAME",
     "BundleSignature",
     "Hyperparameters",
     "JobSpec",
     "Manifest",
+    "ModelLayout",
     "OutputSpec",
     "PipelineStyle",
     "SignatureCheck",
     "SigningStatus",
     "SiloStep",
     "StrategySpec",
+    "TensorLayout",
     "UpdateBounds",
     "Weighting",
     "bundle_signature",
     "check_signature",
+    "declare_model",
     "key_id",
     "load_job",
     "load_private_key",

@@ -3,7 +3,8 @@
 The bundle is a deterministic gzip'd tar holding the code files, ``MANIFEST.json`` and,
 when signed, ``SIGNATURE.json``. The manifest's own sha256 is the bundle's identity
 (``Manifest.digest``): it is what a signature covers and what a silo checks every
-unpacked file against.
+unpacked file against. A bundle packed with a declared model also holds ``MODEL.json``
+(:mod:`fedsilo.jobs._layout`), listed in the manifest like any code file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict
 
 from fedsilo.errors import ConfigError, SignatureError
+from fedsilo.jobs._layout import MODEL_NAME, ModelLayout
 from fedsilo.jobs._signing import BundleSignature, sign_digest
 
 __all__ = ["MAX_BUNDLE_BYTES", "Manifest", "bundle_signature", "pack_bundle", "unpack_bundle"]
@@ -76,13 +78,18 @@ def _code_files(code_dir: Path) -> list[Path]:
 
 
 def pack_bundle(
-    code_dir: Path, *, signing_key: Ed25519PrivateKey | None = None
+    code_dir: Path,
+    *,
+    signing_key: Ed25519PrivateKey | None = None,
+    model: ModelLayout | None = None,
 ) -> tuple[bytes, Manifest]:
     """Pack ``code_dir`` into bundle bytes and return them with the manifest.
 
     The archive is deterministic (sorted entries, zeroed times and owners), so the same
     code always gives the same bytes and digest. With ``signing_key``, the bundle also
-    carries ``SIGNATURE.json``: an Ed25519 signature over the manifest's digest.
+    carries ``SIGNATURE.json``: an Ed25519 signature over the manifest's digest. With
+    ``model`` (from :func:`~fedsilo.jobs.declare_model`), it carries ``MODEL.json``, in
+    the manifest and so under the signature; it replaces any ``MODEL.json`` of the folder.
     """
     if not code_dir.is_dir():
         raise ConfigError("the job's code folder does not exist", file=str(code_dir))
@@ -90,6 +97,8 @@ def pack_bundle(
     if not files:
         raise ConfigError("the job's code folder holds no files", file=str(code_dir))
     contents = {p.relative_to(code_dir).as_posix(): p.read_bytes() for p in files}
+    if model is not None:
+        contents[MODEL_NAME] = model.canonical()
     manifest = Manifest(files={k: hashlib.sha256(v).hexdigest() for k, v in contents.items()})
     raw = io.BytesIO()
     entries = [(MANIFEST_NAME, manifest.canonical())]

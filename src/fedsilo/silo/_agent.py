@@ -63,8 +63,11 @@ from fedsilo.jobs import (
     parse_public_key,
     unpack_bundle,
 )
+from fedsilo.silo._approved import ApprovedCode, code_files
 from fedsilo.silo._capacity import Allocation, ComputePool, Withdrawn
 from fedsilo.silo._computes import SiloComputes
+from fedsilo.silo._declared import RULE as DECLARED_MODEL
+from fedsilo.silo._declared import gate_parameters, read_declared
 from fedsilo.silo._errors import SiloErrors
 from fedsilo.silo._governance import (
     Clearance,
@@ -127,6 +130,7 @@ class Agent:
         self.work = OrchestratorClient(kit, timeout=60)  # every other call (thread-safe)
         self.approval = ApprovalClient(kit)
         self.secure = SecureParty(self.silo, self.audit)
+        self.approved = ApprovedCode(self.storage)
         self.errors = SiloErrors(
             self.silo,
             self.storage,
@@ -446,8 +450,11 @@ class Agent:
         code_dir = job_dir / "code"
         try:
             manifest = unpack_bundle(bundle, code_dir)
+            declared = read_declared(code_dir)
         except SignatureError as exc:
             raise self._refuse(task, "bundle-manifest", str(exc)) from exc
+        name = task.job_name or job_id
+        files, unlisted = code_files(code_dir, manifest)
         signature = check_signature(manifest.digest, bundle_signature(code_dir), self.trusted)
         inputs = resolve_inputs(task, self.catalog, self.silo)
         outputs, declassifications = classify_outputs(task.outputs, inputs)
@@ -464,6 +471,10 @@ class Agent:
             inputs=inputs,
             outputs=outputs,
             declassifications=declassifications,
+            model=declared,
+            files=files,
+            files_not_listed=unlisted,
+            code_change=self.approved.review(name, code_dir, manifest),
         )
         self.audit.append(
             "approval.asked",
@@ -495,6 +506,15 @@ class Agent:
         )
         if answer.decision is not Decision.APPROVE:
             raise self._refuse(task, answer.rule, answer.reason)
+        self.approved.keep(name, job_id, code_dir, manifest)
+        if declared is None:
+            raise self._refuse(
+                task,
+                DECLARED_MODEL,
+                "the job's bundle declares no model (MODEL.json), so no parameters could "
+                "leave; submit it with `fedsilo submit` or OrchestratorClient.submit, which "
+                "declare it",
+            )
         foreign = [i for i in inputs if i.path is None]
         if foreign:
             raise self._refuse(
@@ -512,6 +532,7 @@ class Agent:
             outputs,
             privacy=task.privacy,
             rounds=task.rounds,
+            model=declared,
         )
         return self._start_worker(task, session, code_dir, inputs, computes, grants)
 
@@ -829,6 +850,8 @@ class Agent:
                 classification=classification.value,
             )
             raise
+        if output == "model":
+            gate_parameters(self.audit, self.silo, task, session.clearance.model, path)
         digest = self.work.upload_params(path) if data is None else self.work.upload_bytes(data)
         self.audit.append(
             "output.uploaded",

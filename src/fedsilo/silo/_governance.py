@@ -4,6 +4,9 @@
 * Outputs: each output's classification is the highest of its inputs unless the job
   declared a lower one (a declassification), which the approval must cover.
 * Nothing ``sensitive`` leaves the silo; metrics leave only as a bounded set of numbers.
+* The approval request says what each output is and how big (the model the bundle
+  declares, the metric names), and what the code is (every file, and its diff against the
+  code this silo approved last for a job of the same name).
 
 These functions do no I/O beyond the catalog; the agent calls them and writes the audit.
 """
@@ -11,13 +14,15 @@ These functions do no I/O beyond the catalog; the agent calls them and writes th
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsilo.api import TaskMessage
 from fedsilo.approval import (
     ApprovalRequest,
+    CodeChange,
+    CodeFile,
     Declassification,
     InputRef,
     OutputRef,
@@ -25,7 +30,7 @@ from fedsilo.approval import (
 )
 from fedsilo.config import Classification, ResourceGrant
 from fedsilo.errors import ClassificationError
-from fedsilo.jobs import LEAVING_OUTPUTS, SignatureCheck
+from fedsilo.jobs import LEAVING_OUTPUTS, ModelLayout, SignatureCheck
 from fedsilo.privacy import PrivacySpec
 from fedsilo.storage import Catalog
 
@@ -37,6 +42,7 @@ __all__ = [
     "check_leaving",
     "check_metrics",
     "classify_outputs",
+    "metrics_bytes",
     "privacy_settings",
     "resolve_inputs",
 ]
@@ -56,13 +62,14 @@ class ResolvedInput:
     classification: Classification | None
     path: Path | None
     sha256: str | None = None
+    size_bytes: int | None = None
 
 
 @dataclass(frozen=True)
 class Clearance:
-    """What this silo's approval covered for one job: each output's classification, and the
+    """What this silo's approval covered for one job: each output's classification, the
     privacy and number of rounds the approved request declared (which later tasks of the
-    job cannot change)."""
+    job cannot change), and the model it declared (the only parameters that may leave)."""
 
     job_id: str
     request_id: str
@@ -71,6 +78,7 @@ class Clearance:
     outputs: Mapping[str, Classification]
     privacy: PrivacySpec = field(default_factory=PrivacySpec)
     rounds: int = 0
+    model: ModelLayout | None = None
 
 
 def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[ResolvedInput]:
@@ -89,7 +97,13 @@ def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[Resol
         record = catalog.get(name)
         resolved.append(
             ResolvedInput(
-                role, silo, name, record.classification, catalog.path_of(name), record.sha256
+                role,
+                silo,
+                name,
+                record.classification,
+                catalog.path_of(name),
+                record.sha256,
+                record.size_bytes,
             )
         )
     return resolved
@@ -126,9 +140,19 @@ def approval_request(
     inputs: list[ResolvedInput],
     outputs: Mapping[str, Classification],
     declassifications: list[Declassification],
+    model: ModelLayout | None = None,
+    metric_names: Sequence[str] | None = None,
+    files: tuple[CodeFile, ...] = (),
+    files_not_listed: int = 0,
+    code_change: CodeChange | None = None,
 ) -> ApprovalRequest:
-    """The request this silo's approval endpoint decides on, all computed by the silo."""
+    """The request this silo's approval endpoint decides on, all computed by the silo but
+    ``model``, which the submitter declared in the bundle (and the agent holds it to).
+
+    ``metric_names`` are the metric names the job declares (``None``: it declares none).
+    """
     assert task.job_id is not None
+    names = None if metric_names is None else tuple(metric_names)
     return ApprovalRequest(
         job_id=task.job_id,
         job_name=task.job_name or task.job_id,
@@ -142,16 +166,47 @@ def approval_request(
         signing=signature.status,
         signing_key=signature.key_name or signature.key_id,
         inputs=tuple(
-            InputRef(storage=i.storage, dataset=i.dataset, classification=i.classification)
+            InputRef(
+                storage=i.storage,
+                dataset=i.dataset,
+                classification=i.classification,
+                bytes=i.size_bytes,
+            )
             for i in inputs
         ),
-        outputs=tuple(
-            OutputRef(name=name, destination=ORCHESTRATOR, classification=c)
-            for name, c in outputs.items()
-        ),
+        outputs=tuple(_output(name, c, model, names) for name, c in outputs.items()),
         declassifications=tuple(declassifications),
         privacy=privacy_settings(task.privacy),
+        rounds=task.rounds,
+        files=files,
+        files_not_listed=files_not_listed,
+        code_change=code_change or CodeChange(),
     )
+
+
+def _output(
+    name: str,
+    classification: Classification,
+    model: ModelLayout | None,
+    names: tuple[str, ...] | None,
+) -> OutputRef:
+    """What one leaving output is: the declared model, or the metrics (their names)."""
+    out = OutputRef(name=name, destination=ORCHESTRATOR, classification=classification)
+    if name == "model":
+        return out.model_copy(
+            update={"bytes": None if model is None else model.bytes, "model": model}
+        )
+    if name == "metrics":
+        return out.model_copy(update={"bytes": metrics_bytes(names), "metric_names": names})
+    return out
+
+
+def metrics_bytes(names: Sequence[str] | None) -> int:
+    """The most one report of metrics carries out of the silo: 8 bytes a value, and the
+    names themselves when the job does not declare them (any name could then leave)."""
+    if names is not None:
+        return 8 * len(names)
+    return MAX_METRICS * (8 + MAX_METRIC_NAME)
 
 
 def privacy_settings(spec: PrivacySpec) -> PrivacySettings:
