@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +32,7 @@ from fedsilo.approval._queue import POLICY, ApprovalQueue, QueueEntry, QueueStat
 from fedsilo.audit import AuditLog, audit_path
 from fedsilo.config import Kit, Role, cert_fingerprint, load_kit
 from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.orchestrator._http import StrictJSONRoute, error_response, invalid_request
 from fedsilo.orchestrator._tls import MutualTLSProtocol, peer_fingerprint, server_ssl_context
 
 __all__ = ["AuditSink", "DecisionBody", "build_app", "queue_path", "serve", "server_config"]
@@ -55,7 +57,8 @@ class DecisionBody(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     reason: str | None = None
-    expires_in_hours: Annotated[float | None, Field(gt=0)] = None
+    # at most a century: a lapse time past every float would be stored as infinity
+    expires_in_hours: Annotated[float | None, Field(gt=0, le=876_000, allow_inf_nan=False)] = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ def build_app(
     queue = ApprovalQueue(queue_path(kit))
 
     app = FastAPI(title=f"approval endpoint of silo '{silo}'", docs_url=None, redoc_url=None)
+    app.router.route_class = StrictJSONRoute
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.state.queue = queue
 
     @app.middleware("http")
@@ -118,11 +123,11 @@ def build_app(
 
     @app.exception_handler(FedsiloError)
     async def _fedsilo_error(_request: Request, exc: FedsiloError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return error_response(400, str(exc))
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        return error_response(exc.status_code, str(exc.detail))
 
     def caller(request: Request) -> _Caller:
         fingerprint = peer_fingerprint(request.scope)

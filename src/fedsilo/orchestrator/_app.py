@@ -7,7 +7,10 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from fedsilo.api._messages import (
     AggregateRequest,
@@ -27,6 +30,8 @@ from fedsilo.config import Role
 from fedsilo.errors import FedsiloError
 from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
 from fedsilo.orchestrator._core import Orchestrator
+from fedsilo.orchestrator._http import StrictJSONRoute, error_response, invalid_request
+from fedsilo.orchestrator._literal import LiteralRun
 from fedsilo.orchestrator._tls import peer_fingerprint
 
 __all__ = ["Participant", "create_app"]
@@ -61,14 +66,21 @@ def create_app(
         yield
 
     app = FastAPI(title="fedsilo orchestrator", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.router.route_class = StrictJSONRoute
+    app.add_exception_handler(RequestValidationError, invalid_request)
 
     @app.exception_handler(FedsiloError)
     async def _fedsilo_error(_request: Request, exc: FedsiloError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return error_response(400, str(exc))
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = str(exc.detail)
+        if exc.status_code == 404 and detail == "Not Found":  # no route, as Starlette says it
+            detail = f"the orchestrator has no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not a method of {request.url.path}"
+        return error_response(exc.status_code, detail, headers=exc.headers)
 
     def refuse(request: Request, who: str, reason: str) -> HTTPException:
         orchestrator.audit.append(
@@ -102,8 +114,19 @@ def create_app(
         return who.name
 
     async def receive_blob(request: Request, digest: str, owner: str, limit: int) -> Response:
+        """Take an upload named by its sha256; refuse it, saying why, before storing anything."""
+        where = f"PUT {request.url.path}"
         if not valid_digest(digest):
-            raise HTTPException(400, "the upload's name must be its sha256 in hex")
+            raise HTTPException(
+                400,
+                f"{where}: an upload is named by the sha256 of its content, 64 lowercase hex "
+                f"digits, not '{digest[:80]}'",
+            )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPException(
+                413, f"{where}: the upload is {declared} bytes; the limit is {limit} bytes"
+            )
         if orchestrator.blobs.has(digest):
             return Response(status_code=200)
         try:
@@ -115,7 +138,10 @@ def create_app(
             )
             raise HTTPException(422, f"content does not match its digest: {exc}") from exc
         except TooLarge as exc:
-            raise HTTPException(413, str(exc)) from exc
+            raise HTTPException(413, f"{where}: {exc}") from exc
+        except ClientDisconnect:
+            log.warning("upload %s from %s cut off by its sender; nothing kept", digest, owner)
+            return Response(status_code=400)  # nobody is left to read it
         orchestrator.store.add_blob(digest, size, owner)
         return Response(status_code=201)
 
@@ -213,6 +239,8 @@ def create_app(
 
     @app.post("/v1/jobs/{job_id}/cancel", status_code=202)
     async def cancel(job_id: str, _: Annotated[str, Depends(submitter)]) -> dict[str, bool]:
+        if orchestrator.store.job(job_id) is None:
+            raise HTTPException(404, f"no job '{job_id}'")
         return {"cancelled": orchestrator.cancel(job_id)}
 
     @app.get("/v1/jobs/{job_id}/model")
@@ -230,19 +258,36 @@ def create_app(
 
     # -- literal pipelines: the job's own submitter drives it step by step ------------------
 
+    def literal(job_id: str, name: str, *, steps: tuple[str, ...] = ()) -> LiteralRun:
+        """The running literal pipeline ``job_id``: 404 for a job or step that does not exist."""
+        if orchestrator.store.job(job_id) is None:
+            raise HTTPException(404, f"no job '{job_id}'")
+        run = orchestrator.literal(job_id, name)
+        missing = [s for s in steps if s not in run.ledger.steps]
+        if missing:
+            raise HTTPException(404, f"job '{job_id}' has no step '{missing[0]}'")
+        return run
+
     @app.get("/v1/jobs/{job_id}/literal")
     async def literal_state(
         job_id: str,
         name: Annotated[str, Depends(submitter)],
         wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 0.0,
     ) -> LiteralState:
-        return await orchestrator.literal(job_id, name).wait_ready(wait)
+        return await literal(job_id, name).wait_ready(wait)
 
     @app.post("/v1/jobs/{job_id}/steps", status_code=201)
     async def literal_step(
         job_id: str, body: StepRequest, name: Annotated[str, Depends(submitter)]
     ) -> StepInfo:
-        run = orchestrator.literal(job_id, name)
+        run = literal(job_id, name)
+        if body.silo not in orchestrator.silos:
+            raise HTTPException(
+                404,
+                f"silo '{body.silo}' is not in job {job_id}: federation "
+                f"'{orchestrator.federation}' has no such silo "
+                f"(its silos: {', '.join(orchestrator.silos)})",
+            )
         return run.step(body.kind, body.silo, body.model, body.round)
 
     @app.get("/v1/jobs/{job_id}/steps/{step_id}")
@@ -252,20 +297,21 @@ def create_app(
         name: Annotated[str, Depends(submitter)],
         wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 0.0,
     ) -> StepInfo:
-        return await orchestrator.literal(job_id, name).step_info(step_id, wait)
+        return await literal(job_id, name, steps=(step_id,)).step_info(step_id, wait)
 
     @app.post("/v1/jobs/{job_id}/aggregate")
     async def literal_aggregate(
         job_id: str, body: AggregateRequest, name: Annotated[str, Depends(submitter)]
     ) -> ModelRef:
-        digest = await orchestrator.literal(job_id, name).aggregate(body.steps, body.round)
+        run = literal(job_id, name, steps=body.steps)
+        digest = await run.aggregate(body.steps, body.round)
         return ModelRef(model=digest, round=body.round)
 
     @app.post("/v1/jobs/{job_id}/finish", status_code=202)
     async def literal_finish(
         job_id: str, body: FinishRequest, name: Annotated[str, Depends(submitter)]
     ) -> dict[str, bool]:
-        orchestrator.literal(job_id, name).finish(body.model)
+        literal(job_id, name).finish(body.model)
         return {"finished": True}
 
     @app.get("/v1/status")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import shutil
 import time
 import uuid
@@ -475,14 +476,19 @@ class Orchestrator:
         return info
 
     def _read_job(self, job_id: str, version: int) -> JobInfo | None:
+        """A job's record as :class:`JobInfo`. A record that cannot be read as written
+        (a spec an older version wrote, a metric that is not a finite number) is read
+        leniently, what cannot be read left out and logged: one bad record never stops
+        ``status`` or ``job show`` from answering."""
         row = self.store.job(job_id)
         if row is None:
             return None
-        spec = JobSpec.model_validate_json(row.spec_json)
+        silos, planned = _spec_facts(job_id, row.spec_json)
         history: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
         for m in self.store.metrics(job_id):
             phases = history.setdefault(m.round, {"train": {}, "evaluate": {}, "privacy": {}})
-            phases[m.phase][m.silo] = json.loads(m.metrics_json)
+            if m.phase in phases:
+                phases[m.phase][m.silo] = _finite_metrics(job_id, m.round, m.silo, m.metrics_json)
         seconds = {
             r.round: (r.finished_at - r.started_at) if r.finished_at else None
             for r in self.store.rounds(job_id)
@@ -507,15 +513,16 @@ class Orchestrator:
             )
             for n, phases in sorted(history.items())
         ]
+        state, error = _state(row)
         return JobInfo(
             id=row.id,
             name=row.name,
             submitter=row.submitter,
-            state=JobState(row.state),
-            silos=list(spec.silos),
-            rounds=spec.rounds,
+            state=state,
+            silos=silos,
+            rounds=planned,
             current_round=row.current_round,
-            error=row.error,
+            error=error,
             detail=row.detail,
             created_at=row.created_at,
             started_at=row.started_at,
@@ -526,7 +533,17 @@ class Orchestrator:
         )
 
     async def status(self) -> StatusReport:
-        jobs = [info for row in self.store.jobs() if (info := await self.job_info(row.id))]
+        jobs: list[JobInfo] = []
+        for row in self.store.jobs():
+            try:
+                info = await self.job_info(row.id)
+            except ValueError as exc:  # a record even a lenient reading cannot make sense of
+                log.warning(
+                    "job %s left out of the status: its record is unreadable (%s)", row.id, exc
+                )
+                continue
+            if info is not None:
+                jobs.append(info)
         return StatusReport(federation=self.federation, silos=self.silo_statuses(), jobs=jobs)
 
     # -- connectivity check -----------------------------------------------------------------
@@ -580,3 +597,62 @@ class Orchestrator:
             )
             lines.append(SiloCheck(silo=silo, reachable=reachable[silo], ran=False, error=error))
         return CheckReport(silos=lines)
+
+
+def _spec_facts(job_id: str, spec_json: str) -> tuple[list[str], int]:
+    """The silos and rounds of a stored job spec, read leniently if it no longer validates."""
+    try:
+        spec = JobSpec.model_validate_json(spec_json)
+    except ValueError as exc:
+        log.warning("job %s: its stored spec no longer validates (%s); read leniently", job_id, exc)
+    else:
+        return list(spec.silos), spec.rounds
+    try:
+        raw = json.loads(spec_json)
+    except ValueError:
+        return [], 0
+    if not isinstance(raw, dict):
+        return [], 0
+    silos = raw.get("silos")
+    rounds = raw.get("rounds")
+    return (
+        [s for s in silos if isinstance(s, str)] if isinstance(silos, list) else [],
+        rounds if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0 else 0,
+    )
+
+
+def _finite_metrics(job_id: str, round_: int, silo: str, metrics_json: str) -> dict[str, float]:
+    """A stored metrics record, its finite numbers only (older records may hold others)."""
+    try:
+        raw = json.loads(metrics_json)
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        log.warning(
+            "job %s: the metrics of silo '%s' in round %d are unreadable", job_id, silo, round_
+        )
+        return {}
+    kept = {
+        str(k): float(v)
+        for k, v in raw.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    if len(kept) < len(raw):
+        dropped = ", ".join(sorted(str(k) for k in raw if k not in kept))
+        log.warning(
+            "job %s: metrics of silo '%s' in round %d that are not finite numbers left out: %s",
+            job_id,
+            silo,
+            round_,
+            dropped,
+        )
+    return kept
+
+
+def _state(row: JobRow) -> tuple[JobState, str | None]:
+    """A stored job's state and error; a state this version does not know reads as failed."""
+    try:
+        return JobState(row.state), row.error
+    except ValueError:
+        note = f"the orchestrator's record holds an unknown state '{row.state}'"
+        return JobState.FAILED, f"{row.error}; {note}" if row.error else note

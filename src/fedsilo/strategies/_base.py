@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -79,19 +80,50 @@ class MeanStrategy(Strategy, Protocol):
 
 
 def weighted_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Sample-weighted mean of each metric over silos (``num_samples`` is summed)."""
-    total = sum(float(m.get("num_samples", 0)) for m in results.values())
+    """Sample-weighted mean of each metric over silos (``num_samples`` is summed).
+
+    Every result is finite, whatever finite numbers the silos sent: each silo's weight is
+    taken relative to the largest and the mean built as a sum of ``value * share`` with
+    shares that add up to one, so it never overflows where the plain ``sum(v * w) / sum(w)``
+    would (two silos reporting ``1.5e308``); a sum of sample counts too large for a float
+    is capped at the largest one. A value that is not a finite number is left out of its
+    metric's mean, and a count that is not finite and at least zero counts as zero.
+    """
+    counts = {silo: _count(m.get("num_samples", 0)) for silo, m in results.items()}
     keys = sorted({k for m in results.values() for k in m if k != "num_samples"})
     out: dict[str, float] = {}
     for key in keys:
         pairs = [
-            (float(m[key]), float(m.get("num_samples", 0))) for m in results.values() if key in m
+            (float(m[key]), counts[silo])
+            for silo, m in results.items()
+            if key in m and _finite(m[key])
         ]
-        weight = sum(w for _, w in pairs)
-        out[key] = (
-            sum(v * w for v, w in pairs) / weight
-            if weight > 0
-            else sum(v for v, _ in pairs) / len(pairs)
-        )
-    out["num_samples"] = total
+        if pairs:
+            out[key] = _mean(pairs)
+    out["num_samples"] = _capped(sum(counts.values()))
     return out
+
+
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _count(value: object) -> float:
+    if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+        return float(value)
+    return 0.0
+
+
+def _capped(value: float) -> float:
+    return max(-_FLOAT_MAX, min(_FLOAT_MAX, value))
+
+
+def _mean(pairs: Sequence[tuple[float, float]]) -> float:
+    """The weighted mean of ``(value, weight)`` pairs; a plain mean when no weight is positive."""
+    top = max(w for _, w in pairs)
+    weights = [w / top for _, w in pairs] if top > 0 else [1.0] * len(pairs)
+    total = sum(weights)  # at least 1 (the largest weight) and at most len(pairs)
+    return _capped(sum(v * (w / total) for (v, _), w in zip(pairs, weights, strict=True)))
