@@ -370,3 +370,17 @@ def test_bodies_that_are_not_json_are_refused_as_such(servers: Servers, raw: byt
         error, _ = _error_of(response)
         assert response.status_code == 422, (op.method, op.path, response.text[:300])
         assert WHOLE_BODIES[raw] in error and "body" in error, error
+
+
+@pytest.mark.parametrize("hours", [1e308, 876_001])
+def test_an_approval_that_would_lapse_past_every_date_is_refused(
+    servers: Servers, hours: float
+) -> None:
+    answer = servers.identities["silo-a admin"].request(
+        "POST",
+        servers.approval.url + "/v1/requests/no-such-request/approve",
+        json={"expires_in_hours": hours},
+        timeout=20,
+    )
+    assert answer.status_code == 422, answer.text
+    assert "body.expires_in_hours" in answer.json()["error"]
