@@ -114,7 +114,7 @@ def test_show_gives_sizes_files_and_the_diff_against_the_last_approval(fed: Fede
     assert "silo silo-a approved no job named 'reviewed' before: every file is new" in shown
     assert "model parameters: 2,410 values in 4 tensors, 9.4 KiB an upload" in shown
     assert re.search(r"0\.weight\s+\[32, 64\] float32\s+8 KiB", shown), shown
-    assert "metrics, names not declared" in shown
+    assert "metrics named: loss, accuracy, with num_samples and epsilon, at most 32 B" in shown
     assert re.search(r"input\s+silo-a:digits-train \(sensitive, \d[\d.]* KiB\)", shown), shown
     task_sha = hashlib.sha256(TASK.encode()).hexdigest()
     assert f"sha256 {task_sha}  task.py" in shown and "MODEL.json" in shown

@@ -84,7 +84,13 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _submit(root: Path, folder: Path, silos: str) -> object:
-    job = write_job(folder, rounds=2, silos=silos, computes="{preprocess: cpu, train: accel}")
+    job = write_job(
+        folder,
+        rounds=2,
+        silos=silos,
+        computes="{preprocess: cpu, train: accel}",
+        metrics="[loss, accuracy, preprocessed_on_default, trained_on_device]",
+    )
     (folder / "task" / "task.py").write_text(TWO_COMPUTE_TASK)
     ws = open_workspace(root)
     kit = ws.kit(ws.submitter_name)

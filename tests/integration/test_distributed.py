@@ -83,7 +83,14 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
 
 
 def _submit(fed: Federation, folder: Path, *, rounds: int = 2, extra: str = "") -> str:
-    write_job(folder, rounds=rounds, extra=extra, silos=SILOS, resources="{workers: 2}")
+    write_job(
+        folder,
+        rounds=rounds,
+        extra=extra,
+        silos=SILOS,
+        resources="{workers: 2}",
+        metrics="[accuracy, ranks]",
+    )
     (folder / "task" / "task.py").write_text(DDP_TASK)
     spec, code_dir = load_job(folder / "job.yaml")
     with OrchestratorClient(fed.submitter) as client:

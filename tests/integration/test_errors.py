@@ -56,6 +56,19 @@ def train(model, ctx):
 """
 
 
+LEAKY = """
+
+def train(model, ctx):
+    rows = _rows(ctx)
+    x, _ = _load(ctx.input("train"))
+    first = x[0].tolist()
+    metrics = {"num_samples": len(x), "loss": 0.123456789}
+    metrics["row_" + rows.replace(",", "_").replace(";", "_").replace(".", "_")[:50]] = 1.0
+    metrics.update({f"v{i}": float(v) for i, v in enumerate(first[:8])})
+    return metrics
+"""
+
+
 @dataclass
 class Setup:
     root: Path
@@ -80,12 +93,14 @@ class Setup:
             env={**os.environ, "COLUMNS": "100000"},
         )
 
-    def submit(self, name: str, silo: str, *, forge: bool = False) -> tuple[dict[str, object], str]:
+    def submit(
+        self, name: str, silo: str, *, forge: bool = False, task: str = "", **spec: str
+    ) -> tuple[dict[str, object], str]:
         """Submit the hostile job to ``silo`` with the CLI, wait: its JSON, all it printed."""
         folder = self.scratch / name
         extra = ", extra: {forge: true}" if forge else ""
-        job = write_job(folder, rounds=1, extra=extra, name=name, silos=f"[{silo}]")
-        (folder / "task" / "task.py").write_text(TASK + HOSTILE)
+        job = write_job(folder, rounds=1, extra=extra, name=name, silos=f"[{silo}]", **spec)
+        (folder / "task" / "task.py").write_text(TASK + HOSTILE + task)
         done = self.cli("submit", str(job), "-w", str(self.root), "--wait")
         job_id = re.search(r"submitted job (\S+)", done.stdout + done.stderr)
         printed = done.stdout + done.stderr
@@ -111,6 +126,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             add_dataset(
                 ws.kit(silo), f"digits-{role}", shards[silo][role], Classification.SENSITIVE
             )
+    with ws.kit("silo-b").policy_file.open("a") as policy:  # silo-b narrows its metrics
+        policy.write("metrics: {max_count: 1, digits: 2}\n")
     scratch = tmp / "scratch"
     scratch.mkdir()
     up(ws.root)
@@ -174,3 +191,29 @@ def test_a_silo_that_shares_errors_sends_the_message_and_status_shows_it(setup: 
     assert sharing == {"silo-a": False, "silo-b": True}
     table = setup.cli("status", str(setup.root), check=True).stdout
     assert "shared (message and traceback)" in table and "kept in the silo" in table
+
+
+@pytest.mark.parametrize("silo", SILOS)
+def test_metrics_under_undeclared_names_stay_in_the_silo(setup: Setup, silo: str) -> None:
+    rows = setup.rows(silo)
+    info, printed = setup.submit(f"leaky-{silo}", silo, task=LEAKY, metrics="[loss, accuracy]")
+    assert info["state"] == "succeeded", info
+    history = {r["round"]: r for r in info["history"]}  # type: ignore[attr-defined]
+    sent = history[1]["train"][silo]
+    assert set(sent) == {"loss", "num_samples"}
+    # silo-a sends all digits; silo-b's policy keeps 2 (and 1 declared metric)
+    assert sent["loss"] == (0.12 if silo == "silo-b" else 0.123456789)
+    # the name that spelled the rows out (silo-b shares its errors' text, rows included,
+    # in another test of this module: so the name itself, not the rows, is looked for)
+    name = "row_" + rows.replace(",", "_").replace(";", "_").replace(".", "_")[:30]
+    assert name not in printed
+    assert _orchestrator_holds(setup, name) == []
+    audit = read_log(audit_path(setup.workspace.kit(silo).storage_path))
+    kept = [
+        e.data for e in audit if e.event == "metrics.withheld" and e.data["job_id"] == info["id"]
+    ]
+    assert kept and any(n.startswith("row_") for n in kept[0]["undeclared"])  # type: ignore[union-attr]
+    assert "v0" in kept[0]["undeclared"]  # type: ignore[operator]
+    for event in ("output.uploaded", "metrics.sent"):  # every upload's line has its size
+        lines = [e.data for e in audit if e.event == event and e.data["job_id"] == info["id"]]
+        assert lines and all(isinstance(line.get("size"), int) for line in lines), event

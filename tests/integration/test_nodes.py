@@ -205,6 +205,7 @@ def test_a_two_machine_silo_trains_and_its_sandbox_reaches_only_its_own_machines
         silos="[silo-a]",
         resources="{train: {nodes: 2, workers: 1}}",
         extra=f", extra: {{targets: '{targets}'}}",
+        metrics="[accuracy, ranks, escaped]",
     )
     (folder / "task" / "task.py").write_text(TASK)
     kit = str(root / "kits" / "silo-a")

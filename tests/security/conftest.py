@@ -142,7 +142,7 @@ class Attackable:
         job.write_text(
             f"name: {name}\ncode: task\nsilos: [{', '.join(silos)}]\ninputs: {inputs}\n"
             f"rounds: 1\noutputs: {outputs}\nhyperparameters: {{seed: 1, extra: {{{extra}}}}}\n"
-            f"privacy: {privacy}\n"
+            f"privacy: {privacy}\nmetrics: [leaked_chars]\n"
         )
         return job
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 from fedsilo.config import ResourceRequest
 from fedsilo.jobs import JobSpec
@@ -72,6 +72,7 @@ _HEX64 = r"^[0-9a-f]{64}$"
 _SECAGG_MAX = 64 * 1024 * 1024
 # ids become folder names in a silo's storage: nothing that could climb out of it
 _SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_METRIC = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 # a silo's own sentence (1,000 characters) and, where it shares errors, their text (8 KiB)
 _ERROR_MAX = 10 * 1024
 
@@ -94,7 +95,7 @@ class TaskMessage(_Msg):
     hyperparameters: dict[str, object] = Field(default_factory=dict)
     params_digest: str | None = Field(default=None, pattern=_HEX64)
     evaluate_first: bool = False
-    config: dict[str, float] = Field(default_factory=dict)
+    config: dict[str, FiniteFloat] = Field(default_factory=dict)
     author: str | None = None
     outputs: dict[str, str | None] = Field(default_factory=dict)
     rounds: int = Field(default=0, ge=0)
@@ -104,6 +105,10 @@ class TaskMessage(_Msg):
     mask_plan: MaskPlan | None = None
     computes: dict[str, str] = Field(default_factory=dict)
     resources: dict[str, ResourceRequest] = Field(default_factory=dict)
+    # the metric names the job declares: the only ones, with fedsilo's own, that leave
+    metrics: tuple[Annotated[str, Field(pattern=_METRIC)], ...] | None = Field(
+        default=None, max_length=64
+    )
 
 
 class TaskResult(_Msg):
@@ -129,11 +134,11 @@ class TaskResult(_Msg):
     error_id: str | None = Field(default=None, pattern=r"^e-[0-9a-f]{12}$")
     refused: bool = False
     limit: str | None = Field(default=None, max_length=200)
-    params_digest: str | None = None
-    train_metrics: dict[str, float] | None = None
-    eval_metrics: dict[str, float] | None = None
-    seconds: float = 0.0
-    compute_seconds: float = 0.0
+    params_digest: str | None = Field(default=None, pattern=_HEX64)
+    train_metrics: dict[str, FiniteFloat] | None = None
+    eval_metrics: dict[str, FiniteFloat] | None = None
+    seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    compute_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     secagg: tuple[Annotated[str, Field(max_length=_SECAGG_MAX)], ...] = ()
 
 
@@ -141,8 +146,8 @@ class SubmitRequest(_Msg):
     """A job submission: the spec and the digest of its already uploaded bundle."""
 
     spec: JobSpec
-    bundle_digest: str
-    manifest_digest: str
+    bundle_digest: str = Field(pattern=_HEX64)
+    manifest_digest: str = Field(pattern=_HEX64)
 
 
 class RoundNote(_Msg):

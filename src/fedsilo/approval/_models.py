@@ -64,10 +64,11 @@ class OutputRef(BaseModel):
     what it is.
 
     ``bytes`` is the most one upload of it carries: for the model, the bytes of the
-    declared tensors (``model``); for metrics, 8 bytes a value, plus the names when they
-    are not declared. ``None`` when the job does not say (a bundle without ``MODEL.json``).
-    ``metric_names`` are the metric names the job declares; ``None`` when it declares none
-    (any name may then leave, within the silo's bounds).
+    declared tensors (``model``); for metrics, 8 bytes a value, for each declared name and
+    fedsilo's own (``num_samples``, ``epsilon``). ``None`` when the job does not say (a
+    bundle without ``MODEL.json``). ``metric_names`` are the metric names the job declares
+    (a metric under another name stays in the silo); ``None`` from an agent that did not
+    say, when only fedsilo's own leave.
     """
 
     model_config = _FROZEN

@@ -14,6 +14,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedsilo.approval._budget import MetricBudget
 from fedsilo.approval._models import ApprovalRequest, Decision, Declassification, SigningStatus
 from fedsilo.config import ByteSize, Classification, ResourceBounds, format_bytes
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
@@ -270,6 +271,8 @@ class Policy(BaseModel):
     trusted_keys: dict[str, str] = Field(default_factory=dict)
     rules: tuple[Rule, ...] = ()
     default: Decision = Decision.REJECT
+    # how many metrics leave this silo in a report, and how precisely
+    metrics: MetricBudget = MetricBudget()
 
     @model_validator(mode="after")
     def _check(self) -> Policy:

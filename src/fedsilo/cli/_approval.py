@@ -185,11 +185,8 @@ def _output_lines(o: OutputRef, r: ApprovalRequest) -> list[str]:
             )
     elif o.name == "metrics":
         size = f", at most {format_bytes(o.bytes)} a report" if o.bytes is not None else ""
-        if o.metric_names is None:
-            lines.append(f"{pad}metrics, names not declared: any name may leave{size}")
-        else:
-            named = ", ".join(o.metric_names) or "(none)"
-            lines.append(f"{pad}metrics named: {named}{size}")
+        named = ", ".join(o.metric_names or ()) or "(none declared)"
+        lines.append(f"{pad}metrics named: {named}, with num_samples and epsilon{size}")
     elif o.bytes is not None:
         lines.append(f"{pad}{format_bytes(o.bytes)} an upload")
     return lines

@@ -21,6 +21,8 @@ from fedsilo.jobs._signing import (
     sign_digest,
 )
 from fedsilo.jobs._spec import (
+    DEFAULT_METRICS,
+    FEDSILO_METRICS,
     LEAVING_OUTPUTS,
     Hyperparameters,
     JobSpec,
@@ -34,6 +36,8 @@ from fedsilo.jobs._spec import (
 )
 
 __all__ = [
+    "DEFAULT_METRICS",
+    "FEDSILO_METRICS",
     "LEAVING_OUTPUTS",
     "MAX_BUNDLE_BYTES",
     "MODEL_NAME",

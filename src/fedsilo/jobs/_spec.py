@@ -20,6 +20,8 @@ from fedsilo.privacy._spec import PrivacySpec
 from fedsilo.strategies._specs import MEAN_STRATEGIES, FedAvgSpec, StrategySpec, Weighting
 
 __all__ = [
+    "DEFAULT_METRICS",
+    "FEDSILO_METRICS",
     "LEAVING_OUTPUTS",
     "Hyperparameters",
     "JobSpec",
@@ -40,6 +42,13 @@ class _Frozen(BaseModel):
 
 
 LEAVING_OUTPUTS = ("model", "metrics")
+
+METRIC_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
+DEFAULT_METRICS = ("loss", "accuracy")
+"""The metric names a job declares when its spec says nothing of them."""
+FEDSILO_METRICS = ("num_samples", "epsilon")
+"""Metrics fedsilo itself reports (the weight of an update, local DP's spend): they leave
+whatever a job declares."""
 
 
 class OutputSpec(_Frozen):
@@ -125,6 +134,9 @@ class JobSpec(_Frozen):
     )
     resources: dict[SiloStep, ResourceRequest] = Field(default_factory=dict)
     updates: UpdateBounds = UpdateBounds()
+    metrics: tuple[Annotated[str, Field(pattern=METRIC_NAME)], ...] = Field(
+        default=DEFAULT_METRICS, max_length=64
+    )
 
     @field_validator("resources", mode="before")
     @classmethod
@@ -184,6 +196,9 @@ class JobSpec(_Frozen):
                     "strategy weights must give every silo a weight; missing: "
                     + ", ".join(missing),
                 )
+        for i, name in enumerate(self.metrics):
+            if name in self.metrics[:i]:
+                raise FieldIssue(("metrics", i), f"metric '{name}' is declared twice")
         self._check_secure_aggregation()
         if self.updates.max_norm is not None and self.privacy.secure_aggregation is not None:
             raise FieldIssue(

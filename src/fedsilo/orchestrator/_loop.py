@@ -83,6 +83,7 @@ class _JobRun:
                 name: (out.classification.value if out.classification else None)
                 for name, out in spec.outputs.items()
             },
+            metrics=spec.metrics,
             **fields,
         )
 

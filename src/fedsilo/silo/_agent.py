@@ -81,6 +81,7 @@ from fedsilo.silo._governance import (
 from fedsilo.silo._gpu import gpu_binds
 from fedsilo.silo._grant import ResourceRefused
 from fedsilo.silo._limits import JobGroup, Limits
+from fedsilo.silo._metrics import gate_metrics
 from fedsilo.silo._network import JobNetwork
 from fedsilo.silo._node import RemoteStep, StartRanks
 from fedsilo.silo._sandbox import SandboxSpec, check_sandbox
@@ -118,6 +119,7 @@ class Agent:
         self.spec = kit.silo
         self.storage = kit.storage_path
         self.policy = load_policy(kit.policy_file)
+        self.metric_budget = self.policy.metrics
         self.trusted = {
             name: parse_public_key(line, where=f"{kit.policy_file}: trusted_keys.{name}")
             for name, line in self.policy.trusted_keys.items()
@@ -472,6 +474,7 @@ class Agent:
             outputs=outputs,
             declassifications=declassifications,
             model=declared,
+            metric_names=task.metrics or (),
             files=files,
             files_not_listed=unlisted,
             code_change=self.approved.review(name, code_dir, manifest),
@@ -534,6 +537,7 @@ class Agent:
             rounds=task.rounds,
             model=declared,
         )
+        session.metric_names = task.metrics
         return self._start_worker(task, session, code_dir, inputs, computes, grants)
 
     def _computes(self, task: TaskMessage) -> dict[SiloStep, ComputeSpec]:
@@ -853,12 +857,14 @@ class Agent:
         if output == "model":
             gate_parameters(self.audit, self.silo, task, session.clearance.model, path)
         digest = self.work.upload_params(path) if data is None else self.work.upload_bytes(data)
+        size = path.stat().st_size if data is None else sum(len(part) for part in data)
         self.audit.append(
             "output.uploaded",
             job_id=task.job_id,
             output=output,
             round=task.round,
             sha256=digest,
+            size=size,
             classification=classification.value,
             **audit,
         )
@@ -873,7 +879,9 @@ class Agent:
         assert session.clearance is not None
         try:
             check_leaving(self.silo, "metrics", session.clearance.outputs["metrics"])
-            return check_metrics(self.silo, metrics)
+            gated = gate_metrics(
+                check_metrics(self.silo, metrics), session.metric_names, self.metric_budget
+            )
         except ClassificationError as exc:
             self.audit.append(
                 "output.kept",
@@ -883,6 +891,23 @@ class Agent:
                 reason=str(exc),
             )
             raise
+        if gated.withheld or gated.over_budget:  # their names stay here, in the silo's log
+            self.audit.append(
+                "metrics.withheld",
+                job_id=task.job_id,
+                round=task.round,
+                undeclared=list(gated.withheld),
+                over_budget=list(gated.over_budget),
+            )
+        self.audit.append(
+            "metrics.sent",
+            job_id=task.job_id,
+            round=task.round,
+            names=sorted(gated.sent),
+            size=8 * len(gated.sent),
+            digits=self.metric_budget.digits,
+        )
+        return gated.sent
 
     def _worker(self, session: JobSession) -> WorkerProcess:
         step = session.train

@@ -30,7 +30,7 @@ from fedsilo.approval import (
 )
 from fedsilo.config import Classification, ResourceGrant
 from fedsilo.errors import ClassificationError
-from fedsilo.jobs import LEAVING_OUTPUTS, ModelLayout, SignatureCheck
+from fedsilo.jobs import FEDSILO_METRICS, LEAVING_OUTPUTS, ModelLayout, SignatureCheck
 from fedsilo.privacy import PrivacySpec
 from fedsilo.storage import Catalog
 
@@ -202,11 +202,10 @@ def _output(
 
 
 def metrics_bytes(names: Sequence[str] | None) -> int:
-    """The most one report of metrics carries out of the silo: 8 bytes a value, and the
-    names themselves when the job does not declare them (any name could then leave)."""
-    if names is not None:
-        return 8 * len(names)
-    return MAX_METRICS * (8 + MAX_METRIC_NAME)
+    """The most one report of metrics carries out of the silo: 8 bytes a value, for each
+    declared name and fedsilo's own (``num_samples``, ``epsilon``); a metric under any
+    other name stays in the silo (:mod:`fedsilo.silo._metrics`)."""
+    return 8 * (len(names or ()) + len(FEDSILO_METRICS))
 
 
 def privacy_settings(spec: PrivacySpec) -> PrivacySettings:

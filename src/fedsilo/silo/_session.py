@@ -77,6 +77,7 @@ class JobSession:
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
     )
     clearance: Clearance | None = None
+    metric_names: tuple[str, ...] | None = None  # the metric names the approved job declares
     train: Step | None = None  # the worker that builds, trains and evaluates the model
     steps: list[Step] = field(default_factory=list)  # other steps' workers, while they run
     secagg: SecAggClient | None = None
