@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -19,6 +20,48 @@ app = typer.Typer(
 )
 
 _err = Console(stderr=True)
+
+
+def _flags_without_type() -> None:
+    """Help shows no ``<bool>`` beside a flag: a flag takes no value to describe.
+
+    Typer prints every option's type in its help panels; for ``--wait`` that reads as if a
+    value were expected. Options that take a value keep theirs.
+    """
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "_fedsilo", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return shown(self, ctx)
+
+    display_type_rich._fedsilo = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fedsilo {version('fedsilo')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    _show_version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_version,
+        is_eager=True,
+        help="Print fedsilo's version and exit.",
+    ),
+) -> None:
+    """Cross-silo federated learning: silos, an orchestrator, approved jobs."""
 
 
 def _register() -> None:
@@ -50,6 +93,7 @@ def main() -> None:
     on stderr (its text printed as is, never as markup) and exit status 1.
     """
     _register()
+    _flags_without_type()
     try:
         app()
     except FedsiloError as exc:

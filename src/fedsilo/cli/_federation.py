@@ -10,15 +10,63 @@ from rich.console import Console
 from rich.table import Table
 
 from fedsilo.config import ORCHESTRATOR_NAME, Role, load_federation, provision
+from fedsilo.errors import ConfigError
 
 
 def validate(
-    federation: Annotated[Path, typer.Argument(help="The federation spec (YAML).")],
+    spec_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="A federation spec, a job spec or a silo's policy (YAML)."
+        ),
+    ],
 ) -> None:
-    """Check a federation spec; print what is wrong with it, with the file, field and line."""
-    spec = load_federation(federation)
+    """Check a federation spec, a job spec or a policy; print what is wrong, with the file,
+    line and field."""
+    kind = _kind_of(spec_file)
+    if kind == "job":
+        from fedsilo.jobs import load_job
+
+        job, code_dir = load_job(spec_file)
+        count = len(job.silos)
+        typer.echo(
+            f"ok: job '{job.name}', {job.rounds} round{'' if job.rounds == 1 else 's'} in "
+            f"{count} silo{'' if count == 1 else 's'}, code in {code_dir}"
+        )
+        return
+    if kind == "policy":
+        from fedsilo.approval import load_policy
+
+        policy = load_policy(spec_file)
+        count = len(policy.rules)
+        typer.echo(
+            f"ok: policy with {count} rule{'' if count == 1 else 's'}, "
+            f"{len(policy.trusted_keys)} trusted key(s), default {policy.default.value}"
+        )
+        return
+    spec = load_federation(spec_file)
     count = len(spec.silos)
     typer.echo(f"ok: federation '{spec.name}', {count} silo{'' if count == 1 else 's'}")
+
+
+def _kind_of(path: Path) -> str:
+    """``job``, ``policy`` or ``federation``, from the file's top-level keys.
+
+    A file that cannot be read as a mapping is checked as a federation spec, whose loader
+    says what is wrong with it.
+    """
+    from fedsilo.config._yamlio import load_yaml_mapping
+
+    try:
+        data, _ = load_yaml_mapping(path)
+    except ConfigError:
+        return "federation"
+    keys = set(data)
+    if keys & {"code", "rounds", "entrypoint", "inputs"}:
+        return "job"
+    if keys & {"rules", "trusted_keys", "default"} and not keys & {"silos", "orchestrator"}:
+        return "policy"
+    return "federation"
 
 
 def provision_command(

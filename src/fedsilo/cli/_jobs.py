@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, RoundInfo
-from fedsilo.cli._common import KitOption, WorkspaceOption, console, submitter_kit
+from fedsilo.cli._common import KitOption, WorkspaceOption, console, kit_args, submitter_kit
 from fedsilo.cli._learn import MetricOption, PlotOption, SweepOption, TrackFlag, sweep_job
 from fedsilo.jobs import load_job, load_private_key
 
@@ -82,9 +82,10 @@ def submit(
             if as_json:
                 typer.echo(json.dumps({"id": job_id, "state": "queued"}))
             else:
+                hint = f"fedsilo job show {job_id} --wait {kit_args(workspace, kit)}"
                 console.print(
-                    f"submitted job [bold]{job_id}[/]; follow it with: "
-                    f"fedsilo job show {job_id} --wait"
+                    Text.assemble("submitted job ", (job_id, "bold"), "; follow it with: ", hint),
+                    soft_wrap=True,
                 )
             return
         info = follow(client, job_id, show=not as_json)
