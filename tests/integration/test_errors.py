@@ -138,10 +138,12 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 
 
 def _orchestrator_holds(setup: Setup, needle: str) -> list[str]:
-    """Every file of the orchestrator's (storage, MLflow, its log) that holds ``needle``."""
+    """Every file of the orchestrator's (storage, its log, the workspace's MLflow store)
+    that holds ``needle``."""
     data = needle.encode()
     files = [p for p in setup.workspace.kit("orchestrator").storage_path.rglob("*") if p.is_file()]
     files += list((setup.root / "logs").glob("orchestrator*"))
+    files += [p for p in (setup.root / "tracking").rglob("*") if p.is_file()]  # MLflow
     return [str(p) for p in files if p.is_file() and data in p.read_bytes()]
 
 
