@@ -32,7 +32,8 @@ from schemathesis.core.result import Ok
 
 from tests.fuzz.conftest import EXAMPLES, Identity, Server, Servers, assert_healthy
 
-pytestmark = pytest.mark.integration
+# the long run (FEDSILO_FUZZ_EXAMPLES=2000) takes longer than the suite's limit of 300 s a test
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(max(300, EXAMPLES * 6))]
 
 LONG_POLL = ("wait", "timeout")  # seconds a route may hold the request: kept short here
 

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from fedsilo.audit import audit_path, read_log
 from tests.fuzz.conftest import EXAMPLES, Identity, Servers, assert_healthy
 
-pytestmark = pytest.mark.integration
+# the long run (FEDSILO_FUZZ_EXAMPLES=2000) takes longer than the suite's limit of 300 s a test
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(max(300, EXAMPLES * 6))]
 
 ROUTES = {"/v1/agent/uploads": "silo-a", "/v1/uploads": "alice"}
 LIMITS = {"/v1/agent/uploads": 4 * 1024**3, "/v1/uploads": 64 * 1024**2}

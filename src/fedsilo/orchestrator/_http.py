@@ -79,7 +79,7 @@ def safe_text(text: str, limit: int = _TEXT_MAX) -> str:
 
 
 def _where(loc: Sequence[Any]) -> str:
-    return ".".join(safe_text(str(part), 60) for part in loc) or "body"
+    return ".".join(safe_text(str(part), 200) for part in loc) or "body"
 
 
 def _problem(loc: Sequence[Any], message: str) -> dict[str, Any]:
