@@ -195,6 +195,23 @@ def test_a_changed_module_in_another_folder_is_reloaded(task: TaskModule, tmp_pa
     assert second.model(ctx)[2].out_features == 2
 
 
+def test_going_back_to_a_folder_loaded_before_loads_its_own_module(
+    task: TaskModule, code_dir: Path, tmp_path: Path
+) -> None:
+    """A, then B, then A again: the third load is A's code, though A's folder is now behind
+    B's on sys.path (a process that simulates several jobs in turn)."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / f"{ENTRYPOINT}.py").write_text(
+        TASK.replace("nn.Linear(4, 1)", "nn.Linear(4, 2)"), encoding="utf-8"
+    )
+    ctx = Context(silo="a", inputs={}, work_dir=tmp_path, hyperparameters=Hyperparameters())
+    assert load_task(other, ENTRYPOINT).model(ctx)[2].out_features == 2
+    again = load_task(code_dir, ENTRYPOINT)
+    assert again.model(ctx)[2].out_features == 1
+    assert sys.path[0] == str(code_dir)
+
+
 def test_every_silo_starts_from_the_same_model(
     task: TaskModule, tmp_path: Path, data: Path
 ) -> None:

@@ -143,15 +143,31 @@ def load_task(code_dir: Path, entrypoint: str) -> TaskModule:
     file = code_dir / f"{entrypoint}.py"
     if not file.is_file():
         raise ConfigError(f"the task module {file} does not exist", file=str(file))
-    if str(code_dir) not in sys.path:
-        sys.path.insert(0, str(code_dir))
+    # code_dir goes first, so the task's own helper modules win over any of the same name
+    # that another task loaded earlier in this process put on the path
+    folder = str(code_dir)
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
     module: ModuleType
     existing = sys.modules.get(entrypoint)
     if existing is not None and Path(getattr(existing, "__file__", "") or "") == file:
         module = existing
     else:
+        # loaded from its file, not found by name: another folder on sys.path may hold a
+        # module of the same name (two tasks both called ``task``)
         sys.modules.pop(entrypoint, None)
-        module = importlib.import_module(entrypoint)
+        importlib.invalidate_caches()
+        spec = importlib.util.spec_from_file_location(entrypoint, file)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"the task module {file} cannot be imported", file=str(file))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[entrypoint] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(entrypoint, None)
+            raise
     missing = [name for name in _REQUIRED if not callable(getattr(module, name, None))]
     if missing:
         raise ConfigError(
