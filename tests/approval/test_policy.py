@@ -205,6 +205,10 @@ CHANGED_CODE = SAME_CODE.model_copy(update={"modified": ("task.py",), "diff": "-
         ("{signature: [unsigned]}", {"signing": SigningStatus.UNSIGNED}, {}),
         ("{author_in: [mallory]}", {"author": "mallory"}, {}),
         ("{author_not_in: [alice]}", {"author": "bob"}, {}),
+        ("{reader_not_in: [alice, bob]}", {"readers": ("carol",)}, {"readers": ("bob",)}),
+        ("{reader_not_in: [alice, bob]}", {"readers": ("*",)}, {}),
+        ("{reader_not_in: [bob]}", {}, {"author": "bob"}),  # the author reads them too
+        ("{reader_not_in: [alice]}", {"readers": ("bob",)}, {"readers": ()}),
         ("{job_name_in: [forbidden]}", {"job_name": "forbidden"}, {}),
         ("{input_outside_silo: true}", {"inputs": FOREIGN}, {}),
         ("{input_outside_silo: false}", {}, {"inputs": FOREIGN}),

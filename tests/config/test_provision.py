@@ -335,3 +335,42 @@ def test_a_failure_while_moving_into_place_restores_the_old_workspace(
     assert (workspace_dir / "kits" / "silo-a" / "key.pem").read_bytes() == old_key
     assert (workspace_dir / "ca" / "ca.crt").read_bytes() == old_ca
     assert open_workspace(workspace_dir).kit("silo-a").name == "silo-a"
+
+
+def test_administrators_get_a_kit_of_their_own_or_share_a_submitter_s(tmp_path: Path) -> None:
+    spec = tmp_path / "fed.yaml"
+    text = (Path(__file__).parent / "demo_federation.yaml").read_text(encoding="utf-8")
+    spec.write_text(text + "admins: [carol, submitter]\n")
+    workspace = provision(spec, tmp_path / "ws")
+    carol = workspace.kit("carol")
+    assert (carol.role, carol.storage_root) == (Role.ADMIN, None)
+    assert not carol.signing_key_file.exists()  # an administrator signs no code
+    assert (
+        _cert(carol.cert_file)
+        .subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0]
+        .value
+        == "admin"
+    )
+    people = {p.name: p for p in workspace.kit("orchestrator").participants}
+    assert people["carol"].roles == {Role.ADMIN}
+    assert people["submitter"].roles == {Role.SUBMITTER, Role.ADMIN}
+    assert workspace.kit("submitter").role is Role.SUBMITTER  # one kit, both roles
+    assert people["silo-a"].roles == {Role.SILO}
+
+
+@pytest.mark.parametrize(
+    ("admins", "problem"),
+    [
+        ("[silo-a]", "participant name 'silo-a' is used twice"),
+        ("[carol, carol]", "admin 'carol' is listed twice"),
+        ("[Carol]", "admins.0"),
+    ],
+)
+def test_a_bad_administrator_is_refused_naming_the_field(
+    tmp_path: Path, admins: str, problem: str
+) -> None:
+    spec = tmp_path / "fed.yaml"
+    text = (Path(__file__).parent / "demo_federation.yaml").read_text(encoding="utf-8")
+    spec.write_text(text + f"admins: {admins}\n")
+    with pytest.raises(ConfigError, match=problem):
+        provision(spec, tmp_path / "ws")

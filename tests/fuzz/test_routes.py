@@ -168,9 +168,13 @@ def _fuzz(
 # -- who may call what ----------------------------------------------------------------------
 
 
-def _orchestrator_roles(path: str) -> tuple[str, tuple[str, ...]]:
+# what a silo may read too: the jobs that run in it (a list, or one job) and its status
+_READ_BY_ALL = {"/v1/whoami", "/v1/jobs", "/v1/status", "/v1/jobs/{job_id}"}
+
+
+def _orchestrator_roles(method: str, path: str) -> tuple[str, tuple[str, ...]]:
     """The identity a route is for, and identities it must refuse."""
-    if path == "/v1/whoami":
+    if method == "GET" and path in _READ_BY_ALL:
         return "alice", ("silo-a admin",)  # a certificate of the CA, of no participant
     if path.startswith("/v1/agent/"):
         return "silo-a", ("alice", "silo-a admin")
@@ -187,7 +191,7 @@ def _approval_roles(method: str, path: str) -> tuple[str, tuple[str, ...]]:
 
 Roles = Callable[[Any], tuple[str, tuple[str, ...]]]
 ROLES: dict[str, Roles] = {
-    "orchestrator": lambda op: _orchestrator_roles(op.path),
+    "orchestrator": lambda op: _orchestrator_roles(op.method.upper(), op.path),
     "approval": lambda op: _approval_roles(op.method.upper(), op.path),
 }
 

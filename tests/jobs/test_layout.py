@@ -70,6 +70,23 @@ def test_the_declared_model_is_the_model_a_silo_builds(tmp_path: Path) -> None:
     )
 
 
+def test_a_model_built_under_local_dp_is_declared_as_the_silo_builds_it(tmp_path: Path) -> None:
+    """A task may build another model under local DP (ctx.privacy set: an LSTM becomes
+    Opacus's DPLSTM, with other tensor names); the declaration follows the job's privacy."""
+    code = _task(
+        tmp_path / "code",
+        TASK.replace(
+            'width = int(ctx.hyperparameters.extra.get("width", 8))',
+            "width = 6 if ctx.privacy is not None else 8",
+        ),
+    )
+    privacy = {"local": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}
+    plain = declare_model(code, "task", Hyperparameters())
+    private = declare_model(code, "task", Hyperparameters(), privacy=privacy, rounds=2)
+    assert plain.tensor("0.weight").shape == (8, 4)
+    assert private.tensor("0.weight").shape == (6, 4)
+
+
 def test_a_bundle_carries_the_declared_model_under_its_manifest(tmp_path: Path) -> None:
     code = _task(tmp_path / "code")
     (code / MODEL_NAME).write_text("a file of the folder, which the declaration replaces")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from fedsilo.api._messages import (
     AggregateRequest,
@@ -48,6 +48,7 @@ from fedsilo.jobs import JobSpec, declare_model, pack_bundle
 __all__ = ["MalformedTask", "OrchestratorClient", "client_ssl_context"]
 
 UPLOAD_ATTEMPTS = 3
+_JOB_LIST = TypeAdapter(list[JobInfo])
 
 
 class MalformedTask(TransportError):
@@ -195,7 +196,13 @@ class OrchestratorClient:
         The bundle declares the model (``MODEL.json``): its task's ``model(ctx)`` is built
         here first, as a silo would build it, and each silo sends only that layout.
         """
-        model = declare_model(code_dir, spec.entrypoint, spec.hyperparameters)
+        model = declare_model(
+            code_dir,
+            spec.entrypoint,
+            spec.hyperparameters,
+            privacy=spec.privacy,
+            rounds=spec.rounds,
+        )
         bundle, manifest = pack_bundle(code_dir, signing_key=signing_key, model=model)
         digest = self._upload("/v1/uploads", bundle)
         request = SubmitRequest(spec=spec, bundle_digest=digest, manifest_digest=manifest.digest)
@@ -280,6 +287,11 @@ class OrchestratorClient:
     def finish(self, job_id: str, model: str) -> None:
         """End a literal pipeline's job with ``model`` as its final model."""
         self._post(f"/v1/jobs/{job_id}/finish", FinishRequest(model=model))
+
+    def jobs(self) -> list[JobInfo]:
+        """The recent jobs this caller may see, newest first, without their history."""
+        response = self._request("GET", "/v1/jobs")
+        return _JOB_LIST.validate_json(response.content)
 
     def status(self) -> StatusReport:
         return StatusReport.model_validate_json(self._request("GET", "/v1/status").content)

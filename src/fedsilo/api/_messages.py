@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
@@ -19,6 +19,7 @@ __all__ = [
     "JobInfo",
     "JobState",
     "LiteralState",
+    "Member",
     "ModelRef",
     "RoundInfo",
     "RoundNote",
@@ -109,6 +110,8 @@ class TaskMessage(_Msg):
     metrics: tuple[Annotated[str, Field(pattern=_METRIC)], ...] | None = Field(
         default=None, max_length=64
     )
+    # who besides the author reads the job's results and model (["*"]: every submitter)
+    share_with: tuple[Annotated[str, Field(max_length=64)], ...] = Field(default=(), max_length=256)
 
 
 class TaskResult(_Msg):
@@ -195,6 +198,11 @@ class JobInfo(_Msg):
     history: list[RoundInfo] = Field(default_factory=list)
     has_model: bool = False
     version: int = 0
+    # the submitters besides its owner who read its results (["*"]: every submitter)
+    shared_with: list[str] = Field(default_factory=list)
+    # what the caller sees: "full", or "summary" (no metric values: the federation's
+    # administrator and the job's silos)
+    view: Literal["full", "summary"] = "full"
 
 
 class ComputeReport(_Msg):
@@ -247,12 +255,22 @@ class SiloStatus(_Msg):
     report: SiloReport | None = None
 
 
+class Member(_Msg):
+    """A participant of the federation and the roles it holds at the orchestrator."""
+
+    name: str
+    roles: list[str]
+
+
 class StatusReport(_Msg):
-    """The federation at a glance."""
+    """The federation at a glance, as the caller may see it: the silos (a silo sees only
+    itself), the jobs it may see, who it is and the federation's members."""
 
     federation: str
     silos: list[SiloStatus]
     jobs: list[JobInfo]
+    you: Member | None = None
+    members: list[Member] = Field(default_factory=list)
 
 
 class SiloCheck(_Msg):

@@ -18,7 +18,7 @@ _RULES = """\
 # Rules are tried in order; the first whose `when` holds decides (approve, reject or
 # manual: held until the silo's administrator runs `fedsilo approval approve ID`).
 # Every key of a `when` must hold; a rule without `when` applies to every job.
-# Keys: signature, author_in, author_not_in, job_name_in, input_outside_silo,
+# Keys: signature, author_in, author_not_in, reader_not_in, job_name_in, input_outside_silo,
 # input_classification, output_leaving, declassification_any,
 # declassification_not_in, epsilon_above, epsilon_missing, secure_aggregation_missing,
 # resources_above, code_changed, output_bytes_above.
@@ -55,6 +55,11 @@ rules:
   #    when: {author_not_in: [alice]}
   #    decision: manual
   #    expires_after_hours: 72
+  # To refuse jobs whose results and model would go to anyone but some submitters
+  # (a job's share_with names who reads them besides its author):
+  #  - name: results-stay-with-us
+  #    when: {reader_not_in: [alice]}
+  #    decision: reject
   # To have a person read the code whenever it differs from the code this silo approved
   # last for a job of the same name (and the first time a name is seen):
   #  - name: changed-code-needs-a-person

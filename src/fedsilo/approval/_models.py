@@ -163,6 +163,8 @@ class ApprovalRequest(BaseModel):
     those past the listing's bound) and ``code_change`` how the code differs from the
     code this silo approved last for a job of the same name. ``rounds`` is how many
     training rounds the job runs: the model leaves once when it is built, then once a round.
+    ``readers`` are the submitters besides the author who may read the job's results and
+    model at the orchestrator (``*``: every submitter of the federation).
     """
 
     model_config = _FROZEN
@@ -186,6 +188,7 @@ class ApprovalRequest(BaseModel):
     files: tuple[CodeFile, ...] = ()
     files_not_listed: int = 0
     code_change: CodeChange = CodeChange()
+    readers: tuple[str, ...] = ()
 
     def output(self, name: str) -> OutputRef | None:
         """The output called ``name``, or ``None``."""

@@ -19,7 +19,7 @@ from fedsilo.approval._models import ApprovalRequest, Decision, Declassification
 from fedsilo.config import ByteSize, Classification, ResourceBounds, format_bytes
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
-from fedsilo.jobs import parse_public_key
+from fedsilo.jobs import SHARE_WITH_ALL, parse_public_key
 
 __all__ = ["DEFAULT_RULE", "Condition", "Policy", "Rule", "load_policy"]
 
@@ -39,6 +39,7 @@ class Condition(BaseModel):
     signature: tuple[SigningStatus, ...] | None = None
     author_in: tuple[str, ...] | None = None
     author_not_in: tuple[str, ...] | None = None
+    reader_not_in: tuple[str, ...] | None = None
     job_name_in: tuple[str, ...] | None = None
     input_outside_silo: bool | None = None
     input_classification: tuple[Classification, ...] | None = None
@@ -89,6 +90,21 @@ def _author_not_in(c: Condition, r: ApprovalRequest, _silo: str) -> Fact:
     if r.author in c.author_not_in:
         return None
     return f"author '{r.author}' is not one of: {_names(c.author_not_in)}"
+
+
+def _reader_not_in(c: Condition, r: ApprovalRequest, _silo: str) -> Fact:
+    """Holds when the job's results would go to someone outside ``c.reader_not_in``: its
+    author, a reader it names, or every submitter (``*``); a list holding ``*`` accepts all."""
+    allowed = c.reader_not_in
+    assert allowed is not None
+    if SHARE_WITH_ALL in allowed:
+        return None
+    if SHARE_WITH_ALL in r.readers:
+        return f"the job shares its results with every submitter, not only: {_names(allowed)}"
+    outside = next((who for who in (r.author, *r.readers) if who not in allowed), None)
+    if outside is None:
+        return None
+    return f"the job's results go to '{outside}', not one of: {_names(allowed)}"
 
 
 def _job_name_in(c: Condition, r: ApprovalRequest, _silo: str) -> Fact:
@@ -231,6 +247,7 @@ _CHECKS: dict[str, Callable[[Condition, ApprovalRequest, str], Fact]] = {
     "signature": _signature,
     "author_in": _author_in,
     "author_not_in": _author_not_in,
+    "reader_not_in": _reader_not_in,
     "job_name_in": _job_name_in,
     "input_outside_silo": _input_outside_silo,
     "input_classification": _input_classification,

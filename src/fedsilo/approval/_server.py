@@ -181,6 +181,7 @@ def build_app(
             job_id=body.job_id,
             job_name=body.job_name,
             author=body.author,
+            readers=list(body.readers),
             signing=body.signing.value,
             signing_key=body.signing_key,
             bundle_digest=body.bundle_digest,

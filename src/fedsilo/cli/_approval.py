@@ -27,6 +27,7 @@ from fedsilo.cli._common import (
     silo_kit,
 )
 from fedsilo.config import format_bytes
+from fedsilo.jobs import SHARE_WITH_ALL
 
 approval_app = typer.Typer(
     name="approval",
@@ -132,6 +133,7 @@ def _print_entry(entry: QueueEntry) -> None:
         f"decided by   {entry.decided_by or '-'} at {_when(entry.decided_at)}",
         f"expires      {_when(entry.expires_at)}",
         f"job          {r.job_name} ({r.job_id}) by {r.author}",
+        f"results to   {_readers(r)}",
         f"code         {signed}, bundle sha256 {r.bundle_digest}",
         f"compute      {r.compute} of silo {r.silo}",
     ]
@@ -156,6 +158,15 @@ def _print_entry(entry: QueueEntry) -> None:
         lines.append("privacy      secure aggregation: the update leaves masked")
     lines.extend(_code_lines(r))
     typer.echo("\n".join(lines))
+
+
+def _readers(r: ApprovalRequest) -> str:
+    """Who may read the job's results and model at the orchestrator."""
+    if SHARE_WITH_ALL in r.readers:
+        return f"{r.author} and every submitter of the federation"
+    if not r.readers:
+        return f"{r.author} only"
+    return ", ".join((r.author, *r.readers))
 
 
 def _output_lines(o: OutputRef, r: ApprovalRequest) -> list[str]:

@@ -18,6 +18,7 @@ __all__ = [
     "SiloOption",
     "WorkspaceArgument",
     "WorkspaceOption",
+    "caller_kit",
     "console",
     "err_console",
     "silo_kit",
@@ -46,7 +47,11 @@ WorkspaceArgument = Annotated[
 ]
 KitOption = Annotated[
     Path | None,
-    typer.Option("--kit", envvar="FEDSILO_KIT", help="A submitter's kit folder (instead of -w)."),
+    typer.Option(
+        "--kit",
+        envvar="FEDSILO_KIT",
+        help="The kit folder to call the orchestrator with (instead of -w).",
+    ),
 ]
 
 
@@ -88,15 +93,22 @@ def kit_args(workspace: Path, kit: Path | None) -> str:
 
 def submitter_kit(workspace: Path, kit: Path | None) -> Kit:
     """The submitter kit given by ``--kit``, else the workspace's first submitter's."""
+    return caller_kit(workspace, kit, Role.SUBMITTER)
+
+
+def caller_kit(workspace: Path, kit: Path | None, *roles: Role) -> Kit:
+    """The kit given by ``--kit`` (of one of ``roles``), else the workspace's first
+    submitter's: whom the orchestrator sees calling. It checks what each may do; this
+    only turns away a kit that could never do it, before anything is sent."""
     if kit is not None:
         loaded = load_kit(kit)
     else:
         ws = open_workspace(workspace)
         loaded = ws.kit(ws.submitter_name)
-    if loaded.role is not Role.SUBMITTER:
+    if loaded.role not in roles:
+        wanted = " or ".join(f"a {r.value}'s" for r in roles)
         raise ConfigError(
-            f"the kit of '{loaded.name}' is a {loaded.role} kit; this command needs a "
-            "submitter's kit",
+            f"the kit of '{loaded.name}' is a {loaded.role} kit; this command needs {wanted} kit",
             file=str(loaded.kit_dir),
         )
     return loaded

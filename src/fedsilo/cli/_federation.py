@@ -84,11 +84,15 @@ def provision_command(
     table.add_column("participant")
     table.add_column("role")
     table.add_column("kit")
-    rows = [(ORCHESTRATOR_NAME, Role.ORCHESTRATOR)]
-    rows += [(name, Role.SILO) for name in workspace.silo_names]
-    rows += [(name, Role.SUBMITTER) for name in spec.submitters]
-    for name, role in rows:
-        table.add_row(name, role.value, str(workspace.kit_dir(name)))
+    rows = [(ORCHESTRATOR_NAME, Role.ORCHESTRATOR.value)]
+    rows += [(name, Role.SILO.value) for name in workspace.silo_names]
+    rows += [
+        (name, "submitter, admin" if name in spec.admins else Role.SUBMITTER.value)
+        for name in spec.submitters
+    ]
+    rows += [(name, Role.ADMIN.value) for name in spec.admin_only]
+    for name, roles in rows:
+        table.add_row(name, str(roles), str(workspace.kit_dir(name)))
     console = Console()
     console.print(table)
     console.print(

@@ -13,12 +13,23 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, RoundInfo
-from fedsilo.cli._common import KitOption, WorkspaceOption, console, kit_args, submitter_kit
+from fedsilo.cli._common import (
+    KitOption,
+    WorkspaceOption,
+    caller_kit,
+    console,
+    kit_args,
+    submitter_kit,
+)
 from fedsilo.cli._learn import MetricOption, PlotOption, SweepOption, TrackFlag, sweep_job
+from fedsilo.config import Role
 from fedsilo.jobs import load_job, load_private_key
 
 job_app = typer.Typer(name="job", help="Look at and control FL jobs.", no_args_is_help=True)
 model_app = typer.Typer(name="model", help="Fetch trained models.", no_args_is_help=True)
+
+# the kits that read jobs: each sees those the orchestrator shows it (docs/access.md)
+_READERS = (Role.SUBMITTER, Role.ADMIN, Role.SILO)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -158,7 +169,19 @@ def _render(info: JobInfo, as_json: bool) -> None:
         console.print(Text.assemble(("error: ", "red"), info.error), highlight=False)
     elif info.detail and not info.state.finished:
         console.print(Text(info.detail))
-    if info.history:
+    if info.shared_with:
+        readers = "every submitter" if "*" in info.shared_with else ", ".join(info.shared_with)
+        console.print(f"shared with {readers}", highlight=False)
+    if info.view == "summary":
+        console.print(
+            "metric values are the owner's and its readers' to see; this kit sees who took "
+            "part in each round",
+            highlight=False,
+        )
+        for r in info.history:
+            took_part = sorted(set(r.train) | set(r.evaluate))
+            console.print(f"round {r.round}: {', '.join(took_part) or '-'}", highlight=False)
+    elif info.history:
         console.print(_round_table(info.history))
     for r in info.history:  # what the orchestrator noticed of the silos' updates
         for note in r.notes:
@@ -175,8 +198,9 @@ def show(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """A job's state and its per-round, per-silo metrics."""
-    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
+    """A job's state and its per-round, per-silo metrics (the owner's and its readers' view;
+    the federation's administrator and the job's silos see it without metric values)."""
+    with OrchestratorClient(caller_kit(workspace, kit, *_READERS)) as client:
         info = follow(client, job_id, show=not as_json) if wait else client.job(job_id)
     _render(info, as_json)
 
@@ -186,17 +210,25 @@ def list_jobs(
     kit: KitOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The federation's recent jobs."""
-    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
-        jobs = client.status().jobs
+    """The recent jobs this kit may see: a submitter its own and those shared with it, the
+    federation's administrator every job, a silo the jobs that run in it."""
+    with OrchestratorClient(caller_kit(workspace, kit, *_READERS)) as client:
+        jobs = client.jobs()
     if as_json:
         typer.echo(json.dumps([j.model_dump(mode="json", exclude={"history"}) for j in jobs]))
         return
     table = Table(title="jobs")
-    for column in ("job", "state", "round", "error"):
+    for column in ("job", "name", "owner", "state", "round", "error"):
         table.add_column(column, overflow="fold")
     for j in jobs:
-        table.add_row(j.id, j.state.value, f"{j.current_round}/{j.rounds}", Text(j.error or ""))
+        table.add_row(
+            j.id,
+            j.name,
+            j.submitter,
+            j.state.value,
+            f"{j.current_round}/{j.rounds}",
+            Text(j.error or ""),
+        )
     console.print(table)
 
 
@@ -205,8 +237,8 @@ def cancel(
     workspace: WorkspaceOption = Path("."),
     kit: KitOption = None,
 ) -> None:
-    """Cancel a running job."""
-    with OrchestratorClient(submitter_kit(workspace, kit)) as client:
+    """Cancel a running job (its owner, or the federation's administrator)."""
+    with OrchestratorClient(caller_kit(workspace, kit, Role.SUBMITTER, Role.ADMIN)) as client:
         cancelled = client.cancel(job_id)
     console.print(f"job {job_id}: " + ("cancelled" if cancelled else "was not running"))
 

@@ -13,9 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsilo.api import OrchestratorClient, StatusReport
-from fedsilo.cli._common import KitOption, WorkspaceArgument, console, submitter_kit
+from fedsilo.cli._common import KitOption, WorkspaceArgument, caller_kit, console
 from fedsilo.cli._errors import errors
-from fedsilo.config import format_bytes, format_seconds
+from fedsilo.config import Role, format_bytes, format_seconds
 from fedsilo.errors import OrchestratorUnavailable
 
 orchestrator_app = typer.Typer(
@@ -69,8 +69,12 @@ def status(
     kit: KitOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """Each silo online or offline, and each job's state."""
-    with OrchestratorClient(submitter_kit(workspace, kit), timeout=10) as client:
+    """Each silo online or offline, each job's state, and the federation's members.
+
+    A submitter sees its own jobs and those shared with it, the federation's administrator
+    every job, a silo's kit that silo and the jobs that run in it."""
+    readers = (Role.SUBMITTER, Role.ADMIN, Role.SILO)
+    with OrchestratorClient(caller_kit(workspace, kit, *readers), timeout=10) as client:
         try:
             report = client.status()
         except OrchestratorUnavailable as exc:
@@ -108,16 +112,26 @@ def status(
         console.print(computes)
     if report.jobs:
         jobs = Table(title="jobs")
-        for column in ("job", "state", "round", "detail"):
+        for column in ("job", "owner", "state", "round", "detail"):
             jobs.add_column(column, overflow="fold")
         for j in report.jobs:
             jobs.add_row(
                 j.id,
+                j.submitter,
                 j.state.value,
                 f"{j.current_round}/{j.rounds}",
                 Text(j.error or j.detail or ""),
             )
         console.print(jobs)
+    if report.members:
+        members = Table(title="members")
+        members.add_column("participant")
+        members.add_column("roles")
+        for m in report.members:
+            members.add_row(m.name, ", ".join(m.roles))
+        console.print(members)
+    if report.you is not None:
+        console.print(f"you are {report.you.name} ({', '.join(report.you.roles)})", highlight=False)
 
 
 def _computes_table(report: StatusReport) -> Table | None:
@@ -164,7 +178,8 @@ def check(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
     """Send a no-op job through every silo and report reachability and round-trip times."""
-    with OrchestratorClient(submitter_kit(workspace, kit), timeout=timeout + 10) as client:
+    kit_of = caller_kit(workspace, kit, Role.SUBMITTER, Role.ADMIN)
+    with OrchestratorClient(kit_of, timeout=timeout + 10) as client:
         started = time.perf_counter()
         client.whoami()
         connect = time.perf_counter() - started

@@ -375,7 +375,13 @@ class SiloSpec(BaseModel):
 
 
 class FederationSpec(BaseModel):
-    """A whole federation: the orchestrator, at least one silo, and the submitters."""
+    """A whole federation: the orchestrator, at least one silo, the submitters and the
+    federation's administrators.
+
+    An administrator named in ``admins`` alone gets a kit of its own that lists and cancels
+    jobs and sees every silo's status but submits nothing and reads no model; one named in
+    ``submitters`` too holds both roles with the one submitter kit.
+    """
 
     model_config = _FROZEN
 
@@ -383,6 +389,7 @@ class FederationSpec(BaseModel):
     orchestrator: OrchestratorSpec
     silos: Annotated[tuple[SiloSpec, ...], Field(min_length=1)]
     submitters: tuple[ParticipantName, ...] = ("submitter",)
+    admins: tuple[ParticipantName, ...] = ()
 
     @model_validator(mode="after")
     def _silos_apart(self) -> FederationSpec:
@@ -391,6 +398,11 @@ class FederationSpec(BaseModel):
         self._check_ports()
         self.check_storage_roots(PurePosixPath("/workspace"))
         return self
+
+    @property
+    def admin_only(self) -> tuple[str, ...]:
+        """The administrators who are not submitters: each gets a kit of its own."""
+        return tuple(name for name in self.admins if name not in self.submitters)
 
     def approval_address(self, silo: str) -> tuple[str, int]:
         """The host and port of ``silo``'s approval endpoint."""
@@ -440,6 +452,17 @@ class FederationSpec(BaseModel):
                     f"participant name '{submitter}' is used twice (also {taken[submitter]})",
                 )
             taken[submitter] = f"submitters.{position}"
+        named: set[str] = set()
+        for position, admin in enumerate(self.admins):
+            if admin in named:
+                raise FieldIssue(("admins", position), f"admin '{admin}' is listed twice")
+            named.add(admin)
+            if admin in taken and admin not in self.submitters:
+                raise FieldIssue(
+                    ("admins", position),
+                    f"participant name '{admin}' is used twice (also {taken[admin]}); an "
+                    "administrator is a person of its own or one of the submitters",
+                )
 
     def _check_computes(self) -> None:
         computes = {self.orchestrator.compute.name: "the orchestrator"}

@@ -61,9 +61,14 @@ class Role(str, Enum):  # noqa: UP042 - a str mixin keeps `== "silo"` working
     ORCHESTRATOR = "orchestrator"
     SILO = "silo"
     SUBMITTER = "submitter"
+    ADMIN = "admin"  # the federation's administrator (see docs/access.md)
 
     def __str__(self) -> str:
         return self.value
+
+
+# people who call the orchestrator and keep nothing of the federation's on their machine
+_NO_STORAGE = (Role.SUBMITTER, Role.ADMIN)
 
 
 class SiloInfo(BaseModel):
@@ -76,13 +81,23 @@ class SiloInfo(BaseModel):
 
 
 class ParticipantInfo(BaseModel):
-    """A participant's identity: name, role and the SHA-256 of its DER certificate (hex)."""
+    """A participant's identity: name, role and the SHA-256 of its DER certificate (hex).
+
+    ``admin`` marks a submitter who also administers the federation (named in both
+    ``submitters`` and ``admins`` of the federation spec): one kit, both roles.
+    """
 
     model_config = _FROZEN
 
     name: str
     role: Role
     fingerprint: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    admin: bool = False
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        """Every role this participant holds at the orchestrator."""
+        return frozenset({self.role, Role.ADMIN} if self.admin else {self.role})
 
 
 class Kit(BaseModel):
@@ -119,8 +134,10 @@ class Kit(BaseModel):
                 raise ValueError("a silo's kit must give its approval endpoint's host and port")
         elif self.silo is not None:
             raise ValueError("only a silo's kit holds a silo spec")
-        if (self.role is Role.SUBMITTER) != (self.storage_root is None):
-            raise ValueError("a submitter has no storage root; every other participant has one")
+        if (self.role in _NO_STORAGE) != (self.storage_root is None):
+            raise ValueError(
+                "a submitter or administrator has no storage root; every other participant has one"
+            )
         if self.storage_root is not None and not Path(self.storage_root).is_absolute():
             raise ValueError(f"storage_root must be absolute, not {self.storage_root!r}")
         return self

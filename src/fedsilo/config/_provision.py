@@ -76,8 +76,10 @@ class Workspace:
 
     @property
     def participant_names(self) -> tuple[str, ...]:
-        """Every participant: the orchestrator, the silos, then the submitters."""
-        return (ORCHESTRATOR_NAME, *self.silo_names, *self.federation.submitters)
+        """Every participant: the orchestrator, the silos, the submitters, then the
+        administrators who are not submitters."""
+        spec = self.federation
+        return (ORCHESTRATOR_NAME, *self.silo_names, *spec.submitters, *spec.admin_only)
 
     @property
     def silo_names(self) -> tuple[str, ...]:
@@ -201,6 +203,7 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
     people = [(ORCHESTRATOR_NAME, Role.ORCHESTRATOR)]
     people += [(silo.name, Role.SILO) for silo in spec.silos]
     people += [(name, Role.SUBMITTER) for name in spec.submitters]
+    people += [(name, Role.ADMIN) for name in spec.admin_only]
     participants: list[ParticipantInfo] = []
     for name, role in people:
         kit_dir = build / "kits" / name
@@ -212,7 +215,12 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
         (kit_dir / CA_FILE).write_bytes(ca_pem)
         der = cert.public_bytes(serialization.Encoding.DER)
         participants.append(
-            ParticipantInfo(name=name, role=role, fingerprint=cert_fingerprint(der))
+            ParticipantInfo(
+                name=name,
+                role=role,
+                fingerprint=cert_fingerprint(der),
+                admin=role is Role.SUBMITTER and name in spec.admins,
+            )
         )
 
     kits = build / "kits"
@@ -258,6 +266,8 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
         )
     for name in spec.submitters:
         _write(spec, kits, Role.SUBMITTER, name)
+    for name in spec.admin_only:
+        _write(spec, kits, Role.ADMIN, name)
 
 
 def _write(spec: FederationSpec, kits: Path, role: Role, name: str, **fields: Any) -> None:

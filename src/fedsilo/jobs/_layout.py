@@ -156,9 +156,17 @@ class ModelLayout(BaseModel):
 
 
 def declare_model(
-    code_dir: Path, entrypoint: str, hyperparameters: Mapping[str, Any] | BaseModel
+    code_dir: Path,
+    entrypoint: str,
+    hyperparameters: Mapping[str, Any] | BaseModel,
+    *,
+    privacy: Mapping[str, Any] | BaseModel | None = None,
+    rounds: int = 1,
 ) -> ModelLayout:
     """Build the job's model as a silo's job worker does and return its layout.
+
+    ``privacy`` is the job's privacy section: a task may build another model under local
+    DP (``ctx.privacy`` is set; Opacus's ``DPLSTM`` for an LSTM), and so does this.
 
     The task module is imported in a process of its own (so that nothing it imports or
     seeds touches the caller's), with the job's hyperparameters, no inputs and an empty
@@ -168,10 +176,14 @@ def declare_model(
     task_file = Path(code_dir) / f"{entrypoint}.py"
     if isinstance(hyperparameters, BaseModel):
         hyperparameters = hyperparameters.model_dump(mode="json")
+    if isinstance(privacy, BaseModel):
+        privacy = privacy.model_dump(mode="json")
     request = {
         "code_dir": str(Path(code_dir).resolve()),
         "entrypoint": entrypoint,
         "hyperparameters": dict(hyperparameters),
+        "privacy": dict(privacy) if privacy is not None else None,
+        "rounds": rounds,
     }
     with tempfile.TemporaryDirectory(prefix="fedsilo-declare-") as scratch:
         result = Path(scratch) / "result.json"
@@ -225,6 +237,7 @@ def _first_error(exc: ValidationError) -> str:
 def _build(request: Mapping[str, Any]) -> dict[str, Any]:
     """Import the task and build its model as the job worker does; the layout or the error."""
     from fedsilo.jobs._spec import Hyperparameters
+    from fedsilo.privacy._spec import PrivacySpec
     from fedsilo.task import SiloRunner, load_task
 
     code_dir = Path(request["code_dir"])
@@ -239,6 +252,10 @@ def _build(request: Mapping[str, Any]) -> dict[str, Any]:
         inputs={},
         work_dir=Path.cwd(),
         hyperparameters=Hyperparameters.model_validate(request["hyperparameters"]),
+        rounds=int(request.get("rounds") or 1),
+        privacy=(
+            PrivacySpec.model_validate(request["privacy"]) if request.get("privacy") else None
+        ),
     )
     try:
         params = runner.build()

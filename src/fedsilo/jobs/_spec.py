@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fedsilo.config._federation import Classification
+from fedsilo.config._federation import PARTICIPANT_PATTERN, Classification
 from fedsilo.config._resources import ResourceRequest
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_METRICS",
     "FEDSILO_METRICS",
     "LEAVING_OUTPUTS",
+    "SHARE_WITH_ALL",
     "Hyperparameters",
     "JobSpec",
     "OutputSpec",
@@ -47,6 +48,8 @@ METRIC_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_METRICS = ("loss", "accuracy")
 """The metric names a job declares when its spec says nothing of them."""
 FEDSILO_METRICS = ("num_samples", "epsilon")
+# share_with: [*] shares a job's results with every submitter of the federation
+SHARE_WITH_ALL = "*"
 """Metrics fedsilo itself reports (the weight of an update, local DP's spend): they leave
 whatever a job declares."""
 
@@ -114,7 +117,9 @@ class JobSpec(_Frozen):
     ``inputs`` maps a role the task code asks for (``train``, ``test``) to a dataset name
     in every silo's catalog; ``silo_inputs`` overrides that per silo. ``computes`` picks
     each step's compute by kind; ``resources`` asks for threads, GPUs, ranks (``workers``),
-    memory and time, for every step or per step (see docs/compute.md).
+    memory and time, for every step or per step (see docs/compute.md). ``share_with``
+    names the other submitters who may read the job's results and model (``[*]``: every
+    submitter); the silos see the list before they approve (see docs/access.md).
     """
 
     name: str = Field(pattern=_NAME)
@@ -136,6 +141,9 @@ class JobSpec(_Frozen):
     updates: UpdateBounds = UpdateBounds()
     metrics: tuple[Annotated[str, Field(pattern=METRIC_NAME)], ...] = Field(
         default=DEFAULT_METRICS, max_length=64
+    )
+    share_with: tuple[Annotated[str, Field(pattern=f"{PARTICIPANT_PATTERN}|^[*]$")], ...] = Field(
+        default=(), max_length=256
     )
 
     @field_validator("resources", mode="before")
@@ -199,6 +207,14 @@ class JobSpec(_Frozen):
         for i, name in enumerate(self.metrics):
             if name in self.metrics[:i]:
                 raise FieldIssue(("metrics", i), f"metric '{name}' is declared twice")
+        for i, name in enumerate(self.share_with):
+            if name in self.share_with[:i]:
+                raise FieldIssue(("share_with", i), f"submitter '{name}' is listed twice")
+            if name == SHARE_WITH_ALL and len(self.share_with) > 1:
+                raise FieldIssue(
+                    ("share_with", i),
+                    "'*' shares with every submitter; list names or '*', not both",
+                )
         self._check_secure_aggregation()
         if self.updates.max_norm is not None and self.privacy.secure_aggregation is not None:
             raise FieldIssue(

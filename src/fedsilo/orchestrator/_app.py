@@ -3,8 +3,7 @@
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +17,7 @@ from fedsilo.api._messages import (
     FinishRequest,
     JobInfo,
     LiteralState,
+    Member,
     ModelRef,
     SiloReport,
     StatusReport,
@@ -28,13 +28,15 @@ from fedsilo.api._messages import (
 )
 from fedsilo.config import Role
 from fedsilo.errors import FedsiloError
+from fedsilo.jobs import SHARE_WITH_ALL
+from fedsilo.orchestrator._access import Caller, JobAccess, View, decide, summary, view
 from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._http import StrictJSONRoute, error_response, invalid_request
 from fedsilo.orchestrator._literal import LiteralRun
 from fedsilo.orchestrator._tls import peer_fingerprint
 
-__all__ = ["Participant", "create_app"]
+__all__ = ["Caller", "create_app"]
 
 log = logging.getLogger("fedsilo.orchestrator")
 
@@ -43,21 +45,17 @@ MAX_PARAMS_UPLOAD = 4 * 1024 * 1024 * 1024
 LONG_POLL_MAX = 30.0
 
 
-@dataclass(frozen=True)
-class Participant:
-    """A caller, as recognised by its certificate's fingerprint."""
-
-    name: str
-    role: Role
-
-
 def create_app(
     orchestrator: Orchestrator,
-    participants: dict[str, Participant],
+    participants: dict[str, Caller],
     *,
     on_startup: Callable[[], None] | None = None,
 ) -> FastAPI:
-    """Build the API over ``orchestrator``; ``participants`` maps fingerprints to identities."""
+    """Build the API over ``orchestrator``; ``participants`` maps fingerprints to identities.
+
+    Every route passes :func:`authorize` first, which checks the caller against the route's
+    row of :data:`fedsilo.orchestrator._access.ROUTES`; no route checks roles itself.
+    """
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +63,12 @@ def create_app(
             on_startup()
         yield
 
-    app = FastAPI(title="fedsilo orchestrator", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="fedsilo orchestrator",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.router.route_class = StrictJSONRoute
     app.add_exception_handler(RequestValidationError, invalid_request)
 
@@ -82,6 +85,12 @@ def create_app(
             detail = f"{request.method} is not a method of {request.url.path}"
         return error_response(exc.status_code, detail, headers=exc.headers)
 
+    def member(who: Caller) -> Member:
+        return Member(name=who.name, roles=sorted(r.value for r in who.roles))
+
+    members = sorted((member(c) for c in participants.values()), key=lambda m: m.name)
+    submitters = {c.name for c in participants.values() if Role.SUBMITTER in c.roles}
+
     def refuse(request: Request, who: str, reason: str) -> HTTPException:
         orchestrator.audit.append(
             "request.refused",
@@ -92,7 +101,7 @@ def create_app(
         )
         return HTTPException(403, reason)
 
-    def caller(request: Request) -> Participant:
+    def identify(request: Request) -> Caller:
         fingerprint = peer_fingerprint(request.scope)
         who = participants.get(fingerprint or "")
         if who is None:
@@ -103,15 +112,45 @@ def create_app(
             )
         return who
 
-    def silo(request: Request, who: Annotated[Participant, Depends(caller)]) -> str:
-        if who.role is not Role.SILO:
-            raise refuse(request, who.name, f"'{who.name}' is a {who.role.value}, not a silo agent")
+    def authorize(request: Request) -> Caller:
+        """The caller, let through by the access table; else 403, or 404 for a job it may
+        not know of (both audited)."""
+        who = identify(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", request.url.path)
+        job_id = request.path_params.get("job_id")
+        job = None
+        if job_id is not None:
+            row = orchestrator.store.job(job_id)
+            job = None if row is None else JobAccess.of(row.submitter, row.spec_json)
+        decision = decide(f"{request.method} {template}", who, job, job_id)
+        if not decision.allowed:
+            if decision.status == 404 and not decision.audited:
+                raise HTTPException(404, decision.reason)  # no such job: nothing to audit
+            orchestrator.audit.append(
+                "request.refused",
+                caller=who.name,
+                method=request.method,
+                path=request.url.path,
+                reason=decision.audited or decision.reason,
+            )
+            raise HTTPException(decision.status, decision.reason)
+        request.state.view = decision.view
+        return who
+
+    def seen_as(request: Request, info: JobInfo) -> JobInfo:
+        """``info`` as the caller may see it (the view :func:`authorize` decided)."""
+        return summary(info) if request.state.view is View.SUMMARY else info
+
+    Who = Annotated[Caller, Depends(authorize)]
+
+    def name_of(who: Who) -> str:
         return who.name
 
-    def submitter(request: Request, who: Annotated[Participant, Depends(caller)]) -> str:
-        if who.role is not Role.SUBMITTER:
-            raise refuse(request, who.name, f"'{who.name}' is a {who.role.value}, not a submitter")
-        return who.name
+    Name = Annotated[str, Depends(name_of)]
+    # every route passes authorize, even one that forgets to ask for the caller; routes
+    # added from here on carry it (FastAPI solves it once a request)
+    app.router.dependencies.append(Depends(authorize))
 
     async def receive_blob(request: Request, digest: str, owner: str, limit: int) -> Response:
         """Take an upload named by its sha256; refuse it, saying why, before storing anything."""
@@ -148,15 +187,20 @@ def create_app(
     # -- everyone ---------------------------------------------------------------------------
 
     @app.get("/v1/whoami")
-    async def whoami(who: Annotated[Participant, Depends(caller)]) -> dict[str, str]:
-        return {"name": who.name, "role": who.role.value, "federation": orchestrator.federation}
+    async def whoami(who: Who) -> dict[str, str]:
+        return {
+            "name": who.name,
+            "role": who.role.value,
+            "roles": ", ".join(sorted(r.value for r in who.roles)),
+            "federation": orchestrator.federation,
+        }
 
     # -- silo agents ------------------------------------------------------------------------
 
     @app.get("/v1/agent/task")
     async def next_task(
         request: Request,
-        name: Annotated[str, Depends(silo)],
+        name: Name,
         wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 20.0,
     ) -> Response:
         task = await orchestrator.next_task(name, wait, gone=request.is_disconnected)
@@ -166,7 +210,7 @@ def create_app(
 
     @app.post("/v1/agent/heartbeat", status_code=204)
     async def heartbeat(
-        name: Annotated[str, Depends(silo)],
+        name: Name,
         busy: bool = False,
         sandbox: str | None = None,
         report: SiloReport | None = None,
@@ -174,39 +218,31 @@ def create_app(
         orchestrator.seen(name, busy=busy, sandbox=sandbox, report=report)
 
     @app.post("/v1/agent/tasks/{task_id}/progress", status_code=204)
-    async def task_progress(
-        task_id: str, body: dict[str, str], name: Annotated[str, Depends(silo)]
-    ) -> None:
+    async def task_progress(task_id: str, body: dict[str, str], name: Name) -> None:
         orchestrator.seen(name)
         if not orchestrator.progress(name, task_id, str(body.get("detail", ""))[:500]):
             raise HTTPException(409, f"task {task_id} is no longer open for silo '{name}'")
 
     @app.post("/v1/agent/tasks/{task_id}/result", status_code=204)
-    async def task_result(
-        task_id: str, result: TaskResult, name: Annotated[str, Depends(silo)]
-    ) -> None:
+    async def task_result(task_id: str, result: TaskResult, name: Name) -> None:
         orchestrator.seen(name)
         if not orchestrator.deliver(name, task_id, result):
             raise HTTPException(409, f"task {task_id} is not open for silo '{name}'")
 
     @app.put("/v1/agent/uploads/{digest}")
-    async def agent_upload(
-        digest: str, request: Request, name: Annotated[str, Depends(silo)]
-    ) -> Response:
+    async def agent_upload(digest: str, request: Request, name: Name) -> Response:
         orchestrator.seen(name)
         return await receive_blob(request, digest, name, MAX_PARAMS_UPLOAD)
 
     @app.get("/v1/agent/jobs/{job_id}/bundle")
-    async def job_bundle(job_id: str, name: Annotated[str, Depends(silo)]) -> FileResponse:
+    async def job_bundle(job_id: str, name: Name) -> FileResponse:
         digest = orchestrator.bundle_for(name, job_id)
         if digest is None:
             raise HTTPException(404, f"silo '{name}' takes no part in a running job {job_id}")
         return FileResponse(orchestrator.blobs.path(digest))
 
     @app.get("/v1/agent/jobs/{job_id}/params/{digest}")
-    async def job_params(
-        job_id: str, digest: str, name: Annotated[str, Depends(silo)]
-    ) -> FileResponse:
+    async def job_params(job_id: str, digest: str, name: Name) -> FileResponse:
         if not valid_digest(digest) or not orchestrator.may_read_params(name, job_id, digest):
             raise HTTPException(404, f"no global model {digest[:12]} of job {job_id} for '{name}'")
         return FileResponse(orchestrator.blobs.path(digest))
@@ -214,37 +250,52 @@ def create_app(
     # -- submitters -------------------------------------------------------------------------
 
     @app.put("/v1/uploads/{digest}")
-    async def submitter_upload(
-        digest: str, request: Request, name: Annotated[str, Depends(submitter)]
-    ) -> Response:
+    async def submitter_upload(digest: str, request: Request, name: Name) -> Response:
         return await receive_blob(request, digest, name, MAX_BUNDLE_UPLOAD)
 
-    @app.post("/v1/jobs", status_code=201)
-    async def submit(
-        body: SubmitRequest, name: Annotated[str, Depends(submitter)]
-    ) -> dict[str, str]:
+    @app.post("/v1/jobs", status_code=201, response_model=dict[str, str])
+    async def submit(body: SubmitRequest, name: Name) -> Any:
+        for position, reader in enumerate(body.spec.share_with):
+            if reader != SHARE_WITH_ALL and reader not in submitters:
+                return error_response(
+                    422,
+                    f"share_with names '{reader}', who is not a submitter of federation "
+                    f"'{orchestrator.federation}' (its submitters: "
+                    f"{', '.join(sorted(submitters))})",
+                    fields=[{"field": f"spec.share_with.{position}", "problem": "not a submitter"}],
+                )
         return {"id": orchestrator.submit(name, body)}
+
+    @app.get("/v1/jobs")
+    async def jobs(request: Request, who: Who) -> list[JobInfo]:
+        """The recent jobs the caller may see, newest first, without their history."""
+        return [
+            info.model_copy(update={"history": []})
+            for info in await orchestrator.visible_jobs(lambda job: view(job.grants(who)))
+        ]
 
     @app.get("/v1/jobs/{job_id}")
     async def job(
         job_id: str,
-        _: Annotated[str, Depends(submitter)],
+        request: Request,
+        _: Name,
         after: Annotated[int, Query(description="Wait for a version past this one.")] = -1,
         wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 0.0,
     ) -> JobInfo:
         info = await orchestrator.job_info(job_id, after=after, wait=wait)
         if info is None:
             raise HTTPException(404, f"no job '{job_id}'")
-        return info
+        return seen_as(request, info)
 
     @app.post("/v1/jobs/{job_id}/cancel", status_code=202)
-    async def cancel(job_id: str, _: Annotated[str, Depends(submitter)]) -> dict[str, bool]:
-        if orchestrator.store.job(job_id) is None:
-            raise HTTPException(404, f"no job '{job_id}'")
-        return {"cancelled": orchestrator.cancel(job_id)}
+    async def cancel(job_id: str, who: Who) -> dict[str, bool]:
+        cancelled = orchestrator.cancel(job_id)
+        if cancelled:
+            orchestrator.audit.append("job.cancel", job=job_id, caller=who.name)
+        return {"cancelled": cancelled}
 
     @app.get("/v1/jobs/{job_id}/model")
-    async def model(job_id: str, _: Annotated[str, Depends(submitter)]) -> FileResponse:
+    async def model(job_id: str, who: Who) -> FileResponse:
         row = orchestrator.store.job(job_id)
         if row is None:
             raise HTTPException(404, f"no job '{job_id}'")
@@ -271,15 +322,13 @@ def create_app(
     @app.get("/v1/jobs/{job_id}/literal")
     async def literal_state(
         job_id: str,
-        name: Annotated[str, Depends(submitter)],
+        name: Name,
         wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 0.0,
     ) -> LiteralState:
         return await literal(job_id, name).wait_ready(wait)
 
     @app.post("/v1/jobs/{job_id}/steps", status_code=201)
-    async def literal_step(
-        job_id: str, body: StepRequest, name: Annotated[str, Depends(submitter)]
-    ) -> StepInfo:
+    async def literal_step(job_id: str, body: StepRequest, name: Name) -> StepInfo:
         run = literal(job_id, name)
         if body.silo not in orchestrator.silos:
             raise HTTPException(
@@ -294,33 +343,34 @@ def create_app(
     async def literal_step_info(
         job_id: str,
         step_id: str,
-        name: Annotated[str, Depends(submitter)],
+        name: Name,
         wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 0.0,
     ) -> StepInfo:
         return await literal(job_id, name, steps=(step_id,)).step_info(step_id, wait)
 
     @app.post("/v1/jobs/{job_id}/aggregate")
-    async def literal_aggregate(
-        job_id: str, body: AggregateRequest, name: Annotated[str, Depends(submitter)]
-    ) -> ModelRef:
+    async def literal_aggregate(job_id: str, body: AggregateRequest, name: Name) -> ModelRef:
         run = literal(job_id, name, steps=body.steps)
         digest = await run.aggregate(body.steps, body.round)
         return ModelRef(model=digest, round=body.round)
 
     @app.post("/v1/jobs/{job_id}/finish", status_code=202)
-    async def literal_finish(
-        job_id: str, body: FinishRequest, name: Annotated[str, Depends(submitter)]
-    ) -> dict[str, bool]:
+    async def literal_finish(job_id: str, body: FinishRequest, name: Name) -> dict[str, bool]:
         literal(job_id, name).finish(body.model)
         return {"finished": True}
 
     @app.get("/v1/status")
-    async def status(_: Annotated[str, Depends(submitter)]) -> StatusReport:
-        return await orchestrator.status()
+    async def status(who: Who) -> StatusReport:
+        """The silos and jobs the caller may see, and the federation's members."""
+        report = await orchestrator.status(
+            visible=lambda job: view(job.grants(who)),
+            silos=None if Role.SILO not in who.roles else (who.name,),
+        )
+        return report.model_copy(update={"you": member(who), "members": members})
 
     @app.post("/v1/check")
     async def check(
-        _: Annotated[str, Depends(submitter)],
+        _: Name,
         timeout: Annotated[float, Query(gt=0, le=120)] = 15.0,
     ) -> CheckReport:
         return await orchestrator.check(timeout)

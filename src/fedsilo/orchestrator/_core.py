@@ -39,6 +39,7 @@ from fedsilo.api._messages import (
 from fedsilo.audit import AuditLog
 from fedsilo.errors import FedsiloError, SiloUnavailable, StepRefused
 from fedsilo.jobs import JobSpec, PipelineStyle, unpack_bundle
+from fedsilo.orchestrator._access import JobAccess, View, summary
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._db import JobRow, Store, TaskRow
 from fedsilo.orchestrator._literal import LiteralRun
@@ -52,6 +53,8 @@ log = logging.getLogger("fedsilo.orchestrator")
 HEARTBEAT_SECONDS = 1.0
 OFFLINE_AFTER_SECONDS = 5.0
 ONLINE_GRACE_SECONDS = 15.0
+# how many of the most recent jobs a list looks through for those its caller may see
+_SCAN_JOBS = 1000
 
 
 class _Lateness:
@@ -174,7 +177,9 @@ class Orchestrator:
         deaf = self._lateness.now() - self._late_at_seen.get(silo, 0.0)
         return time.time() - last - deaf < OFFLINE_AFTER_SECONDS
 
-    def silo_statuses(self) -> list[SiloStatus]:
+    def silo_statuses(self, only: Iterable[str] | None = None) -> list[SiloStatus]:
+        """Each silo's status (``only``: of those silos alone)."""
+        wanted = self.silos if only is None else [s for s in self.silos if s in set(only)]
         return [
             SiloStatus(
                 name=s,
@@ -184,7 +189,7 @@ class Orchestrator:
                 sandbox=self._sandbox.get(s),
                 report=self._reports.get(s),
             )
-            for s in self.silos
+            for s in wanted
         ]
 
     async def await_online(self, silos: Iterable[str]) -> None:
@@ -369,6 +374,7 @@ class Orchestrator:
             manifest_digest=manifest.digest,
             silos=list(spec.silos),
             rounds=spec.rounds,
+            shared_with=list(spec.share_with),
         )
         runner = None
         if spec.pipeline is PipelineStyle.LITERAL:
@@ -484,6 +490,7 @@ class Orchestrator:
         if row is None:
             return None
         silos, planned = _spec_facts(job_id, row.spec_json)
+        access = JobAccess.of(row.submitter, row.spec_json)
         history: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
         for m in self.store.metrics(job_id):
             phases = history.setdefault(m.round, {"train": {}, "evaluate": {}, "privacy": {}})
@@ -530,11 +537,19 @@ class Orchestrator:
             history=rounds,
             has_model=row.model_digest is not None,
             version=version,
+            shared_with=list(access.readers),
         )
 
-    async def status(self) -> StatusReport:
+    async def visible_jobs(
+        self, visible: Callable[[JobAccess], View | None], *, limit: int = 50
+    ) -> list[JobInfo]:
+        """The ``limit`` most recent jobs that ``visible`` lets a caller see, each as it may
+        see it (:func:`~fedsilo.orchestrator._access.summary` for a summary view)."""
         jobs: list[JobInfo] = []
-        for row in self.store.jobs():
+        for row in self.store.jobs(limit=_SCAN_JOBS):
+            seen = visible(JobAccess.of(row.submitter, row.spec_json))
+            if seen is None:
+                continue
             try:
                 info = await self.job_info(row.id)
             except ValueError as exc:  # a record even a lenient reading cannot make sense of
@@ -543,8 +558,24 @@ class Orchestrator:
                 )
                 continue
             if info is not None:
-                jobs.append(info)
-        return StatusReport(federation=self.federation, silos=self.silo_statuses(), jobs=jobs)
+                jobs.append(summary(info) if seen is View.SUMMARY else info)
+            if len(jobs) >= limit:
+                break
+        return jobs
+
+    async def status(
+        self,
+        *,
+        visible: Callable[[JobAccess], View | None] = lambda _job: View.FULL,
+        silos: Iterable[str] | None = None,
+    ) -> StatusReport:
+        """The federation at a glance: the silos (``silos``: those alone) and the jobs
+        ``visible`` lets the caller see."""
+        return StatusReport(
+            federation=self.federation,
+            silos=self.silo_statuses(silos),
+            jobs=await self.visible_jobs(visible),
+        )
 
     # -- connectivity check -----------------------------------------------------------------
 

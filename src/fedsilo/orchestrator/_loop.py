@@ -84,6 +84,7 @@ class _JobRun:
                 for name, out in spec.outputs.items()
             },
             metrics=spec.metrics,
+            share_with=spec.share_with,
             **fields,
         )
 

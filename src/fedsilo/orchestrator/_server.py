@@ -13,7 +13,7 @@ import uvicorn
 from fedsilo.audit import AuditLog, audit_path
 from fedsilo.config import Kit, Role, load_kit
 from fedsilo.errors import ConfigError
-from fedsilo.orchestrator._app import Participant, create_app
+from fedsilo.orchestrator._app import Caller, create_app
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._db import Store, redacted
@@ -48,9 +48,9 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
         tracker=Tracker.in_folder(kit.storage_path / "tracking"),
     )
     participants = {
-        p.fingerprint: Participant(p.name, Role(p.role))
+        p.fingerprint: Caller(p.name, p.roles)
         for p in kit.participants
-        if p.role in (Role.SILO, Role.SUBMITTER)
+        if p.role in (Role.SILO, Role.SUBMITTER, Role.ADMIN)
     }
 
     def on_startup() -> None:

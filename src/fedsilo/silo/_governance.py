@@ -181,6 +181,7 @@ def approval_request(
         files=files,
         files_not_listed=files_not_listed,
         code_change=code_change or CodeChange(),
+        readers=tuple(task.share_with),
     )
 
 
