@@ -73,3 +73,10 @@ def test_the_administrator_sees_a_summary_and_no_model() -> None:
 def test_a_stored_spec_that_cannot_be_read_shares_with_no_one() -> None:
     assert JobAccess.of("alice", "not json") == JobAccess("alice", (), ())
     assert JobAccess.of("alice", '{"share_with": 3, "silos": ["a"]}').silos == ("a",)
+
+
+def test_the_docs_list_every_route_of_the_table() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "access.md").read_text(encoding="utf-8")
+    table = text.split("## The table", 1)[1].split("\n## ", 1)[0]
+    documented = {line.split("`")[1] for line in table.splitlines() if line.startswith("| `")}
+    assert documented == set(ROUTES)

@@ -106,9 +106,10 @@ def caller_kit(workspace: Path, kit: Path | None, *roles: Role) -> Kit:
         ws = open_workspace(workspace)
         loaded = ws.kit(ws.submitter_name)
     if loaded.role not in roles:
-        wanted = " or ".join(f"a {r.value}'s" for r in roles)
+        wanted = " or ".join(f"{'an' if r.value[0] in 'aeiou' else 'a'} {r.value}'s" for r in roles)
         raise ConfigError(
-            f"the kit of '{loaded.name}' is a {loaded.role} kit; this command needs {wanted} kit",
+            f"the kit of '{loaded.name}' is {'an' if loaded.role.value[0] in 'aeiou' else 'a'} "
+            f"{loaded.role} kit; this command needs {wanted} kit",
             file=str(loaded.kit_dir),
         )
     return loaded

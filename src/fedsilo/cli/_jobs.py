@@ -217,6 +217,9 @@ def list_jobs(
     if as_json:
         typer.echo(json.dumps([j.model_dump(mode="json", exclude={"history"}) for j in jobs]))
         return
+    if not jobs:
+        console.print("no jobs this kit may see (a submitter sees its own and those shared)")
+        return
     table = Table(title="jobs")
     for column in ("job", "name", "owner", "state", "round", "error"):
         table.add_column(column, overflow="fold")
