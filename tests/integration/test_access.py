@@ -262,6 +262,7 @@ def test_each_list_shows_what_its_caller_may_see(world: World) -> None:
     assert set(listed("silo-a")) == {alice, dave}
     assert set(listed("silo-b")) == {alice}  # dave's job never ran in silo-b
     assert listed("bob")[alice].shared_with == ["bob"]
+    assert listed("silo-b")[alice].outputs == {"model": "intermediate", "metrics": "intermediate"}
     assert listed("carol")[dave].view == "summary"
     assert listed("dave")[dave].view == "full"
 

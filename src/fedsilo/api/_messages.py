@@ -200,6 +200,9 @@ class JobInfo(_Msg):
     version: int = 0
     # the submitters besides its owner who read its results (["*"]: every submitter)
     shared_with: list[str] = Field(default_factory=list)
+    # the outputs that leave each silo, and the classification each declares ("" when the
+    # job declares none: then as strict as the silo's inputs)
+    outputs: dict[str, str] = Field(default_factory=dict)
     # what the caller sees: "full", or "summary" (no metric values: the federation's
     # administrator and the job's silos)
     view: Literal["full", "summary"] = "full"

@@ -169,6 +169,11 @@ def _render(info: JobInfo, as_json: bool) -> None:
         console.print(Text.assemble(("error: ", "red"), info.error), highlight=False)
     elif info.detail and not info.state.finished:
         console.print(Text(info.detail))
+    if info.outputs:
+        leaving = ", ".join(
+            f"{name} ({level or 'as its inputs'})" for name, level in info.outputs.items()
+        )
+        console.print(f"outputs {leaving}", highlight=False)
     if info.shared_with:
         readers = "every submitter" if "*" in info.shared_with else ", ".join(info.shared_with)
         console.print(f"shared with {readers}", highlight=False)

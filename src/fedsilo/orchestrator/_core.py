@@ -538,6 +538,7 @@ class Orchestrator:
             has_model=row.model_digest is not None,
             version=version,
             shared_with=list(access.readers),
+            outputs=_outputs(row.spec_json),
         )
 
     async def visible_jobs(
@@ -650,6 +651,22 @@ def _spec_facts(job_id: str, spec_json: str) -> tuple[list[str], int]:
         [s for s in silos if isinstance(s, str)] if isinstance(silos, list) else [],
         rounds if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds >= 0 else 0,
     )
+
+
+def _outputs(spec_json: str) -> dict[str, str]:
+    """A stored spec's outputs and their declared classifications, read leniently."""
+    try:
+        raw = json.loads(spec_json)
+    except ValueError:
+        return {}
+    outputs = raw.get("outputs") if isinstance(raw, dict) else None
+    if not isinstance(outputs, dict):
+        return {}
+    found: dict[str, str] = {}
+    for name, out in outputs.items():
+        level = out.get("classification") if isinstance(out, dict) else None
+        found[str(name)] = level if isinstance(level, str) else ""
+    return found
 
 
 def _finite_metrics(job_id: str, round_: int, silo: str, metrics_json: str) -> dict[str, float]:
