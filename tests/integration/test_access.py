@@ -334,6 +334,7 @@ def test_the_administrator_cancels_a_job_it_did_not_submit(world: World, tmp_pat
             assert carol.cancel(job_id) is True
         info = bob.wait(job_id, timeout=60)
     assert info.state is JobState.CANCELLED
+    assert info.error == "cancelled by carol"
     entries = read_log(audit_path(world.kit("orchestrator").storage_path))
     assert any(
         e.event == "job.cancel" and e.data == {"job": job_id, "caller": "carol"} for e in entries

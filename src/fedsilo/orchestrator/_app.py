@@ -289,7 +289,7 @@ def create_app(
 
     @app.post("/v1/jobs/{job_id}/cancel", status_code=202)
     async def cancel(job_id: str, who: Who) -> dict[str, bool]:
-        cancelled = orchestrator.cancel(job_id)
+        cancelled = orchestrator.cancel(job_id, by=who.name)
         if cancelled:
             orchestrator.audit.append("job.cancel", job=job_id, caller=who.name)
         return {"cancelled": cancelled}

@@ -140,6 +140,7 @@ class Orchestrator:
         self._waiters: dict[str, asyncio.Future[TaskResult]] = {}
         self._live: dict[str, _LiveJob] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
+        self.cancelled_by: dict[str, str] = {}  # job id -> who cancelled it
         self._literal: dict[str, LiteralRun] = {}
 
     # -- presence ---------------------------------------------------------------------------
@@ -460,10 +461,12 @@ class Orchestrator:
         """Wait until every tracking call queued so far is done; False on timeout."""
         return True if self._tracking is None else self._tracking.flush(timeout)
 
-    def cancel(self, job_id: str) -> bool:
+    def cancel(self, job_id: str, by: str | None = None) -> bool:
+        """Cancel the running job ``job_id`` (``by``: who asked, for its record)."""
         run = self._runs.get(job_id)
         if run is None or run.done():
             return False
+        self.cancelled_by[job_id] = by or "its submitter"
         run.cancel()
         return True
 

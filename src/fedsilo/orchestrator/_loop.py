@@ -387,7 +387,8 @@ async def run_job(
         outcome = {"state": JobState.SUCCEEDED.value, "model_digest": digest}
         log.info("job %s succeeded", job_id)
     except asyncio.CancelledError:
-        outcome = {"state": JobState.CANCELLED.value, "error": "cancelled by the submitter"}
+        who = orch.cancelled_by.pop(job_id, "its submitter")
+        outcome = {"state": JobState.CANCELLED.value, "error": f"cancelled by {who}"}
         log.info("job %s cancelled", job_id)
     except FedsiloError as exc:
         outcome = {"state": JobState.FAILED.value, "error": str(exc)}
