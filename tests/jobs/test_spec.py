@@ -161,6 +161,20 @@ _FIELD_CASES = [
         "greater than 0",
     ),
     (
+        "round-timeout-zero",
+        _edit("rounds: 3\n", "rounds: 3\nround_timeout: 0\n"),
+        "round_timeout",
+        ("round_timeout:",),
+        "greater than 0",
+    ),
+    (
+        "share-with-not-a-name",
+        _edit("rounds: 3\n", "rounds: 3\nshare_with: [Bob]\n"),
+        "share_with",
+        ("share_with:",),
+        "share_with",
+    ),
+    (
         "lr-negative",
         _edit("  lr: 0.05", "  lr: -0.1"),
         "hyperparameters.lr",
@@ -199,6 +213,27 @@ _CROSS_FIELD_CASES = [
         "silos",
         ("silos:", "- hospital-a", "- hospital-b"),
         "'hospital-a' is listed twice",
+    ),
+    (
+        "min-silos-above-the-silos",
+        _edit("rounds: 3\n", "rounds: 3\nmin_silos: 3\n"),
+        "min_silos",
+        ("min_silos:",),
+        "runs in 2 silo(s); at most 2",
+    ),
+    (
+        "min-silos-with-secure-aggregation",
+        _edit("rounds: 3\n", "rounds: 3\nmin_silos: 1\nprivacy: {secure_aggregation: {}}\n"),
+        "min_silos",
+        ("min_silos:",),
+        "set privacy.secure_aggregation.threshold instead of min_silos",
+    ),
+    (
+        "share-with-twice",
+        _edit("rounds: 3\n", "rounds: 3\nshare_with: [bob, bob]\n"),
+        "share_with",
+        ("share_with:",),
+        "'bob' is listed twice",
     ),
     (
         "silo-inputs-unknown-silo",

@@ -304,9 +304,12 @@ class OrchestratorClient:
 
     # -- silo agents ------------------------------------------------------------------------
 
-    def next_task(self, wait: float) -> TaskMessage | None:
-        """Long-poll for this silo's next task."""
-        response = self._request("GET", "/v1/agent/task", params={"wait": wait}, timeout=wait + 15)
+    def next_task(self, wait: float, *, instance: str | None = None) -> TaskMessage | None:
+        """Long-poll for this silo's next task (``instance``: the agent process asking)."""
+        params: dict[str, str | float] = {"wait": wait}
+        if instance is not None:
+            params["instance"] = instance
+        response = self._request("GET", "/v1/agent/task", params=params, timeout=wait + 15)
         if response.status_code == 204:
             return None
         try:
@@ -315,11 +318,18 @@ class OrchestratorClient:
             raise MalformedTask(_task_id_of(response.content), str(exc)) from exc
 
     def heartbeat(
-        self, *, busy: bool, sandbox: str | None = None, report: SiloReport | None = None
+        self,
+        *,
+        busy: bool,
+        sandbox: str | None = None,
+        report: SiloReport | None = None,
+        instance: str | None = None,
     ) -> None:
         params: dict[str, str | bool] = {"busy": busy}
         if sandbox is not None:
             params["sandbox"] = sandbox
+        if instance is not None:
+            params["instance"] = instance
         body = None if report is None else report.model_dump_json().encode()
         headers = {"content-type": "application/json"} if body is not None else None
         self._request("POST", "/v1/agent/heartbeat", params=params, content=body, headers=headers)

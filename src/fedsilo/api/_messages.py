@@ -154,11 +154,14 @@ class SubmitRequest(_Msg):
 
 
 class RoundNote(_Msg):
-    """What the orchestrator noticed of a silo's update in a round.
+    """What the orchestrator noticed of a silo in a round.
 
     ``kind`` is ``replay`` (the update is byte-identical to an earlier upload of the job or
-    to one of its global models: the silo did not train) or ``clipped`` (it moved the model
-    past the job's ``updates.max_norm`` and was scaled back onto it).
+    to one of its global models: the silo did not train), ``unchanged`` or ``duplicate``
+    (noted, kept), ``clipped`` (it moved the model past the job's ``updates.max_norm`` and
+    was scaled back onto it), ``missed`` (the round closed without the silo, which failed,
+    disconnected or missed ``round_timeout``, under the job's ``min_silos``) or
+    ``rejoined`` (the silo's agent restarted and took its task up again).
     """
 
     silo: str

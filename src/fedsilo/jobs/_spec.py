@@ -120,6 +120,9 @@ class JobSpec(_Frozen):
     memory and time, for every step or per step (see docs/compute.md). ``share_with``
     names the other submitters who may read the job's results and model (``[*]``: every
     submitter); the silos see the list before they approve (see docs/access.md).
+    ``round_timeout`` (seconds) and ``min_silos`` close a training round without silos that
+    miss it, if ``min_silos`` answered (default: every silo, no deadline but the silos'
+    connection; see docs/task-api.md).
     """
 
     name: str = Field(pattern=_NAME)
@@ -145,6 +148,8 @@ class JobSpec(_Frozen):
     share_with: tuple[Annotated[str, Field(pattern=f"{PARTICIPANT_PATTERN}|^[*]$")], ...] = Field(
         default=(), max_length=256
     )
+    round_timeout: float | None = Field(default=None, gt=0, le=30 * 86400, allow_inf_nan=False)
+    min_silos: int | None = Field(default=None, ge=1)
 
     @field_validator("resources", mode="before")
     @classmethod
@@ -216,6 +221,7 @@ class JobSpec(_Frozen):
                     "'*' shares with every submitter; list names or '*', not both",
                 )
         self._check_secure_aggregation()
+        self._check_quorum()
         if self.updates.max_norm is not None and self.privacy.secure_aggregation is not None:
             raise FieldIssue(
                 ("updates", "max_norm"),
@@ -239,6 +245,28 @@ class JobSpec(_Frozen):
     def resources_for(self, step: SiloStep) -> ResourceRequest:
         """What the job asks for ``step`` in every silo (the compute's defaults if nothing)."""
         return self.resources.get(step, ResourceRequest())
+
+    @property
+    def quorum(self) -> int:
+        """The fewest silos a training round closes with (``min_silos``, else every silo)."""
+        return self.min_silos if self.min_silos is not None else len(self.silos)
+
+    def _check_quorum(self) -> None:
+        if self.min_silos is not None and self.min_silos > len(self.silos):
+            raise FieldIssue(
+                ("min_silos",),
+                f"min_silos is {self.min_silos}, but the job runs in {len(self.silos)} "
+                f"silo(s); at most {len(self.silos)}",
+            )
+        if self.privacy.secure_aggregation is None:
+            return
+        for field, own in (("min_silos", "threshold"), ("round_timeout", "timeout_seconds")):
+            if getattr(self, field) is not None:
+                raise FieldIssue(
+                    (field,),
+                    f"under secure aggregation the rounds close by its own rules: set "
+                    f"privacy.secure_aggregation.{own} instead of {field}",
+                )
 
     def _check_secure_aggregation(self) -> None:
         secure = self.privacy.secure_aggregation

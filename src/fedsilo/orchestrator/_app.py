@@ -43,6 +43,8 @@ log = logging.getLogger("fedsilo.orchestrator")
 MAX_BUNDLE_UPLOAD = 64 * 1024 * 1024
 MAX_PARAMS_UPLOAD = 4 * 1024 * 1024 * 1024
 LONG_POLL_MAX = 30.0
+# which process of a silo's agent calls: a new one means the agent restarted
+Instance = Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")]
 
 
 def create_app(
@@ -202,7 +204,10 @@ def create_app(
         request: Request,
         name: Name,
         wait: Annotated[float, Query(ge=0, le=LONG_POLL_MAX)] = 20.0,
+        instance: Instance = None,
     ) -> Response:
+        if instance is not None:
+            orchestrator.seen(name, instance=instance)
         task = await orchestrator.next_task(name, wait, gone=request.is_disconnected)
         if task is None:
             return Response(status_code=204)
@@ -214,8 +219,9 @@ def create_app(
         busy: bool = False,
         sandbox: str | None = None,
         report: SiloReport | None = None,
+        instance: Instance = None,
     ) -> None:
-        orchestrator.seen(name, busy=busy, sandbox=sandbox, report=report)
+        orchestrator.seen(name, busy=busy, sandbox=sandbox, report=report, instance=instance)
 
     @app.post("/v1/agent/tasks/{task_id}/progress", status_code=204)
     async def task_progress(task_id: str, body: dict[str, str], name: Name) -> None:

@@ -141,6 +141,9 @@ class Orchestrator:
         self._live: dict[str, _LiveJob] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
         self.cancelled_by: dict[str, str] = {}  # job id -> who cancelled it
+        # tasks handed to an agent and not answered yet, to hand again if it restarts
+        self._handed: dict[str, tuple[str, str]] = {}  # task id -> (silo, message JSON)
+        self._instance: dict[str, str] = {}  # silo -> the id of its running agent
         self._literal: dict[str, LiteralRun] = {}
 
     # -- presence ---------------------------------------------------------------------------
@@ -152,9 +155,20 @@ class Orchestrator:
         busy: bool | None = None,
         sandbox: str | None = None,
         report: SiloReport | None = None,
+        instance: str | None = None,
     ) -> None:
         """Record that ``silo``'s agent is connected (a poll, an upload or a heartbeat),
-        and what it reports of its computes."""
+        and what it reports of its computes.
+
+        ``instance`` identifies the agent's process: a new one means the agent restarted,
+        and the tasks the old one had taken are handed to the new one (which takes their
+        jobs up again), so no round waits on a task a dead process held.
+        """
+        if instance is not None:
+            before = self._instance.get(silo)
+            self._instance[silo] = instance
+            if before is not None and before != instance:
+                self._hand_again(silo)
         self._lateness.start()
         self._last_seen[silo] = time.time()
         self._late_at_seen[silo] = self._lateness.now()
@@ -165,6 +179,50 @@ class Orchestrator:
         if report is not None:
             self._reports[silo] = report
             self._sandbox[silo] = report.sandbox
+
+    def _hand_again(self, silo: str) -> None:
+        """Queue again, first, the open tasks ``silo``'s previous agent had taken."""
+        again = [
+            (task_id, message)
+            for task_id, (owner, message) in self._handed.items()
+            if owner == silo and self._open.get(task_id) == silo
+        ]
+        queue = self._queues[silo]
+        for task_id, message in reversed(again):
+            del self._handed[task_id]
+            self._assigned_at.pop(task_id, None)
+            queue.appendleft((task_id, message))
+            self._note_rejoin(silo, message)
+        if again:
+            log.warning(
+                "silo '%s' restarted its agent; %d open task(s) handed to the new one",
+                silo,
+                len(again),
+            )
+            self.audit.append("silo.restarted", silo=silo, tasks=[task_id for task_id, _ in again])
+            self._wakeup[silo].set()
+        else:
+            self.audit.append("silo.restarted", silo=silo, tasks=[])
+
+    def silent_for(self, silo: str) -> float:
+        """Seconds since ``silo`` was last heard (infinite if never)."""
+        last = self._last_seen.get(silo)
+        return math.inf if last is None else max(0.0, time.time() - last)
+
+    def _note_rejoin(self, silo: str, message_json: str) -> None:
+        """Note in a job's history that ``silo`` takes its task up again after a restart."""
+        message = TaskMessage.model_validate_json(message_json)
+        if message.job_id is None:
+            return
+        self.store.add_note(
+            message.job_id,
+            message.round,
+            silo,
+            "rejoined",
+            f"silo '{silo}' restarted its agent during its {message.kind.value} task of round "
+            f"{message.round}; the task was handed to the new agent",
+        )
+        self.touch(message.job_id)
 
     def online(self, silo: str) -> bool:
         """Whether ``silo`` was heard within :data:`OFFLINE_AFTER_SECONDS`.
@@ -247,6 +305,7 @@ class Orchestrator:
         """Close tasks nobody will wait for any more (failed job, timed-out check)."""
         for task_id in task_ids:
             silo = self._open.pop(task_id, None)
+            self._handed.pop(task_id, None)
             self._waiters.pop(task_id, None)
             self._task_jobs.pop(task_id, None)
             assigned_at = self._assigned_at.pop(task_id, None)
@@ -283,6 +342,8 @@ class Orchestrator:
                 task_id, message_json = queue.popleft()
                 # Kept in memory and written with the result: one commit per task, not two.
                 self._assigned_at[task_id] = time.time()
+                if task_id in self._open:
+                    self._handed[task_id] = (silo, message_json)
                 return message_json
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -295,6 +356,7 @@ class Orchestrator:
         if self._open.get(task_id) != silo:
             return False
         del self._open[task_id]
+        self._handed.pop(task_id, None)
         self._task_jobs.pop(task_id, None)
         self.store.finish_task(
             task_id,

@@ -38,6 +38,9 @@ log = logging.getLogger("fedsilo.orchestrator")
 
 _Metric = tuple[int, str, str, dict[str, float]]
 CENTRAL = "*"  # the silo column of metrics that belong to the whole federation
+# how long a silo that disconnected mid-task is waited for (its agent restarting) when the
+# job sets no round_timeout; then it has missed the round
+RECONNECT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,13 @@ class _JobRun:
     def task_message(
         self, silo: str, kind: TaskKind, config: Mapping[str, float], **fields: Any
     ) -> TaskMessage:
-        """A task of this job for ``silo``: the job's code, inputs and settings, and ``fields``."""
+        """A task of this job for ``silo``: the job's code, inputs and settings, and ``fields``.
+
+        Every task carries what preprocessing needs (the bundle's digest too), so that a
+        silo whose agent restarted can take the job up again from any task (it rejoins).
+        """
         spec = self.spec
+        fields.setdefault("bundle_digest", self.orch.bundle_for(silo, self.job_id))
         return TaskMessage(
             task_id=uuid.uuid4().hex,
             kind=kind,
@@ -98,6 +106,7 @@ class _JobRun:
         per_silo: Mapping[str, Mapping[str, Any]] | None = None,
         tolerate: bool = False,
         timeout: float | None = None,
+        grace: float = 0.0,
         **fields: Any,
     ) -> AsyncGenerator[_Outcome, None]:
         """Offer one task per silo (the job's, or ``silos``); yield results as they arrive.
@@ -106,6 +115,9 @@ class _JobRun:
         heartbeating while its task is open, or one silent past ``timeout`` seconds ends the
         fan-out with an error naming the silo; with ``tolerate`` it is yielded instead, as
         a result that is not ``ok``, and the others go on. A refusal always ends it.
+
+        A disconnected silo is waited for ``grace`` seconds to come back (its agent
+        restarted: it is handed its task again), or until ``timeout`` when one is set.
         """
         targets = tuple(self.spec.silos if silos is None else silos)
         extra = per_silo or {}
@@ -138,12 +150,23 @@ class _JobRun:
                     yield _Outcome(silo, result)
                 late = deadline is not None and time.monotonic() > deadline
                 for task_id, silo in list(pending.items()):
-                    if late:
+                    if late and not self.orch.online(silo):
+                        why = (
+                            f"disconnected during {phase} and did not come back within "
+                            f"{timeout:g} s"
+                        )
+                    elif late:
                         why = f"did not answer {phase} within {timeout:g} s"
-                    elif not self.orch.online(silo):
-                        why = f"disconnected during {phase}"
-                    else:
+                    elif self.orch.online(silo):
                         continue
+                    elif deadline is not None and grace > 0:
+                        continue  # the deadline decides
+                    elif self.orch.silent_for(silo) < grace:
+                        continue
+                    elif grace > 0:
+                        why = f"disconnected during {phase} and did not come back in {grace:g} s"
+                    else:
+                        why = f"disconnected during {phase}"
                     if not tolerate:
                         raise SiloUnavailable(silo, why)
                     del pending[task_id]
@@ -255,34 +278,73 @@ class _JobRun:
             self.orch.publish_global(self.job_id, digest)
         self.orch.touch(self.job_id)
 
+    @property
+    def tolerant(self) -> bool:
+        """Whether a round may close without some silos (``min_silos`` below their count)."""
+        return self.spec.quorum < len(self.spec.silos)
+
+    def missed(self, round_: int, phase: str, silo: str, why: str) -> None:
+        """Record that ``silo`` took no part in ``phase`` of ``round_``, and why."""
+        text = f"silo '{silo}' took no part in {phase}: {why}"
+        self.note(round_, silo, "missed", text, phase=phase)
+
+    def check_quorum(self, round_: int, phase: str, missing: Mapping[str, str]) -> None:
+        """Fail the job when fewer than its quorum of silos answered ``phase``."""
+        answered = len(self.spec.silos) - len(missing)
+        if answered >= self.spec.quorum:
+            return
+        named = "; ".join(f"'{silo}' ({why})" for silo, why in missing.items())
+        raise JobFailed(
+            f"{phase}: {answered} of {len(self.spec.silos)} silos answered, fewer than the "
+            f"job's min_silos of {self.spec.quorum}; missing: {named}"
+        )
+
     async def plain_round(
         self, round_: int, strategy: Strategy, current: Parameters, global_digest: str
     ) -> dict[str, npt.NDArray[np.generic]]:
-        """One round without secure aggregation: each silo's update folded in as it arrives."""
+        """One round without secure aggregation: each silo's update folded in as it arrives.
+
+        A silo that fails, disconnects or misses ``round_timeout`` fails the job, unless
+        the job's ``min_silos`` lets the round close without it: then it is named in the
+        round's record and the mean is taken over the silos that answered.
+        """
         aggregation = strategy.begin_aggregation(round_, current)
+        phase = f"round {round_}"
         fit = self.fan_out(
             TaskKind.FIT,
-            f"round {round_}",
+            phase,
             strategy.configure_round(round_, self.spec.silos),
             round=round_,
             params_digest=global_digest,
             evaluate_first=round_ > 1,
+            tolerate=self.tolerant,
+            timeout=self.spec.round_timeout,
+            grace=RECONNECT_SECONDS,
         )
         # Updates are folded in the job's silo order, so the model does not depend on which
         # silo answered first (float sums are not associative); one that arrives early waits
         # on disk, as an uploaded file, until the silos before it are in: memory stays flat.
         order = list(self.spec.silos)
-        arrived: dict[str, tuple[Path, int]] = {}
+        arrived: dict[str, tuple[Path, int] | None] = {}
+        missing: dict[str, str] = {}
         async with aclosing(fit) as outcomes:
             async for out in outcomes:
-                self.record(round_, out)
-                samples = int((out.result.train_metrics or {}).get("num_samples", 0))
-                checked = await self.vetted(round_, out, current, global_digest)
-                arrived[out.silo] = (checked, samples)
+                if not out.result.ok:  # tolerated: the round may close without it
+                    why = out.result.error or "no answer"
+                    missing[out.silo] = why
+                    self.missed(round_, phase, out.silo, why)
+                    self.check_quorum(round_, phase, missing)
+                    arrived[out.silo] = None
+                else:
+                    self.record(round_, out)
+                    samples = int((out.result.train_metrics or {}).get("num_samples", 0))
+                    checked = await self.vetted(round_, out, current, global_digest)
+                    arrived[out.silo] = (checked, samples)
                 while order and order[0] in arrived:
                     silo = order.pop(0)
-                    path, count = arrived.pop(silo)
-                    await asyncio.to_thread(_fold, aggregation, silo, path, count)
+                    update = arrived.pop(silo)
+                    if update is not None:
+                        await asyncio.to_thread(_fold, aggregation, silo, *update)
         return await asyncio.to_thread(aggregation.finish)
 
     async def prepare(self) -> str:
@@ -296,7 +358,10 @@ class _JobRun:
         orch.store.start_round(job_id, 0)
         initial: dict[str, str] = {}
         prepare = self.fan_out(
-            TaskKind.PREPARE, "preprocessing", bundle_digest=orch.bundle_for(spec.silos[0], job_id)
+            TaskKind.PREPARE,
+            "preprocessing",
+            bundle_digest=orch.bundle_for(spec.silos[0], job_id),
+            grace=RECONNECT_SECONDS,
         )
         paths: dict[str, Path] = {}
         async with aclosing(prepare) as outcomes:
@@ -364,10 +429,19 @@ class _JobRun:
             silos=secure.active if secure is not None else None,
             round=spec.rounds,
             params_digest=global_digest,
+            tolerate=self.tolerant and secure is None,
+            timeout=spec.round_timeout,
+            grace=RECONNECT_SECONDS if secure is None else 0.0,
         )
+        missing: dict[str, str] = {}
         async with aclosing(final) as outcomes:
             async for out in outcomes:
-                self.record(spec.rounds, out)
+                if out.result.ok:
+                    self.record(spec.rounds, out)
+                    continue
+                missing[out.silo] = out.result.error or "no answer"
+                self.missed(spec.rounds, "the final evaluation", out.silo, missing[out.silo])
+                self.check_quorum(spec.rounds, "the final evaluation", missing)
         orch.store.finish_round(job_id, spec.rounds, global_digest, self.metrics)
         return global_digest
 

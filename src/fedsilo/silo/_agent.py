@@ -23,6 +23,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -144,6 +145,8 @@ class Agent:
         self._lock = threading.Lock()
         self._side = ThreadPoolExecutor(max_workers=SIDE_THREADS, thread_name_prefix="side")
         self.stop = threading.Event()
+        # this process, as the orchestrator tells it from an earlier one of the same silo
+        self.instance = uuid.uuid4().hex
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -165,7 +168,7 @@ class Agent:
         try:
             while not self.stop.is_set():
                 try:
-                    task = self.client.next_task(POLL_SECONDS)
+                    task = self.client.next_task(POLL_SECONDS, instance=self.instance)
                 except MalformedTask as exc:
                     self._refuse_malformed(exc)
                     continue
@@ -193,9 +196,9 @@ class Agent:
             return
         with self._lock:
             session = self._sessions.get(task.job_id)
-            if session is None and task.kind is TaskKind.PREPARE:
+            if session is None and (task.kind is TaskKind.PREPARE or _rejoins(task)):
                 session = self._sessions[task.job_id] = JobSession(task.job_id)
-        if session is None:  # a job this agent does not hold (it restarted): fails by name
+        if session is None:  # a job this agent cannot take up again: fails by name
             self._side.submit(self._handle, task, None)
             return
         session.last_used = time.monotonic()
@@ -267,7 +270,12 @@ class Agent:
                 if report == sent and now - sent_at < REPORT_SECONDS:
                     report = None
                 with contextlib.suppress(FedsiloError):
-                    client.heartbeat(busy=self.busy, sandbox=self.spec.sandbox, report=report)
+                    client.heartbeat(
+                        busy=self.busy,
+                        sandbox=self.spec.sandbox,
+                        report=report,
+                        instance=self.instance,
+                    )
                     if report is not None:
                         sent, sent_at = report, now
         finally:
@@ -380,6 +388,8 @@ class Agent:
             raise FedsiloError(f"the job worker of {task.job_id} is not running in this silo")
         if task.kind is TaskKind.PREPARE:
             return self._prepare(task, session)
+        if session.clearance is None and _rejoins(task):
+            self._rejoin(task, session)
         if task.kind is TaskKind.FIT:
             return self._fit(task, session)
         if task.kind is TaskKind.EVALUATE:
@@ -387,6 +397,16 @@ class Agent:
         if task.kind is TaskKind.SECAGG:
             return self._secure_aggregation(task, session)
         raise FedsiloError(f"unknown task kind {task.kind}")
+
+    def _rejoin(self, task: TaskMessage, session: JobSession) -> None:
+        """Take up a job this agent does not hold (it restarted during the job): check and
+        approve it again, preprocess and start its worker, as a preparation would, without
+        sending the initial model. The job's work folder is the one the earlier agent used,
+        so a local DP accountant goes on from what it had spent."""
+        assert task.job_id is not None
+        log.info("silo '%s' takes job %s up again at round %d", self.silo, task.job_id, task.round)
+        self.audit.append("job.rejoined", job_id=task.job_id, round=task.round)
+        self._prepare(task, session, send_model=False)
 
     def _release(self, job_id: str, *, graceful: bool = True) -> None:
         """End a job here: kill its workers' trees, give back its compute, forget it."""
@@ -433,7 +453,9 @@ class Agent:
         )
         return PolicyRejected(self.silo, rule, reason)
 
-    def _prepare(self, task: TaskMessage, session: JobSession) -> TaskResult:
+    def _prepare(
+        self, task: TaskMessage, session: JobSession, *, send_model: bool = True
+    ) -> TaskResult:
         assert task.job_id is not None
         job_id = task.job_id
         self.audit.append(
@@ -538,7 +560,9 @@ class Agent:
             model=declared,
         )
         session.metric_names = task.metrics
-        return self._start_worker(task, session, code_dir, inputs, computes, grants)
+        return self._start_worker(
+            task, session, code_dir, inputs, computes, grants, send_model=send_model
+        )
 
     def _computes(self, task: TaskMessage) -> dict[SiloStep, ComputeSpec]:
         """The compute of this silo each step of the job runs on, picked by kind."""
@@ -583,6 +607,8 @@ class Agent:
         inputs: list[ResolvedInput],
         computes: dict[SiloStep, ComputeSpec],
         grants: dict[SiloStep, ResourceGrant],
+        *,
+        send_model: bool = True,
     ) -> TaskResult:
         assert task.job_id is not None
         job_dir = self._job_dir(task.job_id)
@@ -634,6 +660,9 @@ class Agent:
         compute = time.perf_counter() - started
         if task.privacy.secure_aggregation is not None:
             session.mask_words = (masked_words(out), 64)
+        if not send_model:
+            out.unlink(missing_ok=True)
+            return TaskResult(ok=True, compute_seconds=compute)
         return TaskResult(
             ok=True,
             params_digest=self._upload(task, session, out, "model"),
@@ -980,6 +1009,17 @@ class Agent:
             eval_metrics=self._metrics(task, session, reply["eval_metrics"]),
             compute_seconds=compute,
         )
+
+
+def _rejoins(task: TaskMessage) -> bool:
+    """Whether ``task`` lets an agent that does not hold its job take it up again: a
+    training round or an evaluation that carries the job's bundle (secure aggregation's
+    masks cannot be rebuilt mid-job: such a silo stays out, as a dropped one)."""
+    return (
+        task.kind in (TaskKind.FIT, TaskKind.EVALUATE)
+        and task.bundle_digest is not None
+        and task.privacy.secure_aggregation is None
+    )
 
 
 @dataclasses.dataclass
