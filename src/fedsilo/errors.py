@@ -33,6 +33,7 @@ __all__ = [
     "CertificateRefused",
     "ClassificationError",
     "ConfigError",
+    "ConnectionClosed",
     "DatasetNotFound",
     "FedsiloError",
     "JobFailed",
@@ -144,6 +145,11 @@ class OrchestratorUnavailable(TransportError):
 
 class CertificateRefused(TransportError):
     """The peer closed the TLS connection: it does not accept this kit's certificate."""
+
+
+class ConnectionClosed(CertificateRefused):
+    """The orchestrator closed the connection mid-request: it refused the certificate, or
+    it is shutting down or restarting (a caller that follows a job tries again)."""
 
 
 class SiloUnavailable(FedsiloError):

@@ -76,7 +76,7 @@ def test_a_job_its_tasks_rounds_and_metrics_survive_reopening(store_url: str) ->
         again.close()
 
 
-def test_jobs_are_listed_newest_first_and_unfinished_ones_fail_at_restart(
+def test_jobs_are_listed_newest_first_and_unfinished_ones_found_at_restart(
     store_url: str,
 ) -> None:
     store = Store(store_url)
@@ -88,13 +88,8 @@ def test_jobs_are_listed_newest_first_and_unfinished_ones_fail_at_restart(
         store.add_tasks([_task("t-open", "job-1", "silo-a")])
         assert [j.id for j in store.jobs()] == ["job-2", "job-1", "job-0"]
         assert [j.id for j in store.jobs(limit=1)] == ["job-2"]
-        assert store.fail_unfinished_jobs("the orchestrator stopped") == 2
-        states = {j.id: (j.state, j.error) for j in store.jobs()}
-        assert states == {
-            "job-0": ("succeeded", None),
-            "job-1": ("failed", "the orchestrator stopped"),
-            "job-2": ("failed", "the orchestrator stopped"),
-        }
+        assert [j.id for j in store.unfinished_jobs()] == ["job-1", "job-2"]  # oldest first
+        store.close_open_tasks()
         with store.session() as s:
             assert s.get(TaskRow, "t-open").state == "failed"  # type: ignore[union-attr]
     finally:

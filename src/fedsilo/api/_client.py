@@ -39,6 +39,7 @@ from fedsilo.api._messages import (
 from fedsilo.config import Kit
 from fedsilo.errors import (
     CertificateRefused,
+    ConnectionClosed,
     FedsiloError,
     OrchestratorUnavailable,
     TransportError,
@@ -48,6 +49,8 @@ from fedsilo.jobs import JobSpec, declare_model, pack_bundle
 __all__ = ["MalformedTask", "OrchestratorClient", "client_ssl_context"]
 
 UPLOAD_ATTEMPTS = 3
+# how long a caller following a job waits for an orchestrator that went away to answer
+RECONNECT_SECONDS = 120.0
 _JOB_LIST = TypeAdapter(list[JobInfo])
 
 
@@ -119,10 +122,10 @@ class OrchestratorClient:
                 "with `fedsilo orchestrator start --kit KIT`"
             ) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise CertificateRefused(
-                f"the orchestrator at {self.url} closed the connection: it refused this kit's "
-                f"certificate ('{self.kit.name}'), or is shutting down. Is this kit from the "
-                "same federation (fedsilo provision)?"
+            raise ConnectionClosed(
+                f"the orchestrator at {self.url} closed the connection: it is shutting down "
+                f"or restarting, or it refused this kit's certificate ('{self.kit.name}'). Is "
+                "this kit from the same federation (fedsilo provision)?"
             ) from exc
         except httpx.TimeoutException as exc:
             raise TransportError(f"the orchestrator at {self.url} did not answer in time") from exc
@@ -228,9 +231,14 @@ class OrchestratorClient:
         on_update: Callable[[JobInfo], None] | None = None,
         timeout: float | None = None,
     ) -> JobInfo:
-        """Follow the job until it finishes (long-poll); ``on_update`` sees every change."""
+        """Follow the job until it finishes (long-poll); ``on_update`` sees every change.
+
+        An orchestrator that goes away meanwhile (it restarts, and resumes the job) is
+        asked again for up to :data:`RECONNECT_SECONDS` before the wait gives up.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         info = self.job(job_id)
+        gone_since: float | None = None
         while True:
             if on_update is not None:
                 on_update(info)
@@ -239,7 +247,15 @@ class OrchestratorClient:
             left = 20.0 if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 raise TransportError(f"job {job_id} did not finish within {timeout:g} s")
-            info = self.job(job_id, after=info.version, wait=min(left, 20.0))
+            try:
+                info = self.job(job_id, after=info.version, wait=min(left, 20.0))
+                gone_since = None
+            except (OrchestratorUnavailable, ConnectionClosed):
+                now = time.monotonic()
+                gone_since = gone_since or now
+                if now - gone_since > RECONNECT_SECONDS:
+                    raise
+                time.sleep(1.0)
 
     def cancel(self, job_id: str) -> bool:
         return bool(self._request("POST", f"/v1/jobs/{job_id}/cancel").json()["cancelled"])

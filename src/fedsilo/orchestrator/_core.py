@@ -452,6 +452,84 @@ class Orchestrator:
         )
         return job_id
 
+    def resume_unfinished(self) -> tuple[list[str], list[str]]:
+        """Go on with the jobs an earlier process left running (at start-up, on the loop).
+
+        A scatter-gather job resumes at its last closed round (the round in flight is
+        redone) and a queued one starts; a job that cannot go on is failed saying why, and
+        its silos are told to release it. Returns the ids resumed and failed.
+        """
+        from fedsilo.orchestrator._loop import _JobRun, run_job
+
+        resumed: list[str] = []
+        failed: list[str] = []
+        for row in self.store.unfinished_jobs():
+            self.store.close_open_tasks(row.id)
+            try:
+                spec = JobSpec.model_validate_json(row.spec_json)
+            except ValueError:
+                spec = None
+            why = self._why_not_resume(row, spec)
+            if why is not None or spec is None:
+                reason = f"the orchestrator restarted while the job ran, and {why}"
+                self.store.update_job(
+                    row.id, state=JobState.FAILED.value, error=reason, finished_at=time.time()
+                )
+                self.audit.append("job.finished", job_id=row.id, state="failed", error=reason)
+                if spec is not None:
+                    self.offer(
+                        [
+                            (
+                                silo,
+                                TaskMessage(
+                                    task_id=uuid.uuid4().hex, kind=TaskKind.RELEASE, job_id=row.id
+                                ),
+                            )
+                            for silo in spec.silos
+                            if silo in self.silos
+                        ],
+                        wait=False,
+                    )
+                failed.append(row.id)
+                continue
+            saved = self.store.checkpoint(row.id)
+            self._live[row.id] = _LiveJob(
+                silos=frozenset(spec.silos), bundle_digest=row.bundle_digest
+            )
+            runner = _JobRun(self, row.id, spec, row.submitter)
+            runner.resume_from = saved
+            self.audit.append(
+                "job.resumed", job_id=row.id, round=saved.round if saved is not None else None
+            )
+            log.info(
+                "job %s resumed %s",
+                row.id,
+                f"after round {saved.round}" if saved is not None else "from the start",
+            )
+            self._runs[row.id] = asyncio.create_task(
+                run_job(self, row.id, spec, row.submitter, runner, resumed=saved is not None)
+            )
+            resumed.append(row.id)
+        return resumed, failed
+
+    def _why_not_resume(self, row: JobRow, spec: JobSpec | None) -> str | None:
+        """Why the job of ``row`` cannot go on after a restart, or ``None`` if it can."""
+        if spec is None:
+            return "its stored spec no longer reads as a job spec of this version"
+        if spec.pipeline is PipelineStyle.LITERAL:
+            return "a literal pipeline's loop ran in its submitter's process; submit it again"
+        if spec.privacy.secure_aggregation is not None:
+            return (
+                "a job under secure aggregation cannot resume mid-job (the silos' masks are "
+                "gone with the round); submit it again"
+            )
+        unknown = [s for s in spec.silos if s not in self.silos]
+        if unknown:
+            return f"the federation no longer has silo(s) {', '.join(unknown)}"
+        if not self.blobs.has(row.bundle_digest):
+            return "its code bundle is no longer in the orchestrator's storage"
+        return None
+
     def update_job(self, job_id: str, **values: Any) -> None:
         """Change a job's record and wake whoever waits on it."""
         self.store.update_job(job_id, **values)

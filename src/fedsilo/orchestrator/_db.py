@@ -33,6 +33,7 @@ from fedsilo.errors import ConfigError
 
 __all__ = [
     "BlobRow",
+    "CheckpointRow",
     "JobRow",
     "MetricRow",
     "NoteRow",
@@ -109,6 +110,19 @@ class NoteRow(_Base):
     silo: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class CheckpointRow(_Base):
+    """A running job's state at its last closed round, for the orchestrator to go on from
+    after a restart (:mod:`fedsilo.orchestrator._resume`)."""
+
+    __tablename__ = "checkpoints"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer)
+    global_digest: Mapped[str] = mapped_column(String(64))
+    state_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
 
 
@@ -223,21 +237,6 @@ class Store:
         with self.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
-    def fail_unfinished_jobs(self, reason: str) -> int:
-        """Mark jobs left running by an earlier process as failed (at start-up)."""
-        with self.session() as s:
-            result = s.execute(
-                update(JobRow)
-                .where(JobRow.state.in_(("queued", "running")))
-                .values(state="failed", error=reason, finished_at=time.time())
-            )
-            s.execute(
-                update(TaskRow)
-                .where(TaskRow.state.in_(("pending", "assigned")))
-                .values(state="failed", finished_at=time.time())
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
-
     # -- tasks ------------------------------------------------------------------------------
 
     def add_tasks(self, rows: list[TaskRow]) -> None:
@@ -279,11 +278,15 @@ class Store:
         round_: int,
         global_digest: str | None,
         metrics: Sequence[tuple[int, str, str, dict[str, float]]] = (),
+        *,
+        checkpoint: tuple[str | None, str] | None = None,
     ) -> None:
         """Close a round and write the metrics gathered during it, in one transaction.
 
         ``metrics`` holds ``(round, silo, phase, values)``; evaluation metrics of the
-        previous round's model arrive with this round's training.
+        previous round's model arrive with this round's training. ``checkpoint`` (the
+        strategy state's blob digest and JSON) is the state a restarted orchestrator
+        goes on from, saved with the round so the two never disagree.
         """
         with self.session() as s:
             s.execute(
@@ -292,6 +295,59 @@ class Store:
                 .values(global_digest=global_digest, finished_at=time.time())
             )
             _merge_metrics(s, job_id, metrics)
+            if checkpoint is not None and global_digest is not None:
+                s.merge(
+                    CheckpointRow(
+                        job_id=job_id,
+                        round=round_,
+                        global_digest=global_digest,
+                        state_digest=checkpoint[0],
+                        state_json=checkpoint[1],
+                        created_at=time.time(),
+                    )
+                )
+
+    def checkpoint(self, job_id: str) -> CheckpointRow | None:
+        """The job's state at its last closed round, if one was saved."""
+        with self.session() as s:
+            return s.get(CheckpointRow, job_id)
+
+    def unfinished_jobs(self) -> list[JobRow]:
+        """Jobs an earlier process left queued or running, oldest first."""
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(JobRow)
+                    .where(JobRow.state.in_(("queued", "running")))
+                    .order_by(JobRow.created_at)
+                )
+            )
+
+    def close_open_tasks(self, job_id: str | None = None) -> None:
+        """Fail the tasks an earlier process left open (of one job, or of all)."""
+        with self.session() as s:
+            query = update(TaskRow).where(TaskRow.state.in_(("pending", "assigned")))
+            if job_id is not None:
+                query = query.where(TaskRow.job_id == job_id)
+            s.execute(query.values(state="failed", finished_at=time.time()))
+
+    def uploads(self, job_id: str) -> list[tuple[int, str, str]]:
+        """``(round, silo, params digest)`` of every parameter file a silo sent for a job."""
+        with self.session() as s:
+            rows = s.execute(
+                select(TaskRow.round, TaskRow.silo, TaskRow.result_json).where(
+                    TaskRow.job_id == job_id, TaskRow.state == "done"
+                )
+            )
+            found = []
+            for round_, silo, result_json in rows:
+                try:
+                    digest = json.loads(result_json or "{}").get("params_digest")
+                except ValueError:
+                    continue
+                if isinstance(digest, str):
+                    found.append((int(round_), str(silo), digest))
+            return found
 
     def add_metrics(
         self, job_id: str, metrics: Sequence[tuple[int, str, str, dict[str, float]]]

@@ -8,6 +8,7 @@ the model's size, not the number of silos.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -23,6 +24,8 @@ import numpy.typing as npt
 from fedsilo.api._messages import JobState, TaskKind, TaskMessage, TaskResult
 from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, TaskFailed
 from fedsilo.jobs import JobSpec
+from fedsilo.orchestrator._db import CheckpointRow
+from fedsilo.orchestrator._resume import CannotResume, restore_strategy, strategy_state
 from fedsilo.orchestrator._secure import SecureRounds
 from fedsilo.orchestrator._vetting import UpdateRefused, clipped, vet_update
 from fedsilo.privacy import CentralDP, strategy_for
@@ -60,6 +63,8 @@ class _JobRun:
         self.spec = spec
         self.author = author
         self.metrics: list[_Metric] = []
+        self.strategy: Strategy | None = None  # set as the job starts (run)
+        self.resume_from: CheckpointRow | None = None  # a restarted orchestrator's start
         # every parameter file of the job so far, by digest: its round, and what it was
         self.seen: dict[str, tuple[int, str]] = {}
 
@@ -268,10 +273,24 @@ class _JobRun:
         )
         return self.orch.blobs.path(digest)
 
-    def close_round(self, round_: int, digest: str | None) -> None:
+    async def checkpoint(self) -> tuple[str | None, str] | None:
+        """The strategy's state, to save with the round (its arrays as a blob)."""
+        if self.strategy is None:
+            return None
+        arrays, meta = strategy_state(self.strategy)
+        digest = None
+        if arrays:
+            digest = await asyncio.to_thread(self.orch.blobs.put_parameters, arrays)
+        return digest, json.dumps(meta)
+
+    def close_round(
+        self, round_: int, digest: str | None, checkpoint: tuple[str | None, str] | None = None
+    ) -> None:
         if digest is not None:
             self.seen.setdefault(digest, (round_, f"the global model of round {round_}"))
-        self.orch.store.finish_round(self.job_id, round_, digest, self.metrics)
+        self.orch.store.finish_round(
+            self.job_id, round_, digest, self.metrics, checkpoint=checkpoint
+        )
         self.orch.track_round(self.job_id, self.metrics)
         self.metrics = []
         if digest is not None:
@@ -394,19 +413,48 @@ class _JobRun:
                 ) from None
         del model
         global_digest = initial[first]
-        self.close_round(0, global_digest)
+        self.close_round(0, global_digest, await self.checkpoint())
         return global_digest
+
+    async def resume(self, saved: CheckpointRow) -> str:
+        """Go on from ``saved``: its strategy state back in, every global model of the job
+        fetchable again, the uploads known for replay checks; return its global digest."""
+        orch = self.orch
+        assert self.strategy is not None
+        for digest in (saved.global_digest, saved.state_digest):
+            if digest is not None and not orch.blobs.has(digest):
+                raise CannotResume(f"the file {digest[:12]} of its round {saved.round} is gone")
+        arrays: Parameters = {}
+        if saved.state_digest is not None:
+            arrays = await asyncio.to_thread(load_parameters, orch.blobs.path(saved.state_digest))
+        restore_strategy(self.strategy, arrays, saved.state_json)
+        for row in orch.store.rounds(self.job_id):
+            if row.global_digest is not None and row.round <= saved.round:
+                orch.publish_global(self.job_id, row.global_digest)
+                self.seen.setdefault(
+                    row.global_digest, (row.round, f"the global model of round {row.round}")
+                )
+        for round_, silo, digest in orch.store.uploads(self.job_id):
+            if round_ <= saved.round:
+                self.seen.setdefault(
+                    digest, (round_, f"the update silo '{silo}' sent in round {round_}")
+                )
+        return saved.global_digest
 
     async def run(self) -> str:
         """Run every phase; return the final global model's digest."""
         orch, spec, job_id = self.orch, self.spec, self.job_id
-        global_digest = await self.prepare()
-        strategy = strategy_for(spec.strategy, spec.privacy)
+        strategy = self.strategy = strategy_for(spec.strategy, spec.privacy)
+        saved = self.resume_from
+        if saved is None:
+            global_digest = await self.prepare()
+        else:
+            global_digest = await self.resume(saved)
         secure = None
         if spec.privacy.secure_aggregation is not None:
             secure = SecureRounds(self, strategy, spec.privacy.secure_aggregation)
             await secure.setup()
-        for round_ in range(1, spec.rounds + 1):
+        for round_ in range(1 if saved is None else saved.round + 1, spec.rounds + 1):
             orch.store.start_round(job_id, round_)
             orch.update_job(job_id, current_round=round_, detail=f"round {round_}")
             current = await asyncio.to_thread(load_parameters, orch.blobs.path(global_digest))
@@ -421,7 +469,7 @@ class _JobRun:
                 privacy["central_epsilon"] = strategy.epsilon()
             if privacy:
                 self.metrics.append((round_, CENTRAL, "privacy", privacy))
-            self.close_round(round_, global_digest)
+            self.close_round(round_, global_digest, await self.checkpoint())
         orch.update_job(job_id, detail="final evaluation")
         final = self.fan_out(
             TaskKind.EVALUATE,
@@ -447,13 +495,23 @@ class _JobRun:
 
 
 async def run_job(
-    orch: Orchestrator, job_id: str, spec: JobSpec, author: str, runner: _JobRun | None = None
+    orch: Orchestrator,
+    job_id: str,
+    spec: JobSpec,
+    author: str,
+    runner: _JobRun | None = None,
+    *,
+    resumed: bool = False,
 ) -> None:
     """Run an FL job to its end, recording success, failure or cancellation.
 
-    ``runner`` drives the job: by default the scatter-gather loop of its spec.
+    ``runner`` drives the job: by default the scatter-gather loop of its spec. A
+    ``resumed`` job keeps its start time (its runner goes on from a checkpoint).
     """
-    orch.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
+    if resumed:
+        orch.update_job(job_id, state=JobState.RUNNING.value, detail="resumed")
+    else:
+        orch.update_job(job_id, state=JobState.RUNNING.value, started_at=time.time())
     orch.track_start(job_id, spec, author)
     outcome: dict[str, Any]
     try:

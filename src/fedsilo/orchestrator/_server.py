@@ -54,9 +54,11 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
     }
 
     def on_startup() -> None:
-        stale = store.fail_unfinished_jobs("the orchestrator stopped while the job ran")
-        if stale:
-            log.warning("%d job(s) left running by an earlier orchestrator marked failed", stale)
+        resumed, failed = engine.resume_unfinished()
+        if resumed:
+            log.warning("%d job(s) an earlier orchestrator left running resumed", len(resumed))
+        if failed:
+            log.warning("%d job(s) an earlier orchestrator left running failed", len(failed))
 
     return create_app(engine, participants, on_startup=on_startup), engine
 
