@@ -29,7 +29,7 @@ from fedsilo.api._messages import (
 from fedsilo.config import Role
 from fedsilo.errors import FedsiloError
 from fedsilo.jobs import SHARE_WITH_ALL
-from fedsilo.orchestrator._access import Caller, JobAccess, View, decide, summary, view
+from fedsilo.orchestrator._access import Caller, View, decide, summary, view
 from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._http import StrictJSONRoute, error_response, invalid_request
@@ -121,10 +121,7 @@ def create_app(
         route = request.scope.get("route")
         template = getattr(route, "path", request.url.path)
         job_id = request.path_params.get("job_id")
-        job = None
-        if job_id is not None:
-            row = orchestrator.store.job(job_id)
-            job = None if row is None else JobAccess.of(row.submitter, row.spec_json)
+        job = None if job_id is None else orchestrator.job_access(job_id)
         decision = decide(f"{request.method} {template}", who, job, job_id)
         if not decision.allowed:
             if decision.status == 404 and not decision.audited:

@@ -99,6 +99,7 @@ class _LiveJob:
 
     silos: frozenset[str]
     bundle_digest: str
+    access: JobAccess | None = None  # who may reach it (the access table's facts)
     global_digests: set[str] = field(default_factory=set)
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -380,6 +381,15 @@ class Orchestrator:
 
     # -- what a silo may fetch --------------------------------------------------------------
 
+    def job_access(self, job_id: str) -> JobAccess | None:
+        """Who may reach job ``job_id`` (``None``: no such job); from memory while it runs,
+        so that a silo's per-round calls cost no database read."""
+        live = self._live.get(job_id)
+        if live is not None and live.access is not None:
+            return live.access
+        row = self.store.job(job_id)
+        return None if row is None else JobAccess.of(row.submitter, row.spec_json)
+
     def bundle_for(self, silo: str, job_id: str) -> str | None:
         """The bundle digest of a running job ``silo`` takes part in."""
         live = self._live.get(job_id)
@@ -426,7 +436,9 @@ class Orchestrator:
             )
         )
         self._live[job_id] = _LiveJob(
-            silos=frozenset(spec.silos), bundle_digest=request.bundle_digest
+            silos=frozenset(spec.silos),
+            bundle_digest=request.bundle_digest,
+            access=JobAccess(submitter, tuple(spec.share_with), tuple(spec.silos)),
         )
         self.audit.append(
             "job.submitted",
