@@ -16,7 +16,8 @@ from fedsilo.api import OrchestratorClient, StatusReport
 from fedsilo.cli._common import KitOption, WorkspaceArgument, caller_kit, console
 from fedsilo.cli._errors import errors
 from fedsilo.config import Role, format_bytes, format_seconds
-from fedsilo.errors import OrchestratorUnavailable
+from fedsilo.errors import FedsiloError, OrchestratorUnavailable
+from fedsilo.runtime import ProcessInfo
 
 orchestrator_app = typer.Typer(
     name="orchestrator", help="Run the orchestrator.", no_args_is_help=True
@@ -43,14 +44,46 @@ def up(
     workspace: WorkspaceArgument = Path("."),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for every silo.")] = 60.0,
 ) -> None:
-    """Start the orchestrator and, per silo, its agent and approval endpoint: each a process."""
+    """Start the orchestrator and, per silo, its agent and approval endpoint: each a process.
+
+    In a federation that lost some processes, only the missing ones are started."""
+    from fedsilo.runtime import processes
     from fedsilo.runtime import up as start
 
+    before = {p.name for p in _local_processes(workspace) if p.alive}
     report = start(workspace, timeout=timeout)
+    if before:
+        started = [p.name for p in processes(workspace) if p.alive and p.name not in before]
+        console.print(
+            f"started {', '.join(started)}; the other processes were running (logs in "
+            f"{workspace / 'logs'})",
+            highlight=False,
+        )
+        return
     console.print(
         f"federation '{report.federation}' is up: orchestrator and "
         f"{len(report.silos)} silo agents online (logs in {workspace / 'logs'})"
     )
+
+
+def _local_processes(workspace: Path) -> list[ProcessInfo]:
+    """The processes ``fedsilo up`` started in ``workspace`` (none if it is not one)."""
+    from fedsilo.runtime import processes
+
+    try:
+        return processes(workspace)
+    except FedsiloError:
+        return []
+
+
+def _processes_table(procs: list[ProcessInfo]) -> Table:
+    table = Table(title="processes on this machine (fedsilo up)")
+    for column in ("process", "pid", "state", "log"):
+        table.add_column(column, overflow="fold")
+    for p in procs:
+        state = "[green]running[/]" if p.alive else "[bold red]down[/]"
+        table.add_row(p.name, str(p.pid), state, p.log)
+    return table
 
 
 def down(workspace: WorkspaceArgument = Path(".")) -> None:
@@ -74,12 +107,22 @@ def status(
     A submitter sees its own jobs and those shared with it, the federation's administrator
     every job, a silo's kit that silo and the jobs that run in it."""
     readers = (Role.SUBMITTER, Role.ADMIN, Role.SILO)
+    local = _local_processes(workspace) if kit is None else []
+    down = [p.name for p in local if not p.alive]
     with OrchestratorClient(caller_kit(workspace, kit, *readers), timeout=10) as client:
         try:
             report = client.status()
         except OrchestratorUnavailable as exc:
             if as_json:
                 typer.echo(json.dumps({"orchestrator": "unreachable", "error": str(exc)}))
+                raise typer.Exit(1) from exc
+            if local:
+                console.print(_processes_table(local))
+                console.print(
+                    f"down: {', '.join(down) or 'none'}; start what is missing with: "
+                    f"fedsilo up {workspace.resolve()}",
+                    highlight=False,
+                )
                 raise typer.Exit(1) from exc
             raise
     if as_json:
@@ -132,6 +175,13 @@ def status(
         console.print(members)
     if report.you is not None:
         console.print(f"you are {report.you.name} ({', '.join(report.you.roles)})", highlight=False)
+    if local:
+        console.print(_processes_table(local))
+        if down:
+            console.print(
+                f"down: {', '.join(down)}; start only those with: fedsilo up {workspace.resolve()}",
+                highlight=False,
+            )
 
 
 def _computes_table(report: StatusReport) -> Table | None:

@@ -112,44 +112,59 @@ def _tail(path: str, lines: int = 12) -> str:
         return ""
 
 
+def _planned(ws: Workspace) -> list[tuple[str, str, list[str]]]:
+    """Every process of the local federation: ``(name, role, fedsilo arguments)``."""
+    # silos on one machine share its cores: each compute that declares no threads
+    # owns its silo's share, so that training in one silo does not starve the others
+    cores = str(local_cores(len(ws.silo_names)))
+    planned = [
+        (
+            "orchestrator",
+            "orchestrator",
+            ["orchestrator", "start", "--kit", str(ws.kit_dir("orchestrator"))],
+        )
+    ]
+    for silo in ws.silo_names:
+        kit = str(ws.kit_dir(silo))
+        planned.append((f"{silo}-approval", "approval", ["approval", "serve", "--kit", kit]))
+        planned.append((silo, "silo", ["silo", "start", "--kit", kit, "--cores", cores]))
+    return planned
+
+
 def up(workspace: Path, *, timeout: float = 60.0) -> StatusReport:
-    """Start the orchestrator and every silo's agent; return once all silos are online."""
+    """Start the orchestrator and every silo's agent; return once all silos are online.
+
+    In a federation that lost some of its processes (one killed, one crashed), only the
+    missing ones are started; the others keep running. A federation already whole is a
+    :class:`WorkspaceError`.
+    """
     ws = open_workspace(workspace)
     with _locked(ws):
-        running = [p for p in processes(workspace) if p.alive]
-        if running:
+        alive = {p.name: p for p in processes(workspace) if p.alive}
+        planned = _planned(ws)
+        missing = [entry for entry in planned if entry[0] not in alive]
+        if not missing:
             raise WorkspaceError(
                 f"the federation in {ws.root} is already running "
-                f"({', '.join(f'{p.name} pid {p.pid}' for p in running)}); "
+                f"({', '.join(f'{p.name} pid {p.pid}' for p in alive.values())}); "
                 f"stop it first with: fedsilo down {ws.root}"
             )
-        started = [
-            _spawn(
-                ws,
-                "orchestrator",
-                "orchestrator",
-                ["orchestrator", "start", "--kit", str(ws.kit_dir("orchestrator"))],
-            )
-        ]
-        # silos on one machine share its cores: each compute that declares no threads
-        # owns its silo's share, so that training in one silo does not starve the others
-        cores = str(local_cores(len(ws.silo_names)))
-        for silo in ws.silo_names:
-            kit = str(ws.kit_dir(silo))
-            started.append(
-                _spawn(ws, f"{silo}-approval", "approval", ["approval", "serve", "--kit", kit])
-            )
-            started.append(
-                _spawn(ws, silo, "silo", ["silo", "start", "--kit", kit, "--cores", cores])
-            )
+        started = [_spawn(ws, name, role, args) for name, role, args in missing]
+        order = [name for name, _, _ in planned]
+        kept = sorted([*alive.values(), *started], key=lambda p: order.index(p.name))
         state = ws.run_dir / STATE_FILE
         tmp = state.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(p) for p in started], indent=2))
+        tmp.write_text(json.dumps([asdict(p) for p in kept], indent=2))
         os.replace(tmp, state)
     try:
         return _wait_ready(ws, started, timeout)
     except BaseException:
-        down(workspace)
+        if not alive:  # a federation this call started whole: stop it whole
+            down(workspace)
+        else:
+            for p in started:
+                with suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
         raise
 
 
