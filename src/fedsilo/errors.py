@@ -27,17 +27,25 @@ enter, so callers catch one family::
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
+    "ERROR_CODES",
+    "HTTP_STATUS",
     "AggregationError",
     "AuditError",
     "CertificateRefused",
     "ClassificationError",
     "ConfigError",
+    "Conflict",
     "ConnectionClosed",
     "DatasetNotFound",
     "FedsiloError",
+    "InvalidRequest",
     "JobFailed",
+    "NotFound",
     "OrchestratorUnavailable",
+    "PayloadTooLarge",
     "PolicyRejected",
     "PrivacyBudgetExceeded",
     "ProvisioningError",
@@ -47,12 +55,21 @@ __all__ = [
     "StepRefused",
     "TaskFailed",
     "TransportError",
+    "UploadCorrupted",
     "WorkspaceError",
+    "error_class",
 ]
 
 
 class FedsiloError(Exception):
-    """Root of every error fedsilo raises on purpose."""
+    """Root of every error fedsilo raises on purpose.
+
+    ``code`` names the class on the wire: a server answers ``{code, error, fields}``, and
+    the client raises the class :data:`ERROR_CODES` gives for the code (see
+    :func:`error_class`), so no caller matches message text.
+    """
+
+    code: ClassVar[str] = "error"
 
 
 class ConfigError(FedsiloError):
@@ -61,6 +78,8 @@ class ConfigError(FedsiloError):
     ``file`` and ``field`` say where (``field`` is a dotted path such as
     ``silos.1.storage.root``); ``line`` is the 1-based line in ``file`` when known.
     """
+
+    code: ClassVar[str] = "config"
 
     def __init__(
         self,
@@ -138,18 +157,26 @@ class ClassificationError(FedsiloError):
 class TransportError(FedsiloError):
     """Talking to the orchestrator failed."""
 
+    code: ClassVar[str] = "transport"
+
 
 class OrchestratorUnavailable(TransportError):
     """Nothing answers at the orchestrator's address."""
+
+    code: ClassVar[str] = "unavailable"
 
 
 class CertificateRefused(TransportError):
     """The peer closed the TLS connection: it does not accept this kit's certificate."""
 
+    code: ClassVar[str] = "forbidden"
+
 
 class ConnectionClosed(CertificateRefused):
     """The orchestrator closed the connection mid-request: it refused the certificate, or
     it is shutting down or restarting (a caller that follows a job tries again)."""
+
+    code: ClassVar[str] = "connection_closed"
 
 
 class SiloUnavailable(FedsiloError):
@@ -180,11 +207,15 @@ class TaskFailed(FedsiloError):
 class JobFailed(FedsiloError):
     """An FL job ended in failure; the message names the job and the cause."""
 
+    code: ClassVar[str] = "job_failed"
+
 
 class StepRefused(FedsiloError):
     """A literal pipeline asked for a step its job does not allow (the message says why):
     a silo or round outside the job, a model that is not one of its global models, a
     round trained or aggregated twice."""
+
+    code: ClassVar[str] = "step_refused"
 
 
 class PrivacyBudgetExceeded(FedsiloError):
@@ -201,3 +232,75 @@ class PrivacyBudgetExceeded(FedsiloError):
 
 class AggregationError(FedsiloError):
     """Results of a round could not be aggregated (shape mismatch, no results, bad weights)."""
+
+    code: ClassVar[str] = "aggregation"
+
+
+class InvalidRequest(FedsiloError):
+    """A request the server would not take: a body or parameter that is not valid (its
+    ``fields`` say which)."""
+
+    code: ClassVar[str] = "invalid_request"
+
+
+class NotFound(FedsiloError):
+    """What a request names does not exist (or is not the caller's to know of)."""
+
+    code: ClassVar[str] = "not_found"
+
+
+class Conflict(FedsiloError):
+    """A request that does not fit the thing's state now: a task already closed, a job
+    without a model yet."""
+
+    code: ClassVar[str] = "conflict"
+
+
+class PayloadTooLarge(FedsiloError):
+    """An upload or body past the server's limit."""
+
+    code: ClassVar[str] = "too_large"
+
+
+class UploadCorrupted(TransportError):
+    """An upload's content did not match its digest (cut or changed on the way); sending it
+    again may succeed."""
+
+    code: ClassVar[str] = "digest_mismatch"
+
+
+ERROR_CODES: dict[str, type[FedsiloError]] = {
+    cls.code: cls
+    for cls in (
+        FedsiloError,
+        ConfigError,
+        TransportError,
+        OrchestratorUnavailable,
+        CertificateRefused,
+        ConnectionClosed,
+        JobFailed,
+        StepRefused,
+        AggregationError,
+        InvalidRequest,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        UploadCorrupted,
+    )
+}
+"""The errors that cross HTTP, by their wire ``code`` (each class's ``code``)."""
+
+HTTP_STATUS: dict[str, int] = {
+    "invalid_request": 422,
+    "not_found": 404,
+    "conflict": 409,
+    "too_large": 413,
+    "forbidden": 403,
+    "digest_mismatch": 422,
+}
+"""The HTTP status a server answers each code with (any other: 400)."""
+
+
+def error_class(code: object) -> type[FedsiloError]:
+    """The class of wire ``code``; :class:`FedsiloError` for a code this version lacks."""
+    return ERROR_CODES.get(code, FedsiloError) if isinstance(code, str) else FedsiloError

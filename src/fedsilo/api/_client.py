@@ -39,10 +39,13 @@ from fedsilo.api._messages import (
 from fedsilo.config import Kit
 from fedsilo.errors import (
     CertificateRefused,
+    Conflict,
     ConnectionClosed,
     FedsiloError,
     OrchestratorUnavailable,
     TransportError,
+    UploadCorrupted,
+    error_class,
 )
 from fedsilo.jobs import JobSpec, declare_model, pack_bundle
 
@@ -52,6 +55,22 @@ UPLOAD_ATTEMPTS = 3
 # how long a caller following a job waits for an orchestrator that went away to answer
 RECONNECT_SECONDS = 120.0
 _JOB_LIST = TypeAdapter(list[JobInfo])
+
+
+def _answer_error(response: httpx.Response, caller: str) -> FedsiloError:
+    """The error an error answer stands for: the class its wire ``code`` names
+    (:data:`fedsilo.errors.ERROR_CODES`), with the server's message."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    message = str(body.get("error") or response.text[:2000])
+    cls = error_class(body.get("code"))
+    if response.status_code == 403 or cls is CertificateRefused:
+        return CertificateRefused(f"the orchestrator refused '{caller}': {message}")
+    return cls(message)
 
 
 class MalformedTask(TransportError):
@@ -130,13 +149,7 @@ class OrchestratorClient:
         except httpx.TimeoutException as exc:
             raise TransportError(f"the orchestrator at {self.url} did not answer in time") from exc
         if response.status_code >= 400:
-            try:
-                message = str(response.json().get("error") or response.text)
-            except ValueError:
-                message = response.text
-            if response.status_code == 403:
-                raise CertificateRefused(f"the orchestrator refused '{self.kit.name}': {message}")
-            raise FedsiloError(message)
+            raise _answer_error(response, self.kit.name)
         return response
 
     def _upload(self, path: str, data: bytes | Sequence[bytes | memoryview]) -> str:
@@ -157,9 +170,7 @@ class OrchestratorClient:
                     headers={"Content-Length": size},
                 )
                 return digest
-            except FedsiloError as exc:
-                if "does not match its digest" not in str(exc):
-                    raise
+            except UploadCorrupted as exc:
                 last = str(exc)
                 time.sleep(0.1 * attempt)
         raise TransportError(f"upload refused {UPLOAD_ATTEMPTS} times: {last}")
@@ -354,10 +365,8 @@ class OrchestratorClient:
         """Tell the orchestrator how an open task stands; False once the task was withdrawn."""
         try:
             self._request("POST", f"/v1/agent/tasks/{task_id}/progress", json={"detail": detail})
-        except FedsiloError as exc:
-            if "no longer open" in str(exc):
-                return False
-            raise
+        except Conflict:
+            return False
         return True
 
     def send_result(self, task_id: str, result: TaskResult) -> None:

@@ -31,7 +31,7 @@ from fedsilo.approval._policy import Policy, load_policy
 from fedsilo.approval._queue import POLICY, ApprovalQueue, QueueEntry, QueueState
 from fedsilo.audit import AuditLog, audit_path
 from fedsilo.config import Kit, Role, cert_fingerprint, load_kit
-from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.errors import HTTP_STATUS, ConfigError, FedsiloError
 from fedsilo.orchestrator._http import StrictJSONRoute, error_response, invalid_request
 from fedsilo.orchestrator._tls import MutualTLSProtocol, peer_fingerprint, server_ssl_context
 
@@ -118,12 +118,12 @@ def build_app(
         if size is not None and (not size.isdigit() or int(size) > MAX_BODY):
             return JSONResponse({"error": f"request bodies are limited to {MAX_BODY} bytes"}, 413)
         if request.headers.get("transfer-encoding"):
-            return JSONResponse({"error": "send a body with a Content-Length"}, 411)
+            return error_response(411, "send a body with a Content-Length")
         return await call_next(request)
 
     @app.exception_handler(FedsiloError)
     async def _fedsilo_error(_request: Request, exc: FedsiloError) -> JSONResponse:
-        return error_response(400, str(exc))
+        return error_response(HTTP_STATUS.get(exc.code, 400), str(exc), code=exc.code)
 
     @app.exception_handler(HTTPException)
     async def _http_error(_request: Request, exc: HTTPException) -> JSONResponse:

@@ -27,7 +27,7 @@ from fedsilo.api._messages import (
     TaskResult,
 )
 from fedsilo.config import Role
-from fedsilo.errors import FedsiloError
+from fedsilo.errors import HTTP_STATUS, FedsiloError, UploadCorrupted
 from fedsilo.jobs import SHARE_WITH_ALL
 from fedsilo.orchestrator._access import Caller, View, decide, summary, view
 from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
@@ -76,7 +76,7 @@ def create_app(
 
     @app.exception_handler(FedsiloError)
     async def _fedsilo_error(_request: Request, exc: FedsiloError) -> JSONResponse:
-        return error_response(400, str(exc))
+        return error_response(HTTP_STATUS.get(exc.code, 400), str(exc), code=exc.code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -174,7 +174,7 @@ def create_app(
             orchestrator.audit.append(
                 "upload.refused", caller=owner, digest=digest, reason=str(exc)
             )
-            raise HTTPException(422, f"content does not match its digest: {exc}") from exc
+            raise UploadCorrupted(f"content does not match its digest: {exc}") from exc
         except TooLarge as exc:
             raise HTTPException(413, f"{where}: {exc}") from exc
         except ClientDisconnect:

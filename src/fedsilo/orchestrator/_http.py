@@ -24,6 +24,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from fedsilo.errors import (
+    CertificateRefused,
+    Conflict,
+    FedsiloError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+)
+
 __all__ = [
     "MAX_DEPTH",
     "StrictJSONRoute",
@@ -184,11 +193,33 @@ class StrictJSONRoute(APIRoute):
         return handler
 
 
+# the wire code of an answer that names none, by its status (fedsilo.errors.ERROR_CODES)
+_CODES = {
+    400: InvalidRequest.code,
+    403: CertificateRefused.code,
+    404: NotFound.code,
+    405: InvalidRequest.code,
+    409: Conflict.code,
+    413: PayloadTooLarge.code,
+    422: InvalidRequest.code,
+}
+
+
 def error_response(
-    status: int, message: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
-    """``{"error": message, ...}``: ASCII JSON, which encodes whatever the text holds."""
-    body = {"error": safe_text(message, 4000), **extra}
+    """``{"code": ..., "error": message, ...}``: ASCII JSON, which encodes whatever the text
+    holds; ``code`` (by default the status's) tells the client which error to raise."""
+    body = {
+        "code": code or _CODES.get(status, FedsiloError.code),
+        "error": safe_text(message, 4000),
+        **extra,
+    }
     return _AsciiJSON(body, status_code=status, headers=dict(headers) if headers else None)
 
 

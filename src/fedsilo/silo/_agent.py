@@ -52,6 +52,7 @@ from fedsilo.config import (
 from fedsilo.errors import (
     ClassificationError,
     ConfigError,
+    Conflict,
     FedsiloError,
     PolicyRejected,
     SignatureError,
@@ -364,10 +365,10 @@ class Agent:
             try:
                 self.work.send_result(task.task_id, result)
                 return
+            except Conflict as exc:
+                log.warning("the orchestrator did not take task %s: %s", task.task_id[:8], exc)
+                return
             except FedsiloError as exc:
-                if "is not open" in str(exc):
-                    log.warning("the orchestrator did not take task %s: %s", task.task_id[:8], exc)
-                    return
                 log.warning(
                     "could not report task %s (attempt %d): %s", task.task_id[:8], attempt + 1, exc
                 )
