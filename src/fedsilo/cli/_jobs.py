@@ -152,7 +152,12 @@ def _privacy_note(privacy: dict[str, float]) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A metric for a table: a count as a whole number, anything else to 4 decimals."""
+    if value is None:
+        return "-"
+    if float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.4f}"
 
 
 def _render(info: JobInfo, as_json: bool) -> None:
