@@ -126,4 +126,8 @@ def _mean(pairs: Sequence[tuple[float, float]]) -> float:
     top = max(w for _, w in pairs)
     weights = [w / top for _, w in pairs] if top > 0 else [1.0] * len(pairs)
     total = sum(weights)  # at least 1 (the largest weight) and at most len(pairs)
-    return _capped(sum(v * (w / total) for (v, _), w in zip(pairs, weights, strict=True)))
+    mean = sum(v * (w / total) for (v, _), w in zip(pairs, weights, strict=True))
+    # a mean lies between its values; rounding (subnormal values halved to zero, say) may
+    # not, so it is put back between them
+    values = [v for v, _ in pairs]
+    return _capped(min(max(values), max(min(values), mean)))
