@@ -42,6 +42,7 @@ def _spec() -> JobSpec:
             "silos": list(SILOS),
             "rounds": ROUNDS,
             "hyperparameters": {"lr": 0.1},
+            "share_with": ["bob"],
             "privacy": {"central": {"clip_norm": 10.0, "noise_multiplier": 0.5}},
         }
     )
@@ -139,7 +140,7 @@ class Federation:
 
 
 def _job_run(client: MlflowClient, job_id: str) -> Run | None:
-    experiment = client.get_experiment_by_name("live")
+    experiment = client.get_experiment_by_name("alice/live")  # its submitter's
     if experiment is None:
         return None
     runs = client.search_runs(
@@ -203,6 +204,7 @@ def test_a_running_jobs_run_shows_each_round_before_the_job_finishes(
     assert start.info.status == "RUNNING"
     assert start.data.params["hyperparameters.lr"] == "0.1"
     assert start.data.tags["fedsilo.submitter"] == "alice"
+    assert start.data.tags["fedsilo.readers"] == "bob"
     assert not any(k.startswith("iteration_") for k in start.data.metrics)
 
     round_1 = seen["round 1"]

@@ -1,4 +1,4 @@
-"""``fedsilo tracking ui | runs``: the workspace's MLflow tracking store."""
+"""``fedsilo tracking ui | runs | export``: the MLflow tracking store, and one person's share."""
 
 from __future__ import annotations
 
@@ -17,20 +17,48 @@ tracking_app = typer.Typer(
     name="tracking", help="Experiment tracking of FL jobs (MLflow).", no_args_is_help=True
 )
 
+StoreOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--store",
+        help="A folder holding a tracking store (mlflow.db) instead of WORKSPACE's: an "
+        "export, or the orchestrator's STORAGE/tracking.",
+        show_default=False,
+    ),
+]
+
+
+def _store_folder(ctx: typer.Context, workspace: Path, store: Path | None) -> Path:
+    """The folder of the store a command reads: ``--store``, else the workspace's."""
+    from fedsilo.tracking import workspace_store
+
+    if store is None:
+        return workspace_store(workspace)[1].parent
+    given = ctx.get_parameter_source("workspace")  # not $FEDSILO_WORKSPACE, not the default
+    if given is not None and given.name == "COMMANDLINE":
+        raise typer.BadParameter("give a WORKSPACE or --store, not both", param_hint="'--store'")
+    return store.absolute()
+
 
 def ui(
+    ctx: typer.Context,
     workspace: WorkspaceArgument = Path("."),
+    store: StoreOption = None,
     port: Annotated[int, typer.Option("--port", "-p", help="The port to serve on.")] = 5000,
     host: Annotated[
         str,
         typer.Option("--host", help="The interface to bind (loopback unless you mean otherwise)."),
     ] = "127.0.0.1",
 ) -> None:
-    """Serve the MLflow UI over the workspace's tracking store until interrupted."""
+    """Serve the MLflow UI over the workspace's tracking store (or --store's) until interrupted."""
     from fedsilo.tracking import ui_command
 
-    command = ui_command(workspace, host=host, port=port)
-    console.print(f"MLflow UI for {workspace}: [bold]{command.url}[/] (Ctrl-C stops it)")
+    if store is not None:
+        command = ui_command(store=_store_folder(ctx, workspace, store), host=host, port=port)
+    else:
+        command = ui_command(workspace, host=host, port=port)
+    shown = store if store is not None else workspace
+    console.print(f"MLflow UI for {shown}: [bold]{command.url}[/] (Ctrl-C stops it)")
     process = subprocess.Popen(command.argv, env=command.env)
     try:
         code = process.wait()
@@ -42,19 +70,22 @@ def ui(
 
 
 def runs(
+    ctx: typer.Context,
     workspace: WorkspaceArgument = Path("."),
+    store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """The FL jobs tracked in the workspace, newest first, with their final metrics."""
-    from fedsilo.tracking import Tracker, workspace_store
+    """The FL jobs tracked in the workspace (or --store), newest first, with final metrics."""
+    from fedsilo.tracking import Tracker, store_in
 
-    _, db, _ = workspace_store(workspace)
-    jobs = Tracker.for_workspace(workspace).jobs() if db.exists() else []
+    folder = _store_folder(ctx, workspace, store)
+    uri, db, artifacts = store_in(folder)
+    jobs = Tracker.for_uri(uri, artifacts).jobs() if db.is_file() else []
     if as_json:
         typer.echo(json.dumps([j.as_dict() for j in jobs], indent=2))
         return
     if not jobs:
-        console.print(f"no tracked jobs in {workspace}")
+        console.print(f"no tracked jobs in {store if store is not None else workspace}")
         return
     metrics = sorted({k for j in jobs for k in j.final} - {"num_samples"})
     table = Table(title="tracked jobs")
@@ -67,8 +98,53 @@ def runs(
     console.print(table)
 
 
+def export(
+    ctx: typer.Context,
+    reader: Annotated[
+        str,
+        typer.Option(
+            "--for",
+            help="The submitter whose share to export: its own jobs, and those shared with it.",
+            show_default=False,
+        ),
+    ],
+    to: Annotated[
+        Path,
+        typer.Option(
+            "--to",
+            help="The export's folder: new, empty, or this submitter's earlier export.",
+            show_default=False,
+        ),
+    ],
+    workspace: WorkspaceArgument = Path("."),
+    store: StoreOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Copy the runs one submitter may read into an MLflow store of its own, to serve to it.
+
+    Exporting again into the same folder adds new runs and completes running ones.
+    """
+    from fedsilo.tracking import Tracker, TrackingError, export_runs, store_in
+
+    folder = _store_folder(ctx, workspace, store)
+    uri, db, artifacts = store_in(folder)
+    if not db.is_file():
+        raise TrackingError(f"{folder} holds no tracking store (no {db.name}); nothing to export")
+    result = export_runs(Tracker.for_uri(uri, artifacts), reader, to)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    console.print(
+        f"the runs '{reader}' may read, in {result.folder}: jobs {len(result.added)} added, "
+        f"{len(result.updated)} updated, {len(result.unchanged)} unchanged",
+        highlight=False,
+    )
+    console.print(f"serve them to '{reader}' alone: fedsilo tracking ui --store {to}")
+
+
 tracking_app.command("ui")(ui)
 tracking_app.command("runs")(runs)
+tracking_app.command("export")(export)
 
 
 def register(app: typer.Typer) -> None:

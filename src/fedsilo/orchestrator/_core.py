@@ -587,7 +587,9 @@ class Orchestrator:
         """Open the job's MLflow run as the job starts (queued: never blocks, never fails it)."""
         if self._tracking is not None:
             params = spec.model_dump(mode="json")
-            self._tracking.start(job_id, spec.name, params, submitter=submitter)
+            self._tracking.start(
+                job_id, spec.name, params, submitter=submitter, readers=spec.share_with
+            )
 
     def track_round(self, job_id: str, metrics: Sequence[RoundRecord]) -> None:
         """Log the metrics a round closed with, ``(round, silo, phase, metrics)``, queued."""

@@ -66,14 +66,19 @@ def track_history(
     state: str = "succeeded",
     epsilon: Sequence[Mapping[str, float] | None] | None = None,
     tags: Mapping[str, str] | None = None,
+    submitter: str | None = None,
+    readers: Sequence[str] = (),
 ) -> JobRun:
     """Log a whole job: params, every round, the final model if given; then finish it.
 
     ``epsilon``, when given, holds each round's privacy budget spent per silo, aligned
-    with ``history``; ``tags`` are added to the parent run. Returns the job's run handle
+    with ``history``; ``tags`` are added to the parent run; ``submitter`` and ``readers``
+    make it its owner's (see :meth:`Tracker.start_job`). Returns the job's run handle
     (its ``run_id`` names the parent run).
     """
-    run = tracker.start_job(job_id, job_name, params, tags=tags)
+    run = tracker.start_job(
+        job_id, job_name, params, submitter=submitter, readers=readers, tags=tags
+    )
     try:
         for i, info in enumerate(history):
             spent = epsilon[i] if epsilon is not None and i < len(epsilon) else None

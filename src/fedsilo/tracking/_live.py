@@ -66,6 +66,7 @@ class _Live:
     job_name: str
     params: Mapping[str, Any]
     submitter: str | None = None
+    readers: tuple[str, ...] = ()
     run: JobRun | None = None
     phases: dict[int, dict[str, dict[str, dict[str, float]]]] = field(default_factory=dict)
     logged: dict[_Key, float] = field(default_factory=dict)
@@ -110,14 +111,23 @@ class LiveTracking:
         self._executor.submit(guarded)
 
     def start(
-        self, job_id: str, job_name: str, params: Mapping[str, Any], *, submitter: str | None
+        self,
+        job_id: str,
+        job_name: str,
+        params: Mapping[str, Any],
+        *,
+        submitter: str | None,
+        readers: Sequence[str] = (),
     ) -> None:
-        """Open the job's parent run now, so the store shows the job while it runs."""
-        live = _Live(job_id=job_id, job_name=job_name, params=params, submitter=submitter)
+        """Open the job's parent run now, so the store shows the job while it runs.
+
+        The run is ``submitter``'s, shared with ``readers`` (see :meth:`Tracker.start_job`).
+        """
+        live = _Live(job_id, job_name, params, submitter, tuple(readers))
 
         def work() -> None:
             self._jobs[job_id] = live
-            live.run = self.tracker.start_job(job_id, job_name, params, submitter=submitter)
+            live.run = self._start(live)
 
         self._submit(job_id, "start", work)
 
@@ -158,9 +168,7 @@ class LiveTracking:
         if not copied or live is None:
             return  # not started here: the end of the job logs the whole history
         if live.run is None:
-            live.run = self.tracker.start_job(
-                live.job_id, live.job_name, live.params, submitter=live.submitter
-            )
+            live.run = self._start(live)
         touched = sorted({n for n, *_ in copied})
         for n, silo, phase, metrics in copied:
             live.phases.setdefault(n, {}).setdefault(phase, {}).setdefault(silo, {}).update(metrics)
@@ -188,7 +196,17 @@ class LiveTracking:
                 self._last.pop(job_id, None)
             live = self._jobs.pop(job_id, None)
             if live is None or live.run is None:
-                track_history(self.tracker, job_id, job_name, params, history, model, state=state)
+                track_history(
+                    self.tracker,
+                    job_id,
+                    job_name,
+                    params,
+                    history,
+                    model,
+                    state=state,
+                    submitter=None if live is None else live.submitter,
+                    readers=() if live is None else live.readers,
+                )
                 return
             self._log(live, [(info, None) for info in history])
             if model is not None:
@@ -196,6 +214,11 @@ class LiveTracking:
             self.tracker.finish(live.run, state)
 
         self._submit(job_id, "finish", work)
+
+    def _start(self, live: _Live) -> JobRun:
+        return self.tracker.start_job(
+            live.job_id, live.job_name, live.params, submitter=live.submitter, readers=live.readers
+        )
 
     def _log(
         self,

@@ -44,6 +44,7 @@ TAG_JOB_NAME = "fedsilo.job_name"
 TAG_SILO = "fedsilo.silo"
 TAG_STATE = "fedsilo.state"
 TAG_SUBMITTER = "fedsilo.submitter"
+TAG_READERS = "fedsilo.readers"
 TAG_RUNTIME = "fedsilo.runtime"
 TAG_SWEEP = "fedsilo.sweep"
 _PARENT_TAG = "mlflow.parentRunId"
@@ -134,7 +135,8 @@ class Tracker:
     """Logs FL jobs to one MLflow store; safe to share between threads.
 
     Each job name gets its own MLflow experiment, so reruns and sweep variants of one job
-    sit side by side in the UI.
+    sit side by side in the UI; a job with a submitter (the orchestrator's) goes to its
+    owner's experiment, ``SUBMITTER/NAME``, so two submitters' jobs of one name never mix.
     """
 
     def __init__(self, tracking_uri: str, artifact_root: str | Path | None) -> None:
@@ -211,12 +213,17 @@ class Tracker:
         params: Mapping[str, Any],
         *,
         submitter: str | None = None,
+        readers: Sequence[str] = (),
         tags: Mapping[str, str] | None = None,
     ) -> JobRun:
         """Open the parent run of a job; ``params`` (nested dicts allowed) become its params.
 
-        The run is ``RUNNING`` until :meth:`finish`. ``submitter`` and ``tags`` become
-        tags of the run (``fedsilo.runtime`` is ``federation`` unless ``tags`` say otherwise).
+        The run is ``RUNNING`` until :meth:`finish`. ``tags`` become tags of the run
+        (``fedsilo.runtime`` is ``federation`` unless ``tags`` say otherwise). A job with a
+        ``submitter`` belongs to it: the run goes to the experiment ``SUBMITTER/JOB_NAME``
+        with the tags ``fedsilo.submitter`` and ``fedsilo.readers`` (``readers``, the
+        submitters the job is shared with or ``*`` for every one, joined by commas; empty
+        when it is not shared). A job without one goes to the experiment ``JOB_NAME``.
         """
         from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
@@ -228,10 +235,13 @@ class Tracker:
             TAG_RUNTIME: "federation",
             **(tags or {}),
         }
+        experiment = job_name
         if submitter is not None:
             tags[TAG_SUBMITTER] = submitter
+            tags[TAG_READERS] = ",".join(readers)
+            experiment = f"{submitter}/{job_name}"
         try:
-            experiment_id = self._experiment(job_name)
+            experiment_id = self._experiment(experiment)
             run = self.client.create_run(experiment_id, run_name=job_id, tags=tags)
             flat = [Param(_name(k), v) for k, v in _flatten(params)]
             self.client.log_batch(run.info.run_id, params=flat)
