@@ -159,6 +159,7 @@ class LiteralRun(_JobRun):
                 self._started.add(round_)
                 self.orch.store.start_round(self.job_id, round_)
                 self.orch.update_job(self.job_id, current_round=round_, detail=f"round {round_}")
+            assert self.strategy is not None  # set in __init__
             config = self.strategy.configure_round(round_, [silo]).get(silo, {})
             message = self.task_message(
                 silo, TaskKind.FIT, config, round=round_, params_digest=model
@@ -214,6 +215,7 @@ class LiteralRun(_JobRun):
         self._check_open()
         steps = self.ledger.check_aggregate(step_ids, round_, self._succeeded)
         current = await asyncio.to_thread(load_parameters, self.orch.blobs.path(steps[0].model))
+        assert self.strategy is not None  # set in __init__
         aggregation = self.strategy.begin_aggregation(round_, current)
         for step in steps:
             out = _Outcome(step.silo, self._futures[step.id].result())
