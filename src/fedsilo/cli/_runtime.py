@@ -108,7 +108,7 @@ def status(
     every job, a silo's kit that silo and the jobs that run in it."""
     readers = (Role.SUBMITTER, Role.ADMIN, Role.SILO)
     local = _local_processes(workspace) if kit is None else []
-    down = [p.name for p in local if not p.alive]
+    stopped = [p.name for p in local if not p.alive]
     with OrchestratorClient(caller_kit(workspace, kit, *readers), timeout=10) as client:
         try:
             report = client.status()
@@ -119,7 +119,7 @@ def status(
             if local:
                 console.print(_processes_table(local))
                 console.print(
-                    f"down: {', '.join(down) or 'none'}; start what is missing with: "
+                    f"down: {', '.join(stopped) or 'none'}; start what is missing with: "
                     f"fedsilo up {workspace.resolve()}",
                     highlight=False,
                 )
@@ -177,9 +177,10 @@ def status(
         console.print(f"you are {report.you.name} ({', '.join(report.you.roles)})", highlight=False)
     if local:
         console.print(_processes_table(local))
-        if down:
+        if stopped:
             console.print(
-                f"down: {', '.join(down)}; start only those with: fedsilo up {workspace.resolve()}",
+                f"down: {', '.join(stopped)}; start only those with: "
+                f"fedsilo up {workspace.resolve()}",
                 highlight=False,
             )
 

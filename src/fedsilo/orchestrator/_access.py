@@ -124,6 +124,11 @@ class JobAccess:
             spec = json.loads(spec_json)
         except ValueError:
             spec = {}
+        return cls.from_spec(submitter, spec)
+
+    @classmethod
+    def from_spec(cls, submitter: str, spec: object) -> JobAccess:
+        """From a stored spec already read as JSON (anything but a mapping: no one)."""
         if not isinstance(spec, dict):
             spec = {}
         return cls(

@@ -270,7 +270,7 @@ def create_app(
         return {"id": orchestrator.submit(name, body)}
 
     @app.get("/v1/jobs")
-    async def jobs(request: Request, who: Who) -> list[JobInfo]:
+    async def jobs(who: Who) -> list[JobInfo]:
         """The recent jobs the caller may see, newest first, without their history."""
         return [
             info.model_copy(update={"history": []})

@@ -99,7 +99,7 @@ class _LiveJob:
 
     silos: frozenset[str]
     bundle_digest: str
-    access: JobAccess | None = None  # who may reach it (the access table's facts)
+    access: JobAccess  # who may reach it (the access table's facts)
     global_digests: set[str] = field(default_factory=set)
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -385,7 +385,7 @@ class Orchestrator:
         """Who may reach job ``job_id`` (``None``: no such job); from memory while it runs,
         so that a silo's per-round calls cost no database read."""
         live = self._live.get(job_id)
-        if live is not None and live.access is not None:
+        if live is not None:
             return live.access
         row = self.store.job(job_id)
         return None if row is None else JobAccess.of(row.submitter, row.spec_json)
@@ -506,7 +506,9 @@ class Orchestrator:
                 continue
             saved = self.store.checkpoint(row.id)
             self._live[row.id] = _LiveJob(
-                silos=frozenset(spec.silos), bundle_digest=row.bundle_digest
+                silos=frozenset(spec.silos),
+                bundle_digest=row.bundle_digest,
+                access=JobAccess(row.submitter, tuple(spec.share_with), tuple(spec.silos)),
             )
             runner = _JobRun(self, row.id, spec, row.submitter)
             runner.resume_from = saved
@@ -647,7 +649,8 @@ class Orchestrator:
         if row is None:
             return None
         silos, planned = _spec_facts(job_id, row.spec_json)
-        access = JobAccess.of(row.submitter, row.spec_json)
+        raw = _raw_spec(row.spec_json)
+        access = JobAccess.from_spec(row.submitter, raw)
         history: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
         for m in self.store.metrics(job_id):
             phases = history.setdefault(m.round, {"train": {}, "evaluate": {}, "privacy": {}})
@@ -695,7 +698,7 @@ class Orchestrator:
             has_model=row.model_digest is not None,
             version=version,
             shared_with=list(access.readers),
-            outputs=_outputs(row.spec_json),
+            outputs=_outputs(raw),
         )
 
     async def visible_jobs(
@@ -810,12 +813,16 @@ def _spec_facts(job_id: str, spec_json: str) -> tuple[list[str], int]:
     )
 
 
-def _outputs(spec_json: str) -> dict[str, str]:
-    """A stored spec's outputs and their declared classifications, read leniently."""
+def _raw_spec(spec_json: str) -> object:
+    """A stored spec as JSON, unvalidated (``None`` if it is not JSON)."""
     try:
-        raw = json.loads(spec_json)
+        return json.loads(spec_json)
     except ValueError:
-        return {}
+        return None
+
+
+def _outputs(raw: object) -> dict[str, str]:
+    """A stored spec's outputs and their declared classifications, read leniently."""
     outputs = raw.get("outputs") if isinstance(raw, dict) else None
     if not isinstance(outputs, dict):
         return {}

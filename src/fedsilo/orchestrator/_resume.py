@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedsilo.errors import FedsiloError
+from fedsilo.errors import AggregationError, FedsiloError
 from fedsilo.privacy import CentralDP
 from fedsilo.strategies import FedOpt, Strategy
 
@@ -39,9 +39,7 @@ def strategy_state(strategy: Strategy) -> tuple[Arrays, dict[str, Any]]:
         meta["central_dp"] = strategy.state_dict()
         inner = strategy.inner
     if isinstance(inner, FedOpt):
-        for kind, moments in (("m", inner._m), ("v", inner._v)):
-            for name, value in moments.items():
-                arrays[f"{kind}/{name}"] = value
+        arrays = inner.state_arrays()
     return arrays, meta
 
 
@@ -64,11 +62,9 @@ def restore_strategy(strategy: Strategy, arrays: Mapping[str, np.ndarray], state
         strategy.load_state_dict(saved)
         inner = strategy.inner
     if isinstance(inner, FedOpt):
-        for key, value in arrays.items():
-            kind, _, name = key.partition("/")
-            moments = {"m": inner._m, "v": inner._v}.get(kind)
-            if moments is None or not name:
-                raise CannotResume(f"the saved server optimizer state holds '{key}'")
-            moments[name] = np.array(value, copy=True)
+        try:
+            inner.load_state_arrays(arrays)
+        except AggregationError as exc:
+            raise CannotResume(str(exc)) from None
     elif arrays:
         raise CannotResume("the saved state holds a server optimizer's moments; the job has none")

@@ -101,6 +101,23 @@ class FedOpt:
             weights=spec.weights,
         )
 
+    def state_arrays(self) -> Arrays:
+        """The optimizer's state, ``m/NAME`` and ``v/NAME``: what a resumed job needs back."""
+        return {
+            f"{kind}/{name}": value
+            for kind, moments in (("m", self._m), ("v", self._v))
+            for name, value in moments.items()
+        }
+
+    def load_state_arrays(self, arrays: Mapping[str, npt.NDArray[np.generic]]) -> None:
+        """Take back what :meth:`state_arrays` gave; :class:`AggregationError` if it is not."""
+        for key, value in arrays.items():
+            kind, _, name = key.partition("/")
+            moments = {"m": self._m, "v": self._v}.get(kind)
+            if moments is None or not name:
+                raise AggregationError(f"the saved server optimizer state holds '{key}'")
+            moments[name] = np.array(value, copy=True)
+
     def configure_round(self, round_: int, silos: Sequence[str]) -> dict[str, dict[str, float]]:
         """The server optimizer sends no per-silo configuration."""
         return {silo: {} for silo in silos}
