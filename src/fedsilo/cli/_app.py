@@ -90,12 +90,24 @@ def main() -> None:
     """Entry point of the ``fedsilo`` console script.
 
     Typer handles usage errors and exit codes; a :class:`FedsiloError` becomes one line
-    on stderr (its text printed as is, never as markup) and exit status 1.
+    on stderr (its text printed as is, never as markup) and exit status 1, as does a module
+    that this machine's install left out (naming the extra that brings it).
     """
     _register()
     _flags_without_type()
     try:
         app()
     except FedsiloError as exc:
-        _err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
-        sys.exit(1)
+        _fail(exc)
+    except ModuleNotFoundError as exc:
+        from fedsilo._extras import missing_extra
+
+        error = missing_extra(exc)
+        if error is None:
+            raise
+        _fail(error)
+
+
+def _fail(exc: FedsiloError) -> None:
+    _err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+    sys.exit(1)

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsilo._extras import require
 from fedsilo.errors import WorkspaceError
 from fedsilo.tracking._mlflow import disable_telemetry
 from fedsilo.tracking._tracker import store_in, workspace_store
@@ -44,6 +45,7 @@ def ui_command(
     A workspace's store is created empty when no job was tracked yet, so the UI always
     starts; a ``store`` folder must hold one.
     """
+    require("flask", purpose="the MLflow UI (mlflow server)")
     if root is not None and store is None:
         root = Path(root).absolute()
         if not root.is_dir():
