@@ -30,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from fedsilo.errors import ConfigError
+from fedsilo.orchestrator._migrations import upgrade
 
 __all__ = [
     "BlobRow",
@@ -172,10 +173,12 @@ def redacted(url: str) -> str:
 class Store:
     """Persistence for the orchestrator; one instance per process.
 
-    Opening a store creates the tables that are missing, so a new database (an empty
-    PostgreSQL database, or no SQLite file yet) is ready at once; a database that cannot be
-    reached, or whose driver is not installed, is a :class:`ConfigError` naming the URL
-    (its password masked).
+    Opening a store brings its database to the newest schema revision
+    (:mod:`fedsilo.orchestrator._migrations`): a new database (an empty PostgreSQL
+    database, or no SQLite file yet) gets every table, an older one is upgraded in place,
+    and one a newer fedsilo wrote is refused. ``schema`` says where the database stood
+    when opened. A database that cannot be reached, or whose driver is not installed, is
+    a :class:`ConfigError` naming the URL (its password masked).
     """
 
     def __init__(self, url: str) -> None:
@@ -192,7 +195,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
-            _Base.metadata.create_all(self.engine)
+            self.schema = upgrade(self.engine, shown)
         except OperationalError as exc:
             self.engine.dispose()
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
@@ -202,6 +205,9 @@ class Store:
                 "accepts this user, and that the database exists",
                 field="database_url",
             ) from exc
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
