@@ -76,12 +76,13 @@ def _register() -> None:
         _learn,
         _quickstart,
         _runtime,
+        _service,
         _tracking,
     )
 
     for module in (_federation, _data, _runtime, _jobs, _keys, _quickstart, _approval, _audit):
         module.register(app)
-    for module in (_learn, _tracking):
+    for module in (_learn, _tracking, _service):
         module.register(app)
     _examples.register(app)
 
