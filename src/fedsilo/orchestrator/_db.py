@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +31,13 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from fedsilo.errors import ConfigError
-from fedsilo.orchestrator._migrations import upgrade
+from fedsilo.orchestrator._migrations import (
+    SchemaState,
+    SchemaStatus,
+    revisions,
+    schema_status,
+    upgrade,
+)
 
 __all__ = [
     "BlobRow",
@@ -43,6 +50,7 @@ __all__ = [
     "TaskRow",
     "database_url",
     "redacted",
+    "schema_of",
 ]
 
 
@@ -170,6 +178,60 @@ def redacted(url: str) -> str:
         return "<not a URL>"
 
 
+def _engine(url: str) -> Engine:
+    """An engine for ``url`` (given by :func:`database_url`), or a :class:`ConfigError`
+    naming it when its driver is not installed."""
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except (NoSuchModuleError, ModuleNotFoundError) as exc:
+        raise ConfigError(
+            f"no database driver for {redacted(url)} ({exc}); for PostgreSQL install "
+            "fedsilo[postgres] (psycopg 3) next to fedsilo",
+            field="database_url",
+        ) from exc
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+@contextmanager
+def _reaching(engine: Engine) -> Iterator[None]:
+    """A first use of ``engine``: closed on any error, a database it cannot reach a
+    :class:`ConfigError` naming it."""
+    try:
+        yield
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        shown = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"cannot open the orchestrator's database {shown}: {reason}; check "
+            "--database-url (or FEDSILO_DATABASE_URL), that the server runs and "
+            "accepts this user, and that the database exists",
+            field="database_url",
+        ) from exc
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def schema_of(url: str) -> SchemaStatus:
+    """Where the database at ``url`` stands against this fedsilo's schema revisions, as
+    opening a :class:`Store` would find it; changes nothing (a SQLite file that does not
+    exist is not created)."""
+    url = database_url(url)
+    engine = _engine(url)
+    path = engine.url.database
+    if engine.dialect.name == "sqlite" and path and path != ":memory:" and not Path(path).exists():
+        engine.dispose()
+        order = tuple(revision for revision, _ in revisions())
+        return SchemaStatus(SchemaState.EMPTY, None, order[-1], order)
+    with _reaching(engine), engine.connect() as connection:
+        status = schema_status(connection)
+    engine.dispose()
+    return status
+
+
 class Store:
     """Persistence for the orchestrator; one instance per process.
 
@@ -183,31 +245,9 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = database_url(url)
-        shown = redacted(self.url)
-        try:
-            self.engine: Engine = create_engine(self.url, pool_pre_ping=True)
-        except (NoSuchModuleError, ModuleNotFoundError) as exc:
-            raise ConfigError(
-                f"no database driver for {shown} ({exc}); for PostgreSQL install "
-                "fedsilo[postgres] (psycopg 3) next to fedsilo",
-                field="database_url",
-            ) from exc
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        try:
-            self.schema = upgrade(self.engine, shown)
-        except OperationalError as exc:
-            self.engine.dispose()
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise ConfigError(
-                f"cannot open the orchestrator's database {shown}: {reason}; check "
-                "--database-url (or FEDSILO_DATABASE_URL), that the server runs and "
-                "accepts this user, and that the database exists",
-                field="database_url",
-            ) from exc
-        except BaseException:
-            self.engine.dispose()
-            raise
+        self.engine: Engine = _engine(self.url)
+        with _reaching(self.engine):
+            self.schema: SchemaStatus = upgrade(self.engine, redacted(self.url))
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

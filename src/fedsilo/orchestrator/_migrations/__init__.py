@@ -107,8 +107,12 @@ def _script() -> ScriptDirectory:
 
 
 def revisions() -> list[tuple[str, str]]:
-    """``(revision, what it changed)`` of every revision, oldest first."""
-    found = [(s.revision, (s.doc or "").strip()) for s in _script().walk_revisions()]
+    """``(revision, what it changed)`` of every revision, oldest first: the first line of
+    its script's docstring."""
+    found = [
+        (s.revision, (s.doc or "").strip().splitlines()[0].rstrip("."))
+        for s in _script().walk_revisions()
+    ]
     return found[::-1]
 
 
@@ -274,13 +278,13 @@ def upgrade(engine: Engine, shown: str) -> SchemaStatus:
 
 def _report(status: SchemaStatus, shown: str) -> None:
     changes = dict(revisions())
-    what = "; ".join(f"{r}: {changes[r].splitlines()[0]}" for r in status.pending)
+    what = "; ".join(f"{r}: {changes[r]}" for r in status.pending)
     if status.state is SchemaState.EMPTY:
         log.info(
             "created the orchestrator's tables in %s at schema revision %s", shown, status.head
         )
     elif status.pending:
-        log.warning(
+        log.info(
             "upgraded the orchestrator's database %s in place from schema revision %s%s to %s "
             "(%s); an older fedsilo can no longer open it",
             shown,
