@@ -14,6 +14,7 @@ from rich.text import Text
 
 from fedsilo.api import OrchestratorClient, StatusReport
 from fedsilo.cli._common import KitOption, WorkspaceArgument, caller_kit, console
+from fedsilo.cli._database import db_app
 from fedsilo.cli._errors import errors
 from fedsilo.config import Role, format_bytes, format_seconds
 from fedsilo.errors import FedsiloError, OrchestratorUnavailable
@@ -310,6 +311,7 @@ def node_start(
 
 
 orchestrator_app.command("start")(orchestrator_start)
+orchestrator_app.add_typer(db_app)
 silo_app.command("start")(silo_start)
 silo_app.command("errors")(errors)
 node_app.command("start")(node_start)
