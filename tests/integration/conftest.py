@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +14,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedsilo.api import OrchestratorClient
 from fedsilo.config import Classification, Kit, Workspace, open_workspace, provision
+from fedsilo.errors import FedsiloError
 from fedsilo.jobs import load_private_key
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.runtime import down, free_port_block, up
@@ -164,3 +170,31 @@ def fresh(tmp_path: Path) -> Iterator[Federation]:
 
 def dedent(text: str) -> str:
     return textwrap.dedent(text).lstrip()
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
+    """Stop processes started in sessions of their own: SIGTERM, then SIGKILL."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_online(fed: Federation, logs: list[Path], timeout: float = 120) -> None:
+    """Wait until every silo of ``fed`` is online; fail showing the ends of ``logs``."""
+    deadline = time.monotonic() + timeout
+    with OrchestratorClient(fed.submitter, timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                if all(s.online for s in client.status().silos):
+                    return
+            except FedsiloError:  # not up yet
+                pass
+            time.sleep(0.5)
+    shown = "\n".join(f"--- {log.name}\n{log.read_text()[-2000:]}" for log in logs)
+    pytest.fail(f"the federation did not come up within {timeout:g} s:\n{shown}")

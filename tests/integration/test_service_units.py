@@ -12,10 +12,8 @@ import configparser
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +21,17 @@ import pytest
 
 from fedsilo.api import JobState, OrchestratorClient
 from fedsilo.config import open_workspace, provision
-from fedsilo.errors import ConfigError, FedsiloError
+from fedsilo.errors import ConfigError
 from fedsilo.jobs import load_job
 from fedsilo.runtime._units import write_units
-from tests.integration.conftest import SILOS, Federation, make_federation, write_job
+from tests.integration.conftest import (
+    SILOS,
+    Federation,
+    make_federation,
+    stop_all,
+    wait_online,
+    write_job,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -139,34 +144,14 @@ def from_units(tmp_path: Path) -> Iterator[tuple[Federation, Path]]:
     try:
         yield fed, out
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_all(procs)
 
 
 def test_the_units_commands_run_a_federation(from_units: tuple[Federation, Path]) -> None:
     fed, out = from_units
     _verify(out)
-    deadline = time.monotonic() + 120
-    with OrchestratorClient(fed.submitter, timeout=5) as client:
-        while True:
-            try:
-                if all(s.online for s in client.status().silos):
-                    break
-            except FedsiloError:
-                pass
-            if time.monotonic() > deadline:
-                logs = "\n".join(
-                    f"--- {p.name}\n{p.read_text()[-1500:]}" for p in out.glob("*.log")
-                )
-                pytest.fail(f"the units' commands did not bring the federation up:\n{logs}")
-            time.sleep(0.5)
+    wait_online(fed, sorted(out.glob("*.log")))
+    with OrchestratorClient(fed.submitter) as client:
         spec, code_dir = load_job(write_job(fed.scratch / "job", rounds=1))
         info = client.wait(client.submit(spec, code_dir, signing_key=fed.key), timeout=180)
     assert info.state is JobState.SUCCEEDED, info.error

@@ -10,19 +10,23 @@ orchestrator with the full development install, then runs a job to the end.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fedsilo.api import JobState, OrchestratorClient
-from fedsilo.errors import FedsiloError
 from fedsilo.jobs import load_job
-from tests.integration.conftest import SILOS, Federation, make_federation, write_job
+from tests.integration.conftest import (
+    SILOS,
+    Federation,
+    make_federation,
+    stop_all,
+    wait_online,
+    write_job,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -127,36 +131,10 @@ def mixed(tmp_path: Path, silo_python: Path) -> Iterator[Federation]:
             )
         )
     try:
-        _wait_online(fed, procs, logs)
+        wait_online(fed, sorted(logs.iterdir()))
         yield fed
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _wait_online(fed: Federation, procs: list[subprocess.Popen[bytes]], logs: Path) -> None:
-    deadline = time.monotonic() + 120
-    with OrchestratorClient(fed.submitter, timeout=5) as client:
-        while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in procs):
-                break
-            try:
-                if all(s.online for s in client.status().silos):
-                    return
-            except FedsiloError:  # not up yet
-                pass
-            time.sleep(0.5)
-    shown = "\n".join(
-        f"--- {log.name}\n{log.read_text()[-2000:]}" for log in sorted(logs.iterdir())
-    )
-    pytest.fail(f"the mixed federation did not come up:\n{shown}")
+        stop_all(procs)
 
 
 def test_silos_installed_with_the_silo_extra_run_a_job(mixed: Federation) -> None:
