@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.api import JobInfo, OrchestratorClient, StatusReport
 from fedsilo.config import (
     Classification,
@@ -129,9 +130,10 @@ class Federation:
         from fedsilo.storage import add_dataset
 
         if silo not in self.workspace.silo_names:
+            known = self.workspace.silo_names
             raise ConfigError(
-                f"federation '{self.workspace.federation.name}' has no silo '{silo}'; its "
-                f"silos: {', '.join(self.workspace.silo_names)}"
+                f"federation '{self.workspace.federation.name}' has no silo '{silo}'"
+                f"{did_you_mean(silo, known)}; its silos: {listing(known)}"
             )
         add_dataset(
             self.workspace.kit(silo),

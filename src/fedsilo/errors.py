@@ -27,7 +27,10 @@ enter, so callers catch one family::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
+
+from fedsilo._suggest import did_you_mean, listing
 
 __all__ = [
     "ERROR_CODES",
@@ -105,16 +108,25 @@ class ConfigError(FedsiloError):
 
 
 class DatasetNotFound(ConfigError):
-    """A silo's catalog has no dataset of the given name."""
+    """A silo's catalog has no dataset of the given name.
 
-    def __init__(self, silo: str, dataset: str) -> None:
+    ``known`` are the names the catalog has: the message suggests the closest (a typo is
+    more likely than a dataset to register) and lists them.
+    """
+
+    def __init__(self, silo: str, dataset: str, known: Sequence[str] = ()) -> None:
         self.silo = silo
         self.dataset = dataset
-        super().__init__(
-            f"silo '{silo}' has no dataset '{dataset}' in its catalog; "
-            f"add it with: fedsilo data add --silo {silo} --name {dataset} "
-            "--classification sensitive PATH"
-        )
+        self.known = tuple(known)
+        hint = did_you_mean(dataset, self.known)
+        message = f"silo '{silo}' has no dataset '{dataset}' in its catalog{hint}; "
+        message += f"its datasets: {listing(self.known)}"
+        if not hint:
+            message += (
+                f"; to register it: fedsilo data add --silo {silo} --name {dataset} "
+                "--classification sensitive PATH"
+            )
+        super().__init__(message)
 
 
 class WorkspaceError(FedsiloError):

@@ -90,7 +90,7 @@ def test_prepare_again_needs_replace_and_honours_options(workspace: Path) -> Non
 def test_prepare_refuses_unknown_examples_and_silos(app: typer.Typer, workspace: Path) -> None:
     with pytest.raises(ConfigError, match=r"the examples are: .*helloworld"):
         prepare_example(workspace, "nope")
-    with pytest.raises(ConfigError, match="no silo silo-z"):
+    with pytest.raises(ConfigError, match="no silo 'silo-z'"):
         prepare_example(workspace, "helloworld", silos=["silo-z"])
     result = CliRunner().invoke(
         app, ["example", "helloworld", "prepare", str(workspace), "--scheme", "x"]

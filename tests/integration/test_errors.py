@@ -219,3 +219,43 @@ def test_metrics_under_undeclared_names_stay_in_the_silo(setup: Setup, silo: str
     for event in ("output.uploaded", "metrics.sent"):  # every upload's line has its size
         lines = [e.data for e in audit if e.event == event and e.data["job_id"] == info["id"]]
         assert lines and all(isinstance(line.get("size"), int) for line in lines), event
+
+
+def test_a_dataset_a_silo_lacks_is_refused_by_that_silo_before_anything_runs(
+    setup: Setup,
+) -> None:
+    info, printed = setup.submit(
+        "typo", "silo-a, silo-b", silo_inputs="{silo-b: {train: digits-trian}}"
+    )
+    job_id = str(info["id"])
+    assert info["state"] == "failed"
+    error = str(info["error"])
+    said = (
+        "silo 'silo-b' refused the job (rule 'inputs-in-catalog'): its catalog has no "
+        "dataset 'digits-trian' (the job's input 'train'; did you mean 'digits-train'?); "
+        "its datasets: digits-test, digits-train"
+    )
+    assert said in error and said in printed  # submit --wait, then job show
+    refused = [
+        e.data
+        for e in read_log(audit_path(setup.workspace.kit("silo-b").storage_path))
+        if e.event == "job.refused" and e.data["job_id"] == job_id
+    ]
+    assert [r["rule"] for r in refused] == ["inputs-in-catalog"]
+    assert "digits-trian" in str(refused[0]["reason"])
+    for silo in SILOS:  # no silo downloaded the code, asked for approval or started a worker
+        storage = setup.workspace.kit(silo).storage_path
+        seen = {e.event for e in read_log(audit_path(storage)) if e.data.get("job_id") == job_id}
+        assert seen <= {"job.refused", "task.failed"}, (silo, seen)
+        assert not (storage / "jobs" / job_id).exists()
+    with Catalog(setup.workspace.kit("silo-b").storage_path, silo="silo-b") as catalog:
+        record = catalog.get("digits-train")
+    assert record.sha256 not in printed and "sensitive" not in error
+    assert _orchestrator_holds(setup, record.sha256) == []
+
+
+def test_a_silo_the_federation_lacks_is_named_with_the_one_meant(setup: Setup) -> None:
+    job = write_job(setup.scratch / "silo-typo", rounds=1, silos="[silo-a, silo-bb]")
+    done = setup.cli("submit", str(job), "-w", str(setup.root))
+    assert done.returncode == 1
+    assert "'silo-bb' (did you mean 'silo-b'?); its silos: silo-a, silo-b" in done.stderr

@@ -205,7 +205,7 @@ _CROSS_FIELD_CASES = [
         _edit("    hospital-b: 1", "    hospital-c: 1"),
         "strategy.weights",
         ("strategy:", "weights:", "hospital-c:"),
-        "unknown: hospital-c",
+        "silo 'hospital-c', which is not in 'silos' (hospital-a, hospital-b)",
     ),
     (
         "silo-listed-twice",

@@ -95,8 +95,26 @@ def test_missing_dataset(catalog: Catalog) -> None:
     with pytest.raises(DatasetNotFound, match="silo 'silo-a' has no dataset 'ghost'") as caught:
         catalog.get("ghost")
     assert (caught.value.silo, caught.value.dataset) == ("silo-a", "ghost")
+    assert "its datasets: none; to register it: fedsilo data add" in str(caught.value)
     with pytest.raises(DatasetNotFound):
         catalog.path_of("ghost")
+
+
+def test_a_mistyped_dataset_is_named_with_the_one_meant(catalog: Catalog, tmp_path: Path) -> None:
+    source = tmp_path / "rows.csv"
+    source.write_text("a,1\n")
+    for name in ("digits-train", "digits-test"):
+        catalog.add(name, source, Classification.SENSITIVE)
+    assert catalog.names() == ["digits-test", "digits-train"]
+    with pytest.raises(DatasetNotFound) as caught:
+        catalog.get("digits-trian")
+    message = str(caught.value)
+    assert "no dataset 'digits-trian' in its catalog (did you mean 'digits-train'?)" in message
+    assert message.endswith("its datasets: digits-test, digits-train")  # not: register the typo
+    assert caught.value.known == ("digits-test", "digits-train")
+    with pytest.raises(DatasetNotFound, match="to register it: fedsilo data add") as far:
+        catalog.get("xrays")
+    assert "did you mean" not in str(far.value)
 
 
 def test_existing_name_needs_replace(catalog: Catalog, tmp_path: Path, folder: Path) -> None:

@@ -46,6 +46,7 @@ class TaskKind(StrEnum):
     """What an agent is asked to do."""
 
     PING = "ping"  # start a worker that does nothing: the connectivity check
+    CHECK = "check"  # before anything of the job runs: refuse what the silo cannot run
     PREPARE = "prepare"  # fetch and verify the bundle, resolve inputs, preprocess, init model
     FIT = "fit"  # (evaluate the previous global model, then) train one round
     EVALUATE = "evaluate"  # evaluate the final global model

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.config._resources import ByteSize, Duration, JobCaps, format_bytes
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
@@ -410,7 +411,9 @@ class FederationSpec(BaseModel):
             if spec.name == silo:
                 port = spec.approval.port or self.orchestrator.port + 1 + position
                 return spec.approval.host, port
-        raise ConfigError(f"federation '{self.name}' has no silo '{silo}'")
+        raise ConfigError(
+            f"federation '{self.name}' has no silo '{silo}'{did_you_mean(silo, self.silo_names)}"
+        )
 
     def _check_ports(self) -> None:
         taken = {(self.orchestrator.host, self.orchestrator.port): "the orchestrator"}
@@ -515,8 +518,10 @@ class FederationSpec(BaseModel):
         for silo in self.silos:
             if silo.name == name:
                 return silo
-        known = ", ".join(s.name for s in self.silos)
-        raise ConfigError(f"federation '{self.name}' has no silo '{name}'; its silos: {known}")
+        raise ConfigError(
+            f"federation '{self.name}' has no silo '{name}'{did_you_mean(name, self.silo_names)}; "
+            f"its silos: {listing(self.silo_names)}"
+        )
 
     @property
     def silo_names(self) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.config._federation import SiloSpec
 from fedsilo.config._yamlio import load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError
@@ -218,8 +219,11 @@ class Kit(BaseModel):
         for info in self.participants:
             if info.name == name:
                 return info
-        known = ", ".join(p.name for p in self.participants) or "none in this kit"
-        raise ConfigError(f"kit '{self.name}' knows no participant '{name}'; known: {known}")
+        known = [p.name for p in self.participants]
+        raise ConfigError(
+            f"kit '{self.name}' knows no participant '{name}'{did_you_mean(name, known)}; "
+            f"known: {listing(known) if known else 'none in this kit'}"
+        )
 
     def located(self, kit_dir: Path) -> Kit:
         """A copy of this kit whose file paths point into ``kit_dir``."""

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.config._federation import (
     ORCHESTRATOR_NAME,
     FederationSpec,
@@ -109,10 +110,10 @@ class Workspace:
     def kit_dir(self, name: str) -> Path:
         """The kit folder of participant ``name`` (:class:`ConfigError` if unknown)."""
         if name not in self.participant_names:
-            known = ", ".join(self.participant_names)
             raise ConfigError(
-                f"federation '{self.federation.name}' has no participant '{name}'; "
-                f"its participants: {known}"
+                f"federation '{self.federation.name}' has no participant '{name}'"
+                f"{did_you_mean(name, self.participant_names)}; "
+                f"its participants: {listing(self.participant_names)}"
             )
         return self.root / "kits" / name
 

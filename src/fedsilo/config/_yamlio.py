@@ -8,7 +8,6 @@ line, in words a person can act on.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import reprlib
@@ -22,11 +21,13 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.errors import ConfigError
 
 __all__ = ["FieldIssue", "LineIndex", "issue_error", "load_yaml_mapping", "validate_model"]
 
 Loc = tuple[str | int, ...]
+_KEY = "[key]"  # pydantic's location of a mapping's key, after the key itself
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 MAX_FILE_BYTES = 1 << 20
@@ -283,13 +284,17 @@ def validate_model(
         # an unknown key first: it is usually why a required one is missing (a typo)
         errors.sort(key=lambda e: e["type"] not in ("extra_forbidden", "invalid_key"))
         first = errors[0]
-        loc: Loc = _without_tags(tuple(first["loc"]), data)
+        raw: Loc = tuple(first["loc"])
+        loc: Loc = _without_tags(tuple(p for p in raw if p != _KEY), data)
         if first["type"] == "invalid_key" and loc:  # a key such as 10: written as a name
             loc = (*loc[:-1], str(loc[-1]))
-        error = first.get("ctx", {}).get("error")
+        ctx = first.get("ctx", {})
+        error = ctx.get("error")
         if isinstance(error, FieldIssue):
             loc = (*loc, *error.loc)
-        message = _describe(model_cls, first, loc)
+        if first["type"] == "union_tag_invalid":  # the tag's own key: its line, its name
+            loc = (*loc, str(ctx.get("discriminator", "")).strip("'"))
+        message = _describe(model_cls, first, loc, raw)
         more = len(errors) - 1
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
@@ -328,24 +333,36 @@ def issue_error(issue: FieldIssue, path: Path, index: LineIndex | None = None) -
     return ConfigError(issue.message, file=str(path), field=dotted, line=line)
 
 
-def _describe(model_cls: type[BaseModel], error: Any, loc: Loc) -> str:
+def _describe(model_cls: type[BaseModel], error: Any, loc: Loc, raw: Loc) -> str:
+    """The problem of one pydantic ``error`` in words; ``raw`` is pydantic's location (with
+    a union's tags and ``[key]``), ``loc`` the one the file has."""
     kind: str = error["type"]
     ctx: dict[str, Any] = error.get("ctx", {})
     name = next((str(part) for part in reversed(loc) if isinstance(part, str)), "value")
+    words = name.replace("_", " ")  # what a value is: "a sandbox", "a compute kind"
+    if raw and raw[-1] == _KEY:  # a key of a mapping whose keys are a closed set
+        words = f"key of '{loc[-2]}'" if len(loc) > 1 else "key"
+    elif kind == "union_tag_invalid" and len(loc) > 1:  # strategy.name: "not a strategy"
+        words = str(loc[-2]).replace("_", " ")
     if kind == "extra_forbidden":
-        owner = _model_at(model_cls, loc[:-1])
+        owner = _model_at(model_cls, raw[:-1])
         keys = list(owner.model_fields) if owner is not None else []
-        close = difflib.get_close_matches(str(loc[-1]), keys, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        allowed = f"; allowed keys: {', '.join(keys)}" if keys else ""
+        hint = did_you_mean(str(loc[-1]), keys)
+        allowed = f"; allowed keys: {listing(keys)}" if keys else ""
         return f"unknown key {_short(loc[-1])}{hint}{allowed}"
     if kind == "invalid_key":
         return f"the key {_short(error['input'])} is not a name; write keys as text"
     if kind == "missing":
         return f"missing required key '{name}'"
-    if kind == "enum":
-        choices = ", ".join(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
-        return f"{_short(error['input'])} is not a {name.replace('_', ' ')}; use one of: {choices}"
+    if kind in ("enum", "literal_error", "union_tag_invalid"):
+        given = ctx["tag"] if kind == "union_tag_invalid" else error["input"]
+        expected = ctx.get("expected_tags" if kind == "union_tag_invalid" else "expected", "")
+        choices = re.findall(r"'([^']*)'", str(expected))
+        hint = did_you_mean(str(given), choices)
+        article = "an" if words[:1] in "aeiou" else "a"
+        return f"{_short(given)} is not {article} {words}{hint}; use one of: {listing(choices)}"
+    if kind in ("model_attributes_type", "model_type", "dict_type"):
+        return f"'{name}' takes a mapping of keys (key: value), not {_short(error['input'])}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     if kind == "too_short":
@@ -365,20 +382,25 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def _model_at(model_cls: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The model class found by following ``loc`` from ``model_cls``, if any."""
+    """The model class found by following ``loc`` from ``model_cls``, if any.
+
+    ``loc`` may hold a tagged union's tag (as pydantic's locations do): it picks the member.
+    """
     annotation: Any = model_cls
     for part in loc:
         annotation = _strip_optional(annotation)
-        if isinstance(part, int):
-            args = typing.get_args(annotation)
-            if not args:
-                return None
-            annotation = args[0]
-        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            info = annotation.model_fields.get(part)
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            info = annotation.model_fields.get(str(part))
             if info is None:
                 return None
             annotation = info.annotation
+        elif _models_of(annotation):
+            annotation = _models_of(annotation).get(str(part))
+        elif origin is dict and isinstance(part, str):
+            annotation = typing.get_args(annotation)[1]
+        elif origin in (list, tuple) and isinstance(part, int):
+            annotation = typing.get_args(annotation)[0]
         else:
             return None
     annotation = _strip_optional(annotation)
@@ -387,7 +409,26 @@ def _model_at(model_cls: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
     return None
 
 
+def _models_of(annotation: Any) -> dict[str, type[BaseModel]]:
+    """The models of a union by the tags and names pydantic puts in a location."""
+    origin = typing.get_origin(annotation)
+    if origin is not typing.Union and origin is not types.UnionType:
+        return {}
+    found: dict[str, type[BaseModel]] = {}
+    for member in typing.get_args(annotation):
+        if not (isinstance(member, type) and issubclass(member, BaseModel)):
+            continue
+        found[member.__name__] = member
+        for info in member.model_fields.values():
+            if typing.get_origin(info.annotation) is typing.Literal:
+                for tag in typing.get_args(info.annotation):
+                    found.setdefault(str(tag), member)
+    return found
+
+
 def _strip_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
     origin = typing.get_origin(annotation)
     if origin is typing.Union or origin is types.UnionType:
         members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.config import Classification, open_workspace
 from fedsilo.datasets._loaders import load_fashion_mnist, load_pneumoniamnist
 from fedsilo.datasets._records import Arrays, Shardable
@@ -148,7 +149,8 @@ def example_data(name: str) -> ExampleData:
         return EXAMPLES[name]
     except KeyError:
         raise ConfigError(
-            f"unknown example '{name}'; the examples are: {', '.join(sorted(EXAMPLES))}"
+            f"unknown example '{name}'{did_you_mean(name, EXAMPLES)}; the examples are: "
+            f"{listing(sorted(EXAMPLES))}"
         ) from None
 
 
@@ -173,9 +175,9 @@ def prepare_example(
     chosen = tuple(silos) if silos else tuple(ws.silo_names)
     unknown = [s for s in chosen if s not in ws.silo_names]
     if unknown:
+        named = ", ".join(f"'{s}'{did_you_mean(s, ws.silo_names)}" for s in unknown)
         raise ConfigError(
-            f"workspace {ws.root} has no silo {', '.join(unknown)} "
-            f"(its silos: {', '.join(ws.silo_names)})",
+            f"workspace {ws.root} has no silo {named} (its silos: {listing(ws.silo_names)})",
             field="silos",
         )
     chosen_plan = replace(plan or example.plan, **overrides) if overrides else plan or example.plan

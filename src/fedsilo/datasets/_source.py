@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.errors import ConfigError
 
 __all__ = ["DATA_ENV", "SOURCES", "DataSource", "data_root", "source_file"]
@@ -113,7 +114,8 @@ def source_file(dataset: str, filename: str, root: Path | str | None = None) -> 
         source = SOURCES[dataset]
     except KeyError:
         raise ConfigError(
-            f"unknown dataset '{dataset}'; known: {', '.join(sorted(SOURCES))}"
+            f"unknown dataset '{dataset}'{did_you_mean(dataset, SOURCES)}; known: "
+            f"{listing(sorted(SOURCES))}"
         ) from None
     path = data_root(root) / source.folder / filename
     if not path.is_file():

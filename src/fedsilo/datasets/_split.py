@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.datasets._partition import (
     ColumnRule,
     Partition,
@@ -133,8 +134,10 @@ def parse_plan(
         try:
             changes["scheme"] = Scheme(scheme)
         except ValueError:
+            schemes = [s.value for s in Scheme]
             raise ConfigError(
-                f"unknown scheme '{scheme}'; the schemes are: {', '.join(s.value for s in Scheme)}",
+                f"unknown scheme '{scheme}'{did_you_mean(scheme, schemes)}; the schemes are: "
+                f"{listing(schemes)}",
                 field="scheme",
             ) from None
     for name, value in (
@@ -214,9 +217,9 @@ def split(
         raise ConfigError(f"silo names must be distinct: {', '.join(silos)}", field="silos")
     unknown = sorted(set(plan.limits) - set(parts))
     if unknown:
+        named = ", ".join(f"'{p}'{did_you_mean(p, parts)}" for p in unknown)
         raise ConfigError(
-            f"limit given for part(s) {', '.join(unknown)}; the dataset's parts are "
-            f"{', '.join(parts)}",
+            f"limit given for part(s) {named}; the dataset's parts are {listing(parts)}",
             field="limit",
         )
     if plan.test_fraction and len(parts) > 1:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.config._federation import PARTICIPANT_PATTERN, Classification
 from fedsilo.config._resources import ResourceRequest
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
@@ -184,14 +185,15 @@ class JobSpec(_Frozen):
             if silo not in seen:
                 raise FieldIssue(
                     ("silo_inputs", silo),
-                    f"silo_inputs names silo '{silo}', which is not in 'silos' "
-                    f"({', '.join(self.silos)})",
+                    f"silo_inputs names silo '{silo}'{did_you_mean(silo, self.silos)}, which "
+                    f"is not in 'silos' ({listing(self.silos)})",
                 )
         for name in self.outputs:
             if name not in LEAVING_OUTPUTS:
                 raise FieldIssue(
                     ("outputs", name),
-                    f"unknown output '{name}'; a job's outputs are: {', '.join(LEAVING_OUTPUTS)}",
+                    f"unknown output '{name}'{did_you_mean(name, LEAVING_OUTPUTS)}; a job's "
+                    f"outputs are: {listing(LEAVING_OUTPUTS)}",
                 )
         weights: dict[str, float] | None = getattr(self.strategy, "weights", None)
         if weights is not None:
@@ -199,8 +201,8 @@ class JobSpec(_Frozen):
                 if silo not in seen:
                     raise FieldIssue(
                         ("strategy", "weights", silo),
-                        f"strategy weights name silo '{silo}', which is not in 'silos'; "
-                        "unknown: " + silo,
+                        f"strategy weights name silo '{silo}'{did_you_mean(silo, self.silos)}, "
+                        f"which is not in 'silos' ({listing(self.silos)})",
                     )
             missing = sorted(seen - set(weights))
             if missing:

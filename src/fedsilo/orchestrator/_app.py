@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.api._messages import (
     AggregateRequest,
     CheckReport,
@@ -262,9 +263,9 @@ def create_app(
             if reader != SHARE_WITH_ALL and reader not in submitters:
                 return error_response(
                     422,
-                    f"share_with names '{reader}', who is not a submitter of federation "
-                    f"'{orchestrator.federation}' (its submitters: "
-                    f"{', '.join(sorted(submitters))})",
+                    f"share_with names '{reader}'{did_you_mean(reader, submitters)}, who is "
+                    f"not a submitter of federation '{orchestrator.federation}' (its "
+                    f"submitters: {listing(sorted(submitters))})",
                     fields=[{"field": f"spec.share_with.{position}", "problem": "not a submitter"}],
                 )
         return {"id": orchestrator.submit(name, body)}
@@ -337,8 +338,9 @@ def create_app(
             raise HTTPException(
                 404,
                 f"silo '{body.silo}' is not in job {job_id}: federation "
-                f"'{orchestrator.federation}' has no such silo "
-                f"(its silos: {', '.join(orchestrator.silos)})",
+                f"'{orchestrator.federation}' has no such silo"
+                f"{did_you_mean(body.silo, orchestrator.silos)} "
+                f"(its silos: {listing(orchestrator.silos)})",
             )
         return run.step(body.kind, body.silo, body.model, body.round)
 

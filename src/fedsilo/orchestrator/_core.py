@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.api._messages import (
     CheckReport,
     JobInfo,
@@ -409,9 +410,10 @@ class Orchestrator:
         spec = request.spec
         unknown = [s for s in spec.silos if s not in self.silos]
         if unknown:
+            named = ", ".join(f"'{s}'{did_you_mean(s, self.silos)}" for s in unknown)
             raise FedsiloError(
-                f"job '{spec.name}' names silos this federation does not have: "
-                f"{', '.join(unknown)} (known: {', '.join(self.silos)})"
+                f"job '{spec.name}' names silos this federation does not have: {named}; "
+                f"its silos: {listing(self.silos)}"
             )
         if not self.blobs.has(request.bundle_digest):
             raise FedsiloError("the job's code bundle was not uploaded; submit again")

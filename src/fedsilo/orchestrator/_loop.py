@@ -1,4 +1,5 @@
-"""The FL job loop: preprocess once per silo, rounds of fit → aggregate, final evaluation.
+"""The FL job loop: check and preprocess once per silo, rounds of fit → aggregate, final
+evaluation.
 
 The orchestrator owns the loop; the strategy only configures rounds and aggregates. Each
 silo's update is folded into the aggregate as it arrives (streaming), so memory follows
@@ -366,13 +367,28 @@ class _JobRun:
                         await asyncio.to_thread(_fold, aggregation, silo, *update)
         return await asyncio.to_thread(aggregation.finish)
 
+    async def check(self) -> None:
+        """Have every silo check the job before anything of it runs anywhere.
+
+        A silo refuses here what it can tell it will not run (an input its catalog lacks, a
+        compute kind it has none of, resources past its computes): the job fails with the
+        silo's reason before any silo downloads its code, asks for approval or preprocesses.
+        """
+        self.orch.update_job(self.job_id, detail="checking the job in every silo")
+        checks = self.fan_out(TaskKind.CHECK, "checking the job", grace=RECONNECT_SECONDS)
+        async with aclosing(checks) as outcomes:
+            async for _ in outcomes:
+                pass
+
     async def prepare(self) -> str:
-        """Preprocess in every silo and start its job worker; return the initial model's digest.
+        """Check the job in every silo, preprocess there and start its job worker; return
+        the initial model's digest.
 
         Every silo builds the model from the job's seed; the first silo's is the global one.
         """
         orch, spec, job_id = self.orch, self.spec, self.job_id
         await orch.await_online(spec.silos)
+        await self.check()
         orch.update_job(job_id, detail="preprocessing in every silo")
         orch.store.start_round(job_id, 0)
         initial: dict[str, str] = {}

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fedsilo._suggest import did_you_mean, listing
 from fedsilo.api import (
     MalformedTask,
     OrchestratorClient,
@@ -72,12 +73,14 @@ from fedsilo.silo._declared import RULE as DECLARED_MODEL
 from fedsilo.silo._declared import gate_parameters, read_declared
 from fedsilo.silo._errors import SiloErrors
 from fedsilo.silo._governance import (
+    INPUTS_IN_CATALOG,
     Clearance,
     ResolvedInput,
     approval_request,
     check_leaving,
     check_metrics,
     classify_outputs,
+    missing_inputs,
     resolve_inputs,
 )
 from fedsilo.silo._gpu import gpu_binds
@@ -385,6 +388,8 @@ class Agent:
         if task.kind is TaskKind.RELEASE:
             self._release(task.job_id)
             return TaskResult(ok=True)
+        if task.kind is TaskKind.CHECK:
+            return self._check(task)
         if session is None or session.closed.is_set():
             raise FedsiloError(f"the job worker of {task.job_id} is not running in this silo")
         if task.kind is TaskKind.PREPARE:
@@ -454,6 +459,22 @@ class Agent:
         )
         return PolicyRejected(self.silo, rule, reason)
 
+    def _check(self, task: TaskMessage) -> TaskResult:
+        """Refuse, before anything of the job runs in any silo, what this silo can tell now
+        it will not run: an input its catalog lacks, a compute kind it has none of,
+        resources its computes cannot grant. Preparation checks them all again."""
+        self._inputs(task)
+        self._grants(task, self._computes(task))
+        return TaskResult(ok=True)
+
+    def _inputs(self, task: TaskMessage) -> list[ResolvedInput]:
+        """The job's inputs in this silo's catalog; a refusal if it lacks one of them."""
+        inputs = resolve_inputs(task, self.catalog, self.silo)
+        if not all(i.found for i in inputs):
+            reason = missing_inputs(inputs, self.catalog.names())
+            raise self._refuse(task, INPUTS_IN_CATALOG, reason)
+        return inputs
+
     def _prepare(
         self, task: TaskMessage, session: JobSession, *, send_model: bool = True
     ) -> TaskResult:
@@ -481,7 +502,7 @@ class Agent:
         name = task.job_name or job_id
         files, unlisted = code_files(code_dir, manifest)
         signature = check_signature(manifest.digest, bundle_signature(code_dir), self.trusted)
-        inputs = resolve_inputs(task, self.catalog, self.silo)
+        inputs = self._inputs(task)
         outputs, declassifications = classify_outputs(task.outputs, inputs)
         computes = self._computes(task)
         grants = self._grants(task, computes)
@@ -572,12 +593,13 @@ class Agent:
             kind = task.computes.get(step.value)
             compute = self.spec.compute_of_kind(kind)
             if compute is None:
-                kinds = ", ".join(c.kind for c in self.spec.all_computes())
+                kinds = [c.kind for c in self.spec.all_computes()]
                 raise self._refuse(
                     task,
                     "compute",
-                    f"the job runs its {step.value} step on a compute of kind '{kind}'; silo "
-                    f"'{self.silo}' has none (its computes are of kind: {kinds})",
+                    f"the job runs its {step.value} step on a compute of kind '{kind}'"
+                    f"{did_you_mean(str(kind), kinds)}; silo '{self.silo}' has none (its "
+                    f"computes are of kind: {listing(kinds)})",
                 )
             chosen[step] = compute
         return chosen

@@ -292,6 +292,7 @@ def step_words(kind: TaskKind, round_: int) -> str:
     return {
         TaskKind.PING: "the connectivity check",
         TaskKind.PREPARE: "preprocessing",
+        TaskKind.CHECK: "the check before the job runs",
         TaskKind.FIT: f"round {round_}",
         TaskKind.EVALUATE: "the final evaluation",
         TaskKind.SECAGG: f"secure aggregation (round {round_})",

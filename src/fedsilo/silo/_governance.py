@@ -1,6 +1,9 @@
 """What a silo checks before and after running a job: the rules of a silo, enforced.
 
-* Inputs: a job reads only datasets of this silo's own storage, looked up in its catalog.
+* Inputs: a job reads only datasets of this silo's own storage, looked up in its catalog;
+  a job naming a dataset the catalog lacks is refused before anything of it runs, with the
+  names of the datasets the catalog has (names only: never a classification, a size or a
+  byte of them), so that a typo is found at once.
 * Outputs: each output's classification is the highest of its inputs unless the job
   declared a lower one (a declassification), which the approval must cover.
 * Nothing ``sensitive`` leaves the silo; metrics leave only as a bounded set of numbers.
@@ -18,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedsilo._suggest import closest, listing
 from fedsilo.api import TaskMessage
 from fedsilo.approval import (
     ApprovalRequest,
@@ -29,12 +33,13 @@ from fedsilo.approval import (
     PrivacySettings,
 )
 from fedsilo.config import Classification, ResourceGrant
-from fedsilo.errors import ClassificationError
+from fedsilo.errors import ClassificationError, DatasetNotFound
 from fedsilo.jobs import FEDSILO_METRICS, LEAVING_OUTPUTS, ModelLayout, SignatureCheck
 from fedsilo.privacy import PrivacySpec
 from fedsilo.storage import Catalog
 
 __all__ = [
+    "INPUTS_IN_CATALOG",
     "MAX_METRICS",
     "Clearance",
     "ResolvedInput",
@@ -43,6 +48,7 @@ __all__ = [
     "check_metrics",
     "classify_outputs",
     "metrics_bytes",
+    "missing_inputs",
     "privacy_settings",
     "resolve_inputs",
 ]
@@ -50,6 +56,8 @@ __all__ = [
 MAX_METRICS = 64
 MAX_METRIC_NAME = 64
 ORCHESTRATOR = "orchestrator"
+INPUTS_IN_CATALOG = "inputs-in-catalog"
+"""The rule a silo names when it refuses a job whose input its catalog lacks."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class ResolvedInput:
     path: Path | None
     sha256: str | None = None
     size_bytes: int | None = None
+    found: bool = True  # False: this silo's storage, but its catalog has no such dataset
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,8 @@ def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[Resol
     """Look each input up in this silo's catalog; ``STORAGE:NAME`` names another storage.
 
     An input of another storage is returned without a path: the silo has none to give,
-    and the approval and the agent both refuse it.
+    and the approval and the agent both refuse it. So is one its catalog lacks (``found``
+    false), which the agent refuses with :func:`missing_inputs`.
     """
     resolved = []
     for role, ref in sorted(task.inputs.items()):
@@ -94,7 +104,11 @@ def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[Resol
         if storage != silo:
             resolved.append(ResolvedInput(role, storage, name, None, None))
             continue
-        record = catalog.get(name)
+        try:
+            record = catalog.get(name)
+        except DatasetNotFound:
+            resolved.append(ResolvedInput(role, silo, name, None, None, found=False))
+            continue
         resolved.append(
             ResolvedInput(
                 role,
@@ -107,6 +121,28 @@ def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[Resol
             )
         )
     return resolved
+
+
+def missing_inputs(inputs: Sequence[ResolvedInput], datasets: Sequence[str]) -> str:
+    """Why the silo refuses a job whose inputs name datasets its catalog lacks.
+
+    The reason names each dataset asked for (``inputs`` not ``found``) and its input, the
+    closest of ``datasets`` (the names in the catalog), and lists those names: what the
+    job's author needs to put a typo right. It says nothing else of the datasets.
+    """
+    missing = [i for i in inputs if not i.found]
+    named = []
+    typo = False
+    for item in missing:
+        match = closest(item.dataset, datasets)
+        typo = typo or match is not None
+        hint = f"; did you mean '{match}'?" if match is not None else ""
+        named.append(f"'{item.dataset}' (the job's input '{item.role}'{hint})")
+    reason = f"its catalog has no dataset {' and no dataset '.join(named)}; "
+    reason += f"its datasets: {listing(datasets)}"
+    if not typo:
+        reason += "; a dataset is added by the silo's administrator (fedsilo data add)"
+    return reason
 
 
 def classify_outputs(

@@ -194,12 +194,18 @@ class Catalog:
         """The record of dataset ``name``; :class:`DatasetNotFound` if there is none."""
         record = self._find(name)
         if record is None:
-            raise DatasetNotFound(self.silo, name)
+            raise DatasetNotFound(self.silo, name, self.names())
         return record
 
     def path_of(self, name: str) -> Path:
         """The absolute path of dataset ``name`` in storage (the file, or the folder)."""
         return self.storage_root / self.get(name).relpath
+
+    def names(self) -> list[str]:
+        """The names of the silo's datasets, sorted: what a job may name as an input."""
+        with self._connect() as db:
+            rows = db.execute("SELECT name FROM datasets ORDER BY name").fetchall()
+        return [str(row[0]) for row in rows]
 
     def list(self) -> list[DatasetRecord]:
         """Every dataset of the silo, by name."""
