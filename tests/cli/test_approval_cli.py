@@ -146,6 +146,10 @@ def test_show_bounds_long_tensor_lists_and_says_when_no_model_is_declared(
     assert "1,600 values in 100 tensors, 6.2 KiB an upload; it leaves 4 times" in output
     assert "layer039.weight" in output and "layer040.weight" not in output
     assert "... and 60 more tensors" in output
-    assert f"2 KiB  sha256 {'c' * 64}  task.py" in output
+    assert f"2 KiB  {'c' * 12}  task.py" in output and "c" * 13 not in output
+    assert max(len(line) for line in output.splitlines() if "sha256" in line) <= 80
+    prefix = shown.request_id[:12]
+    wide = invoke(app, "approval", "show", prefix, "--kit", kit, "--wide").output
+    assert f"2 KiB  {'c' * 64}  task.py" in wide
     output = invoke(app, "approval", "show", bare.request_id, "--kit", kit).output
     assert "not declared: the bundle has no MODEL.json" in output

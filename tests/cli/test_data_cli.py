@@ -124,10 +124,15 @@ def test_data_add_and_list_never_show_contents(
     stored = workspace / "storage" / "silo-b" / "data" / "records" / "records.csv"
     assert stored.read_text() == records_file.read_text()
 
-    table = _invoke(app, "data", "list", "--silo", "silo-b", "-w", str(workspace))
+    narrow = {"COLUMNS": "80"}
+    table = _invoke(app, "data", "list", "--silo", "silo-b", "-w", str(workspace), env=narrow)
     assert table.exit_code == 0, table.output
+    assert max(len(line) for line in table.output.splitlines()) <= 80
     row = next(line for line in table.output.splitlines() if "records" in line)
-    assert "intermediate" in row and "file" in row and digest in row
+    assert "intermediate" in row and "file" in row and digest[:12] in row
+    assert digest not in table.output
+    whole = _invoke(app, "data", "list", "--silo", "silo-b", "-w", str(workspace), "--wide")
+    assert digest in whole.output
     assert SECRET not in table.output and SECRET not in added.output
 
     listed = _invoke(app, "data", "list", "--silo", "silo-b", "-w", str(workspace), "--json")

@@ -78,4 +78,4 @@ def test_validate_checks_each_kind_of_spec_file(tmp_path: Path) -> None:
 def test_a_count_prints_as_a_whole_number_and_a_rate_with_four_decimals() -> None:
     from fedsilo.cli._jobs import _num
 
-    assert (_num(100.0), _num(0.96111), _num(None), _num(-3.0)) == ("100", "0.9611", "-", "-3")
+    assert (_num(100.0), _num(0.96111), _num(-3.0)) == ("100", "0.9611", "-3")

@@ -6,11 +6,12 @@ from rich.console import Console
 
 from fedsilo.api import RoundInfo
 from fedsilo.cli._jobs import _round_table
+from fedsilo.cli._tables import Footnotes
 
 
 def _render(history: list[RoundInfo]) -> str:
     console = Console(width=160, record=True)
-    console.print(_round_table(history))
+    console.print(_round_table(history, Footnotes()))
     return console.export_text()
 
 

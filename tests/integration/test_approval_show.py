@@ -117,7 +117,8 @@ def test_show_gives_sizes_files_and_the_diff_against_the_last_approval(fed: Fede
     assert "metrics named: loss, accuracy, with num_samples and epsilon, at most 32 B" in shown
     assert re.search(r"input\s+silo-a:digits-train \(sensitive, \d[\d.]* KiB\)", shown), shown
     task_sha = hashlib.sha256(TASK.encode()).hexdigest()
-    assert f"sha256 {task_sha}  task.py" in shown and "MODEL.json" in shown
+    assert f"{task_sha[:12]}  task.py" in shown and "MODEL.json" in shown
+    assert f"{task_sha}  task.py" in _cli(fed, "show", request[:12], "--wide")
     assert "approve by silo-a-admin" in _cli(fed, "approve", request, "--reason", "read it")
     assert _wait(fed, first).state is JobState.SUCCEEDED
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import ssl
 import tempfile
 import time
@@ -36,9 +37,11 @@ from fedsilo.api._messages import (
     TaskMessage,
     TaskResult,
 )
-from fedsilo.config import Kit
+from fedsilo.config import Kit, workspace_of
+from fedsilo.config._kit import KIT_FILE
 from fedsilo.errors import (
     CertificateRefused,
+    ConfigError,
     Conflict,
     ConnectionClosed,
     FedsiloError,
@@ -101,6 +104,23 @@ def client_ssl_context(kit: Kit) -> ssl.SSLContext:
     return ctx
 
 
+def _start_orchestrator(kit: Kit) -> str:
+    """What the holder of ``kit`` can do about an orchestrator that does not answer: start
+    it, when the kit is in the workspace of a federation run here; otherwise ask the
+    person who runs it, and check the address the kit holds."""
+    workspace = workspace_of(kit)
+    if workspace is not None:
+        return f"start the federation with: fedsilo up {shlex.quote(str(workspace))}"
+    try:
+        where = "in " + shlex.quote(str(kit.kit_dir / KIT_FILE))
+    except ConfigError:
+        where = f"of kit '{kit.name}'"
+    return (
+        "it is not running, or not reachable from this machine: ask the federation's "
+        f"administrator, and check orchestrator_host and orchestrator_port {where}"
+    )
+
+
 class OrchestratorClient:
     """Calls the orchestrator's REST API as the kit's participant."""
 
@@ -136,9 +156,8 @@ class OrchestratorClient:
                     "federation CA; check the kit's orchestrator address"
                 ) from exc
             raise OrchestratorUnavailable(
-                f"no orchestrator answers at {self.url} ({text or 'connection refused'}); "
-                "start the federation with `fedsilo up WORKSPACE`, or the orchestrator alone "
-                "with `fedsilo orchestrator start --kit KIT`"
+                f"the orchestrator at {self.url} is not reachable "
+                f"({text or 'connection refused'}); {_start_orchestrator(self.kit)}"
             ) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             raise ConnectionClosed(

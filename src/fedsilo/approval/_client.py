@@ -9,6 +9,7 @@ says what went wrong and how to fix it. No answer is never taken as approval.
 
 from __future__ import annotations
 
+import shlex
 import ssl
 import time
 from collections.abc import Callable
@@ -20,8 +21,14 @@ from pydantic import TypeAdapter, ValidationError
 from fedsilo.api._client import client_ssl_context
 from fedsilo.approval._models import ApprovalAnswer, ApprovalRequest, Decision
 from fedsilo.approval._queue import QueueEntry, QueueState
-from fedsilo.config import Kit
-from fedsilo.errors import CertificateRefused, FedsiloError, TransportError
+from fedsilo.config import Kit, workspace_of
+from fedsilo.errors import (
+    CertificateRefused,
+    FedsiloError,
+    InvalidRequest,
+    NotFound,
+    TransportError,
+)
 
 __all__ = ["ENDPOINT_RULE", "WAIT_RULE", "AdminClient", "ApprovalClient"]
 
@@ -55,8 +62,26 @@ def _http(kit: Kit, context: ssl.SSLContext, timeout: float) -> httpx.Client:
     )
 
 
-def _call(http: httpx.Client, url: str, method: str, path: str, **kwargs: Any) -> Any:
+def _start_endpoint(kit: Kit) -> str:
+    """The command that starts the approval endpoint of ``kit``'s silo."""
+    workspace = workspace_of(kit)
+    if workspace is not None:
+        return shlex.join(["fedsilo", "up", str(workspace)])
+    return shlex.join(["fedsilo", "approval", "serve", "--kit", str(kit.kit_dir)])
+
+
+def _approve(kit: Kit, request_id: str) -> str:
+    """The command that approves ``request_id`` in ``kit``'s silo, on its machine."""
+    workspace = workspace_of(kit)
+    where = ["--kit", str(kit.kit_dir)]
+    if workspace is not None:
+        where = ["-w", str(workspace), "--silo", kit.name]
+    return shlex.join(["fedsilo", "approval", "approve", request_id, *where])
+
+
+def _call(http: httpx.Client, kit: Kit, method: str, path: str, **kwargs: Any) -> Any:
     """The JSON of a 2xx answer; :class:`_Failure` with an actionable message otherwise."""
+    url = kit.approval_url
     try:
         response = http.request(method, path, **kwargs)
     except httpx.ConnectError as exc:
@@ -67,8 +92,8 @@ def _call(http: httpx.Client, url: str, method: str, path: str, **kwargs: Any) -
                 "check approval_host and approval_port in the silo's kit.yaml"
             ) from exc
         raise _Failure(
-            f"the approval endpoint at {url} did not answer ({text or 'connection refused'}): "
-            "start it with `fedsilo up` or `fedsilo approval serve --kit KIT`"
+            f"the approval endpoint at {url} did not answer ({text or 'connection refused'}); "
+            f"its silo's administrator starts it with: {_start_endpoint(kit)}"
         ) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
         raise _Failure(
@@ -119,7 +144,7 @@ class ApprovalClient:
 
     def _answer(self, request_id: str, method: str, path: str, **kwargs: Any) -> ApprovalAnswer:
         try:
-            data = _call(self._http, self.url, method, path, **kwargs)
+            data = _call(self._http, self.kit, method, path, **kwargs)
             return ApprovalAnswer.model_validate(data)
         except _Failure as exc:
             reason = str(exc)
@@ -170,8 +195,8 @@ class ApprovalClient:
                         "decision": Decision.REJECT,
                         "rule": WAIT_RULE,
                         "reason": f"no person decided request {request_id} within "
-                        f"{timeout:g} s; ask the silo's administrator to run `fedsilo approval "
-                        f"approve {request_id}` and submit the job again",
+                        f"{timeout:g} s; the silo's administrator approves it with: "
+                        f"{_approve(self.kit, request_id)}, then submit the job again",
                         "decided_by": self.kit.name,
                     }
                 )
@@ -202,7 +227,7 @@ class AdminClient:
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            return _call(self._http, self.url, method, path, **kwargs)
+            return _call(self._http, self.kit, method, path, **kwargs)
         except _Failure as exc:
             if exc.refused:
                 raise CertificateRefused(str(exc)) from None
@@ -216,23 +241,33 @@ class AdminClient:
         return _ENTRIES.validate_python(self._json("GET", "/v1/requests", params=params))
 
     def show(self, request_id: str) -> QueueEntry:
-        """One request with its whole content."""
+        """One request with its whole content; ``request_id`` may be a unique prefix of it."""
         entries = self.list(None)
-        for entry in entries:
-            if entry.request_id == request_id:
-                return entry
-        raise FedsiloError(f"silo '{self.kit.name}' holds no request '{request_id}'")
+        matches = [e for e in entries if e.request_id.startswith(request_id)]
+        exact = [e for e in matches if e.request_id == request_id]
+        if exact or len(matches) == 1:
+            return (exact or matches)[0]
+        if not matches or not request_id:
+            raise NotFound(f"silo '{self.kit.name}' holds no request '{request_id}'")
+        ids = ", ".join(e.request_id for e in matches)
+        raise InvalidRequest(
+            f"'{request_id}' begins {len(matches)} requests of silo '{self.kit.name}' ({ids}); "
+            "give more of the id"
+        )
 
     def approve(
         self, request_id: str, *, reason: str | None = None, expires_in_hours: float | None = None
     ) -> ApprovalAnswer:
-        """Approve a held request (optionally only for ``expires_in_hours``)."""
+        """Approve a held request (optionally only for ``expires_in_hours``); ``request_id``
+        may be a unique prefix of it."""
+        request_id = self.show(request_id).request_id
         body = {"reason": reason, "expires_in_hours": expires_in_hours}
         data = self._json("POST", f"/v1/requests/{request_id}/approve", json=body)
         return ApprovalAnswer.model_validate(data)
 
     def reject(self, request_id: str, *, reason: str | None = None) -> ApprovalAnswer:
-        """Reject a held request."""
+        """Reject a held request; ``request_id`` may be a unique prefix of it."""
+        request_id = self.show(request_id).request_id
         body = {"reason": reason}
         data = self._json("POST", f"/v1/requests/{request_id}/reject", json=body)
         return ApprovalAnswer.model_validate(data)

@@ -19,6 +19,7 @@ from fedsilo.approval import (
     QueueEntry,
     QueueState,
 )
+from fedsilo.cli import _tables as tables
 from fedsilo.cli._common import (
     SiloKitOption,
     SiloOption,
@@ -35,7 +36,10 @@ approval_app = typer.Typer(
     no_args_is_help=True,
 )
 
-RequestArgument = Annotated[str, typer.Argument(help="The request id (see `approval list`).")]
+RequestArgument = Annotated[
+    str,
+    typer.Argument(help="The request id, or its first characters (see `approval list`)."),
+]
 ReasonOption = Annotated[
     str | None, typer.Option("--reason", help="Why; recorded in the audit log and the answer.")
 ]
@@ -45,10 +49,16 @@ SHOWN_TENSORS = 40
 SHOWN_FILES = 200
 
 
-def _when(stamp: float | None) -> str:
+def _when(stamp: float | None, missing: str = "not yet") -> str:
     if stamp is None:
-        return "-"
+        return missing
     return dt.datetime.fromtimestamp(stamp).isoformat(sep=" ", timespec="seconds")
+
+
+def _decided(entry: QueueEntry) -> str:
+    if entry.decided_by is None:
+        return "not yet: held for a person"
+    return f"by {entry.decided_by} at {_when(entry.decided_at)}"
 
 
 def _print_answer(answer: ApprovalAnswer, as_json: bool) -> None:
@@ -80,9 +90,13 @@ def list_command(
     every: Annotated[
         bool, typer.Option("--all", help="Every request, not only the held ones.")
     ] = False,
+    wide: tables.WideFlag = False,
     as_json: JsonOption = False,
 ) -> None:
-    """List the jobs a silo holds for a person (with --all: decided ones too)."""
+    """List the jobs a silo holds for a person (with --all: decided ones too).
+
+    Request ids show their first 12 characters, which approval show, approve and reject
+    take as they are (--wide prints them whole)."""
     kit_of_silo = silo_kit(silo, workspace, kit)
     with AdminClient(kit_of_silo) as client:
         entries = client.list(None if every else QueueState.HELD)
@@ -90,20 +104,25 @@ def list_command(
         typer.echo(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
         return
     title = "requests" if every else "requests held for a person"
-    table = Table(title=f"{title} in silo '{kit_of_silo.name}'")
-    for column in ("request", "job", "author", "state", "rule", "asked", "decided by"):
-        table.add_column(column, overflow="fold")
+    console.print(_requests_table(f"{title} in silo '{kit_of_silo.name}'", entries, wide))
+
+
+def _requests_table(title: str, entries: list[QueueEntry], wide: bool) -> Table:
+    """One request a row: its id cut to a prefix the commands take (whole with ``wide``)."""
+    shown = tables.table(
+        title, "request", "job", "author", "state", "rule", "asked", "decided by", wrap=("rule",)
+    )
     for e in entries:
-        table.add_row(
-            e.request_id,
-            e.job_name,
+        shown.add_row(
+            tables.short(e.request_id, wide),
+            e.job_id,
             e.author,
             e.state.value,
             e.rule,
             _when(e.created_at),
-            e.decided_by or "-",
+            e.decided_by or "nobody yet",
         )
-    console.print(table)
+    return shown
 
 
 def show(
@@ -111,6 +130,9 @@ def show(
     silo: SiloOption = None,
     workspace: WorkspaceOption = Path("."),
     kit: SiloKitOption = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Every file's sha256 whole, however wide the lines.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Show one request: the job, its code (files, and the diff against the code this silo
@@ -121,20 +143,21 @@ def show(
     if as_json:
         typer.echo(entry.model_dump_json(indent=2))
         return
-    _print_entry(entry)
+    _print_entry(entry, wide)
 
 
-def _print_entry(entry: QueueEntry) -> None:
+def _print_entry(entry: QueueEntry, wide: bool = False) -> None:
     r = entry.request
     signed = f"{r.signing.value}" + (f" (key {r.signing_key})" if r.signing_key else "")
     lines = [
         f"request      {entry.request_id}",
         f"state        {entry.state.value} (rule '{entry.rule}'): {entry.reason}",
-        f"decided by   {entry.decided_by or '-'} at {_when(entry.decided_at)}",
-        f"expires      {_when(entry.expires_at)}",
+        f"decided      {_decided(entry)}",
+        f"expires      {_when(entry.expires_at, 'never')}",
         f"job          {r.job_name} ({r.job_id}) by {r.author}",
         f"results to   {_readers(r)}",
-        f"code         {signed}, bundle sha256 {r.bundle_digest}",
+        f"code         {signed}",
+        f"bundle       sha256 {tables.short(r.bundle_digest, wide)}",
         f"compute      {r.compute} of silo {r.silo}",
     ]
     if len(set(r.computes.values())) > 1:
@@ -156,7 +179,7 @@ def _print_entry(entry: QueueEntry) -> None:
         lines.append(f"privacy      epsilon {r.privacy.target_epsilon:g}")
     if r.privacy.secure_aggregation:
         lines.append("privacy      secure aggregation: the update leaves masked")
-    lines.extend(_code_lines(r))
+    lines.extend(_code_lines(r, wide))
     typer.echo("\n".join(lines))
 
 
@@ -203,15 +226,17 @@ def _output_lines(o: OutputRef, r: ApprovalRequest) -> list[str]:
     return lines
 
 
-def _code_lines(r: ApprovalRequest) -> list[str]:
+def _code_lines(r: ApprovalRequest, wide: bool) -> list[str]:
     """Every file of the code, then how it differs from the code approved last."""
     lines: list[str] = []
     total = sum(f.bytes for f in r.files)
     count = len(r.files) + r.files_not_listed
     unlisted = f" (and {r.files_not_listed} files not listed)" if r.files_not_listed else ""
     lines.append(f"files        {len(r.files)} files, {format_bytes(total)}{unlisted}")
+    if r.files and not wide:
+        lines.append("  (sha256 of each: its first 12 digits; --wide or --json: whole)")
     for f in r.files[:SHOWN_FILES]:
-        lines.append(f"  {format_bytes(f.bytes):>10}  sha256 {f.sha256}  {f.path}")
+        lines.append(f"  {format_bytes(f.bytes):>10}  {tables.short(f.sha256, wide)}  {f.path}")
     hidden = count - min(len(r.files), SHOWN_FILES)
     if hidden:
         lines.append(f"  ... and {hidden} more files (--json lists {len(r.files)})")

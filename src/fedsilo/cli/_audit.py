@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsilo.audit import AuditEntry, audit_path, canonical_json, read_log, verify_log
+from fedsilo.cli import _tables as tables
 from fedsilo.cli._common import WorkspaceOption
 from fedsilo.config import ORCHESTRATOR_NAME, Kit, Role, load_kit, open_workspace
 from fedsilo.errors import ConfigError
@@ -88,9 +90,16 @@ def show(
     event: Annotated[
         str | None, typer.Option("--event", help="Only entries of this event (job.refused).")
     ] = None,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Times, digests and ids whole, however wide the table."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Print one participant's audit log: seq, time, actor, event and details."""
+    """Print one participant's audit log: seq, time (UTC), actor, event and details.
+
+    Digests and ids in the details show their first 12 characters and an ellipsis;
+    --wide or --json prints them whole."""
     if silo is None and not orchestrator and kit is None:
         raise typer.BadParameter(
             "give --silo NAME, --orchestrator or --kit KIT_DIR", param_hint="--silo"
@@ -103,18 +112,31 @@ def show(
         for entry in entries:
             typer.echo(canonical_json(entry.model_dump()))
         return
-    table = Table(title=f"audit log of '{target.name}' ({target.path})")
-    for column in ("seq", "time", "actor", "event", "data"):
-        table.add_column(column, no_wrap=column != "data", overflow="fold")
+    console = Console()
+    console.print(f"audit log of '{target.name}': {target.path}", highlight=False, soft_wrap=True)
+    console.print(_entries_table(entries, wide))
+
+
+def _entries_table(entries: list[AuditEntry], wide: bool) -> Table:
+    """One entry a row, its data wrapped; digests and ids cut short unless ``wide``."""
+    shown = tables.table("audit log", "seq", "time", "actor", "event", "data", wrap=("data",))
     for entry in entries:
-        table.add_row(
+        data = _summary(entry)
+        shown.add_row(
             str(entry.seq),
-            Text(entry.time),
+            Text(entry.time if wide else entry.time[:19].replace("T", " ")),
             Text(entry.actor),
             Text(entry.event),
-            Text(_summary(entry)),
+            Text(data if wide else _LONG_HEX.sub(_cut, data)),
         )
-    Console().print(table)
+    return shown
+
+
+_LONG_HEX = re.compile(r"\b[0-9a-f]{32,}\b")
+
+
+def _cut(match: re.Match[str]) -> str:
+    return match.group()[: tables.SHORT] + "…"
 
 
 def verify(

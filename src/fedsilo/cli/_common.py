@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -81,14 +80,6 @@ def silo_kit(silo: str | None, workspace: Path, kit: Path | None) -> Kit:
             file=str(loaded.kit_dir),
         )
     return loaded
-
-
-def kit_args(workspace: Path, kit: Path | None) -> str:
-    """The options that name the same kit again, for a command a message tells a person
-    to run: ``--kit KIT`` or ``-w WORKSPACE`` (absolute, so it works from anywhere)."""
-    if kit is not None:
-        return f"--kit {shlex.quote(str(kit.resolve()))}"
-    return f"-w {shlex.quote(str(workspace.resolve()))}"
 
 
 def submitter_kit(workspace: Path, kit: Path | None) -> Kit:

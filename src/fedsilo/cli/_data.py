@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from fedsilo.cli import _tables as tables
 from fedsilo.cli._common import SiloKitOption, SiloOption, WorkspaceOption, silo_kit
 from fedsilo.config import Classification
 from fedsilo.storage import add_dataset, open_catalog
@@ -49,25 +49,27 @@ def list_command(
     silo: SiloOption = None,
     workspace: WorkspaceOption = Path("."),
     kit: SiloKitOption = None,
+    wide: tables.WideFlag = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
 ) -> None:
-    """List a silo's datasets: name, classification, kind, size and digest."""
+    """List a silo's datasets: name, classification, kind, size and digest (its first 12
+    digits; --wide or --json prints it whole)."""
     kit_of_silo = silo_kit(silo, workspace, kit)
     with open_catalog(kit_of_silo) as catalog:
         records = catalog.list()
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
-    table = Table(title=f"datasets of silo '{kit_of_silo.name}'")
-    for column in ("name", "classification", "kind", "size", "sha256"):
-        table.add_column(column, no_wrap=column != "sha256", overflow="fold")
+    table = tables.table(
+        f"datasets of silo '{kit_of_silo.name}'", "name", "classification", "kind", "size", "sha256"
+    )
     for record in records:
         table.add_row(
             record.name,
             record.classification.value,
             record.kind,
             _size(record.size_bytes),
-            record.sha256,
+            tables.short(record.sha256, wide),
         )
     Console().print(table)
 
@@ -147,10 +149,16 @@ def split(
     if as_json:
         typer.echo(json.dumps(manifest, indent=2))
         return
-    table = Table(title=f"{source} split {plan.scheme.value} over {len(silo_names)} silos")
     roles = list(next(iter(paths.values())))
-    for name in ("silo", *(f"{r} rows" for r in roles), "file"):
-        table.add_column(name, justify="right" if name.endswith("rows") else "left")
+    table = tables.table(
+        f"{source} split {plan.scheme.value} over {len(silo_names)} silos",
+        "silo",
+        *(f"{r} rows" for r in roles),
+        "folder",
+        wrap=("folder",),
+    )
+    for counted in table.columns[1:-1]:
+        counted.justify = "right"
     for silo, files in paths.items():
         table.add_row(
             silo, *(str(shards.rows(silo, r)) for r in roles), str(files[roles[0]].parent)

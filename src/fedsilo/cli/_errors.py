@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
+from fedsilo.cli import _hints as hints
+from fedsilo.cli import _tables as tables
 from fedsilo.cli._common import SiloKitOption, SiloOption, WorkspaceOption, console, silo_kit
 
 __all__ = ["errors"]
@@ -55,13 +56,17 @@ def errors(
     if not recent:
         console.print(f"silo '{loaded.name}' keeps no errors")
         return
-    table = Table(title=f"errors kept by silo '{loaded.name}' (the newest first)")
-    for column in ("error", "time", "job", "step", "class"):
-        table.add_column(column, overflow="fold")
+    table = tables.table(
+        f"errors kept by silo '{loaded.name}' (the newest first)",
+        "error",
+        "time",
+        "job",
+        "step",
+        "class",
+        wrap=("step", "class"),
+    )
     for e in recent:
-        job = e.job_id or "-"
-        if e.job_name:
-            job += f" ({e.job_name})"
+        job = e.job_id or "no job"
         table.add_row(
             e.id,
             _when(e.time),
@@ -70,7 +75,12 @@ def errors(
             Text(e.error_class),
         )
     console.print(table)
-    console.print("print one whole with: fedsilo silo errors ID (and the same options)")
+    console.print(
+        "print the newest whole with: "
+        + hints.silo_errors(recent[0].id, loaded.name, workspace, kit),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _when(seconds: float) -> str:

@@ -13,15 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, RoundInfo
-from fedsilo.cli._common import (
-    KitOption,
-    WorkspaceOption,
-    caller_kit,
-    console,
-    kit_args,
-    submitter_kit,
-)
+from fedsilo.cli import _hints as hints
+from fedsilo.cli._common import KitOption, WorkspaceOption, caller_kit, console, submitter_kit
 from fedsilo.cli._learn import MetricOption, PlotOption, SweepOption, TrackFlag, sweep_job
+from fedsilo.cli._tables import Footnotes, print_table, table
 from fedsilo.config import Role
 from fedsilo.jobs import load_job, load_private_key
 
@@ -93,7 +88,7 @@ def submit(
             if as_json:
                 typer.echo(json.dumps({"id": job_id, "state": "queued"}))
             else:
-                hint = f"fedsilo job show {job_id} --wait {kit_args(workspace, kit)}"
+                hint = hints.job_show(job_id, workspace, kit)
                 console.print(
                     Text.assemble("submitted job ", (job_id, "bold"), "; follow it with: ", hint),
                     soft_wrap=True,
@@ -105,36 +100,69 @@ def submit(
         raise typer.Exit(1)
 
 
-def _round_table(history: list[RoundInfo]) -> Table:
+def _round_table(history: list[RoundInfo], notes: Footnotes) -> Table:
+    """Each round's metrics per silo and their aggregate; an empty cell's reason in
+    ``notes``."""
     silos = sorted({s for r in history for s in (*r.evaluate, *r.train)})
     metrics = sorted({k for r in history for m in r.evaluate.values() for k in m} - {"num_samples"})
-    table = Table(title="evaluation of the global model after each round")
-    table.add_column("round", justify="right")
-    table.add_column("silo")
-    for name in metrics:
-        table.add_column(name, justify="right")
-    table.add_column("train loss", justify="right")
     private = any(r.privacy or any("epsilon" in m for m in r.train.values()) for r in history)
-    if private:
-        table.add_column("privacy")
+    shown = table(
+        "evaluation of the global model after each round",
+        "round",
+        "silo",
+        *metrics,
+        "train loss",
+        *(("privacy",) if private else ()),
+        wrap=("privacy",),
+    )
+    for column in shown.columns:
+        if column.header not in ("silo", "privacy"):
+            column.justify = "right"
     for r in history:
+        missed = {note.silo for note in r.notes if note.kind == "missed"}
         for silo in silos:
-            ev = r.evaluate.get(silo, {})
-            train = r.train.get(silo, {})
-            row = [str(r.round), silo, *(_num(ev.get(m)) for m in metrics), _num(train.get("loss"))]
+            ev = r.evaluate.get(silo)
+            train = r.train.get(silo)
+            row = [str(r.round), silo]
+            row += [_cell(ev, m, _why_no_metric(silo, ev, missed), notes) for m in metrics]
+            row.append(_cell(train, "loss", _why_no_loss(r, silo, train, missed), notes))
             if private:
-                row.append(f"ε {train['epsilon']:.3g}" if "epsilon" in train else "")
-            table.add_row(*row)
-        row = [
-            str(r.round),
-            "[bold]all[/]",
-            *(f"[bold]{_num(r.evaluate_aggregate.get(m))}[/]" for m in metrics),
-            "",
-        ]
+                row.append(f"ε {train['epsilon']:.3g}" if train and "epsilon" in train else "")
+            shown.add_row(*row)
+        row = [str(r.round), "[bold]all[/]"]
+        for m in metrics:
+            value = r.evaluate_aggregate.get(m)
+            row.append(
+                notes.dash("no silo reported it") if value is None else f"[bold]{_num(value)}[/]"
+            )
+        row.append("")
         if private:
             row.append(_privacy_note(r.privacy))
-        table.add_row(*row, end_section=True)
-    return table
+        shown.add_row(*row, end_section=True)
+    return shown
+
+
+def _cell(report: dict[str, float] | None, name: str, why: str, notes: Footnotes) -> str:
+    value = None if report is None else report.get(name)
+    return notes.dash(why) if value is None else _num(value)
+
+
+def _why_no_metric(silo: str, report: dict[str, float] | None, missed: set[str]) -> str:
+    if silo in missed:
+        return "the round closed without this silo (its note below says why)"
+    if report is None:
+        return "no evaluation from this silo in this round (not sent yet, or not in it)"
+    return "the silo's evaluate() returned no such metric"
+
+
+def _why_no_loss(r: RoundInfo, silo: str, report: dict[str, float] | None, missed: set[str]) -> str:
+    if r.round == 0:
+        return "round 0 evaluates the initial model: nothing is trained"
+    if silo in missed:
+        return "the round closed without this silo (its note below says why)"
+    if report is None:
+        return "no training report from this silo in this round (not sent yet, or not in it)"
+    return "the silo's train() returned no loss"
 
 
 def _privacy_note(privacy: dict[str, float]) -> str:
@@ -151,10 +179,8 @@ def _privacy_note(privacy: dict[str, float]) -> str:
     return "; ".join(parts)
 
 
-def _num(value: float | None) -> str:
+def _num(value: float) -> str:
     """A metric for a table: a count as a whole number, anything else to 4 decimals."""
-    if value is None:
-        return "-"
     if float(value).is_integer() and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.4f}"
@@ -190,9 +216,13 @@ def _render(info: JobInfo, as_json: bool) -> None:
         )
         for r in info.history:
             took_part = sorted(set(r.train) | set(r.evaluate))
-            console.print(f"round {r.round}: {', '.join(took_part) or '-'}", highlight=False)
+            console.print(
+                f"round {r.round}: {', '.join(took_part) or 'no silo reported yet'}",
+                highlight=False,
+            )
     elif info.history:
-        console.print(_round_table(info.history))
+        notes = Footnotes()
+        print_table(console, _round_table(info.history, notes), notes)
     for r in info.history:  # what the orchestrator noticed of the silos' updates
         for note in r.notes:
             console.print(
@@ -230,19 +260,17 @@ def list_jobs(
     if not jobs:
         console.print("no jobs this kit may see (a submitter sees its own and those shared)")
         return
-    table = Table(title="jobs")
-    for column in ("job", "name", "owner", "state", "round", "error"):
-        table.add_column(column, overflow="fold")
+    console.print(_jobs_table(jobs))
+
+
+def _jobs_table(jobs: list[JobInfo]) -> Table:
+    """One job a row; its id whole (the name is its first part), its error wrapped."""
+    shown = table("jobs", "job", "owner", "state", "round", "error", wrap=("error",))
     for j in jobs:
-        table.add_row(
-            j.id,
-            j.name,
-            j.submitter,
-            j.state.value,
-            f"{j.current_round}/{j.rounds}",
-            Text(j.error or ""),
+        shown.add_row(
+            j.id, j.submitter, j.state.value, f"{j.current_round}/{j.rounds}", Text(j.error or "")
         )
-    console.print(table)
+    return shown
 
 
 def cancel(
@@ -339,14 +367,18 @@ def sim(
             )
         )
     else:
-        console.print(_round_table(result.history))
+        notes = Footnotes()
+        print_table(console, _round_table(result.history, notes), notes)
         console.print(
             f"simulated {spec.rounds} rounds over {len(spec.silos)} silos "
             f"in {result.seconds:.1f} s" + (f"; model in {output}" if output else "")
         )
         if tracked is not None:
             console.print(
-                f"tracked in MLflow as job {tracked.job_id}: fedsilo tracking ui {workspace}"
+                f"tracked in MLflow as job {tracked.job_id}; see it with: "
+                + hints.tracking_ui(workspace),
+                highlight=False,
+                soft_wrap=True,
             )
 
 

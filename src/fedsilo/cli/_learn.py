@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
+from fedsilo.cli import _hints as hints
+from fedsilo.cli import _tables as tables
 from fedsilo.cli._common import WorkspaceOption, console
 from fedsilo.jobs import load_job
 
@@ -58,21 +59,26 @@ def baseline(
         return
     metrics = report.metric_names
     over = f", mean ± std over seeds {', '.join(map(str, report.seeds))}" if report.runs else ""
-    table = Table(
-        title=f"{report.job}: FL vs centralized ({report.rounds} rounds, pooled test data{over})"
+    shown = tables.table(
+        f"{report.job}: FL vs centralized ({report.rounds} rounds, pooled test data{over})",
+        "model",
+        *metrics,
+        "wall-clock s",
+        "compute s",
+        wrap=tuple(metrics),
     )
-    table.add_column("model")
-    for name in (*metrics, "wall-clock s", "compute s"):
-        table.add_column(name, justify="right")
+    for column in shown.columns[1:]:
+        column.justify = "right"
+    notes = tables.Footnotes()
     for row in report.rows:
-        values = [_cell(row.metrics.get(m), row.spread.get(m)) for m in metrics]
-        table.add_row(row.label, *values, f"{row.seconds:.2f}", f"{row.compute_seconds:.2f}")
-    console.print(table)
+        values = [_cell(row.metrics.get(m), row.spread.get(m), notes) for m in metrics]
+        shown.add_row(row.label, *values, f"{row.seconds:.2f}", f"{row.compute_seconds:.2f}")
+    tables.print_table(console, shown, notes)
 
 
-def _cell(value: float | None, spread: float | None) -> str:
+def _cell(value: float | None, spread: float | None, notes: tables.Footnotes) -> str:
     if value is None:
-        return "-"
+        return notes.dash("this model's evaluate() returned no such metric")
     return f"{value:.4f}" if spread is None else f"{value:.4f} ± {spread:.4f}"
 
 
@@ -151,17 +157,28 @@ def sweep_job(
         typer.echo(json.dumps(result.as_dict(), indent=2))
         return
     names = sorted({k for r in result.rows for k in r.metrics} - {"num_samples"})
-    table = Table(title=f"{result.job}: sweep over {result.key}")
-    table.add_column(result.key)
-    for name in (*names, "seconds"):
-        table.add_column(f"[bold]{name}[/]" if name == result.metric else name, justify="right")
+    shown = tables.table(f"{result.job}: sweep over {result.key}", result.key, *names, "seconds")
+    for column in shown.columns[1:]:
+        column.justify = "right"
+        if column.header == result.metric:
+            column.header = f"[bold]{result.metric}[/]"
+    notes = tables.Footnotes()
     for row in result.rows:
-        cells = [f"{row.metrics[n]:.4f}" if n in row.metrics else "-" for n in names]
-        table.add_row(row.value, *cells, f"{row.seconds:.2f}")
-    console.print(table)
+        cells = [
+            f"{row.metrics[n]:.4f}"
+            if n in row.metrics
+            else notes.dash("the final model's evaluate() returned no such metric")
+            for n in names
+        ]
+        shown.add_row(row.value, *cells, f"{row.seconds:.2f}")
+    tables.print_table(console, shown, notes)
     console.print(f"plot of final {result.metric} against {result.key} in {result.plot}")
     if track:
-        console.print(f"each variant tracked in MLflow: fedsilo tracking runs {workspace}")
+        console.print(
+            f"each variant tracked in MLflow; list them with: {hints.tracking_runs(workspace)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def sweep(

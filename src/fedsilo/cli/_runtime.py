@@ -13,6 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fedsilo.api import OrchestratorClient, StatusReport
+from fedsilo.cli import _hints as hints
+from fedsilo.cli import _tables as tables
 from fedsilo.cli._common import KitOption, WorkspaceArgument, caller_kit, console
 from fedsilo.cli._database import db_app
 from fedsilo.cli._errors import errors
@@ -78,9 +80,9 @@ def _local_processes(workspace: Path) -> list[ProcessInfo]:
 
 
 def _processes_table(procs: list[ProcessInfo]) -> Table:
-    table = Table(title="processes on this machine (fedsilo up)")
-    for column in ("process", "pid", "state", "log"):
-        table.add_column(column, overflow="fold")
+    table = tables.table(
+        "processes on this machine (fedsilo up)", "process", "pid", "state", "log", wrap=("log",)
+    )
     for p in procs:
         state = "[green]running[/]" if p.alive else "[bold red]down[/]"
         table.add_row(p.name, str(p.pid), state, p.log)
@@ -121,43 +123,22 @@ def status(
                 console.print(_processes_table(local))
                 console.print(
                     f"down: {', '.join(stopped) or 'none'}; start what is missing with: "
-                    f"fedsilo up {workspace.resolve()}",
+                    + hints.up(workspace),
                     highlight=False,
+                    soft_wrap=True,
                 )
                 raise typer.Exit(1) from exc
             raise
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
         return
-    silos = Table(title=f"federation '{report.federation}'")
-    for column in ("silo", "state", "last seen", "busy", "sandbox", "limits", "errors"):
-        silos.add_column(column)
-    now = time.time()
-    for s in report.silos:
-        seen = f"{now - s.last_seen:.1f} s ago" if s.last_seen else "never"
-        state = "[green]online[/]" if s.online else "[red]offline[/]"
-        sandbox = s.sandbox or "-"
-        if sandbox == "none":
-            sandbox = "[bold red]none (job code not confined)[/]"
-        limits = errors = "-"
-        if s.report is not None:
-            limits = s.report.enforcement
-            if s.report.enforcement == "rlimits":
-                limits = "[yellow]rlimits (per process, not per job)[/]"
-            errors = (
-                "[bold yellow]shared (message and traceback)[/]"
-                if s.report.share_errors
-                else "kept in the silo"
-            )
-        silos.add_row(s.name, state, seen, "yes" if s.busy else "", sandbox, limits, errors)
-    console.print(silos)
+    notes = tables.Footnotes()
+    tables.print_table(console, _silos_table(report, notes), notes)
     computes = _computes_table(report)
     if computes is not None:
         console.print(computes)
     if report.jobs:
-        jobs = Table(title="jobs")
-        for column in ("job", "owner", "state", "round", "detail"):
-            jobs.add_column(column, overflow="fold")
+        jobs = tables.table("jobs", "job", "owner", "state", "round", "detail", wrap=("detail",))
         for j in report.jobs:
             jobs.add_row(
                 j.id,
@@ -180,10 +161,46 @@ def status(
         console.print(_processes_table(local))
         if stopped:
             console.print(
-                f"down: {', '.join(stopped)}; start only those with: "
-                f"fedsilo up {workspace.resolve()}",
+                f"down: {', '.join(stopped)}; start only those with: " + hints.up(workspace),
                 highlight=False,
+                soft_wrap=True,
             )
+
+
+def _silos_table(report: StatusReport, notes: tables.Footnotes) -> Table:
+    """Each silo: online or not, and how it runs job code, as its agent last reported."""
+    shown = tables.table(
+        f"federation '{report.federation}'",
+        "silo",
+        "state",
+        "last seen",
+        "busy",
+        "sandbox",
+        "limits",
+        "errors",
+        wrap=("last seen", "sandbox", "limits", "errors"),
+    )
+    now = time.time()
+    for s in report.silos:
+        seen = f"{now - s.last_seen:.1f} s ago" if s.last_seen else "never"
+        state = "[green]online[/]" if s.online else "[red]offline[/]"
+        if s.report is None:
+            unknown = notes.dash("its agent has not reported how it runs jobs since it started")
+            shown.add_row(s.name, state, seen, "yes" if s.busy else "no", *[unknown] * 3)
+            continue
+        sandbox = s.report.sandbox
+        if sandbox == "none":
+            sandbox = "[bold red]none (job code not confined)[/]"
+        limits = s.report.enforcement
+        if limits == "rlimits":
+            limits = "[yellow]rlimits (per process, not per job)[/]"
+        errors = (
+            "[bold yellow]shared (message and traceback)[/]"
+            if s.report.share_errors
+            else "kept in the silo"
+        )
+        shown.add_row(s.name, state, seen, "yes" if s.busy else "no", sandbox, limits, errors)
+    return shown
 
 
 def _computes_table(report: StatusReport) -> Table | None:
@@ -191,11 +208,20 @@ def _computes_table(report: StatusReport) -> Table | None:
     rows = [(s.name, c) for s in report.silos if s.report is not None for c in s.report.computes]
     if not rows:
         return None
-    table = Table(title="computes")
-    for column in ("silo", "compute", "threads", "gpus", "memory", "one job", "a step", "jobs"):
-        table.add_column(column, overflow="fold")
+    table = tables.table(
+        "computes",
+        "silo",
+        "compute",
+        "threads",
+        "gpus",
+        "memory",
+        "one job",
+        "a step",
+        "jobs",
+        wrap=("compute", "gpus", "memory", "one job", "a step", "jobs"),
+    )
     for silo, c in rows:
-        gpus = f"{c.gpus_used}/{len(c.gpus)} {list(c.gpus)}" if c.gpus else "-"
+        gpus = f"{c.gpus_used}/{len(c.gpus)} {list(c.gpus)}" if c.gpus else "none"
         job = f"{c.job_threads} threads, {format_bytes(c.job_memory)}"
         if c.gpus:
             job += f", {c.job_gpus} GPUs"
@@ -207,7 +233,7 @@ def _computes_table(report: StatusReport) -> Table | None:
         step += ", " + (
             format_seconds(c.max_step_seconds) if c.max_step_seconds else "no time limit"
         )
-        jobs = ", ".join(c.running) or "-"
+        jobs = ", ".join(c.running) or "none running"
         if c.queued:
             jobs += f"; queued: {', '.join(c.queued)}"
         table.add_row(
@@ -242,11 +268,13 @@ def check(
         console.print(
             f"orchestrator {client.url}: reachable, mutual TLS ok ({connect * 1000:.0f} ms)"
         )
-        table = Table(title="silos")
-        for column in ("silo", "reachable", "job ran", "round trip", "problem"):
-            table.add_column(column, overflow="fold")
+        table = tables.table(
+            "silos", "silo", "reachable", "job ran", "round trip", "problem", wrap=("problem",)
+        )
         for line in report.silos:
-            rtt = f"{line.round_trip_seconds * 1000:.0f} ms" if line.round_trip_seconds else "-"
+            rtt = "no answer"
+            if line.round_trip_seconds:
+                rtt = f"{line.round_trip_seconds * 1000:.0f} ms"
             table.add_row(
                 line.silo, _yes(line.reachable), _yes(line.ran), rtt, Text(line.error or "")
             )

@@ -6,12 +6,17 @@ import json
 import subprocess
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from fedsilo.cli import _hints as hints
+from fedsilo.cli import _tables as tables
 from fedsilo.cli._common import WorkspaceArgument, console
+
+if TYPE_CHECKING:
+    from fedsilo.tracking import TrackedJob
 
 tracking_app = typer.Typer(
     name="tracking", help="Experiment tracking of FL jobs (MLflow).", no_args_is_help=True
@@ -87,15 +92,23 @@ def runs(
     if not jobs:
         console.print(f"no tracked jobs in {store if store is not None else workspace}")
         return
-    metrics = sorted({k for j in jobs for k in j.final} - {"num_samples"})
-    table = Table(title="tracked jobs")
-    for column in ("job", "name", "status", "started", "rounds", *metrics):
-        table.add_column(column, overflow="fold")
+    console.print(_runs_table(jobs))
+
+
+def _runs_table(jobs: list[TrackedJob]) -> Table:
+    """One tracked job a row, with the final metrics it logged (wrapped to fit)."""
+    shown = tables.table(
+        "tracked jobs", "job", "status", "started", "final metrics", wrap=("status", "started")
+    )
+    shown.columns[-1].overflow = "fold"
+    shown.columns[-1].no_wrap = False
+    shown.columns[-1].min_width = len("accuracy=0.9999,")
     for j in jobs:
-        started = datetime.fromtimestamp(j.started).strftime("%Y-%m-%d %H:%M:%S")
-        values = [f"{j.final[m]:.4f}" if m in j.final else "-" for m in metrics]
-        table.add_row(j.job_id, j.job_name, j.status, started, str(j.rounds), *values)
-    console.print(table)
+        started = datetime.fromtimestamp(j.started).strftime("%Y-%m-%d %H:%M")
+        final = ", ".join(f"{m}={j.final[m]:.4f}" for m in sorted(j.final) if m != "num_samples")
+        status = f"{j.status.lower()}, {j.rounds} rounds"
+        shown.add_row(j.job_id, status, started, final or "none logged")
+    return shown
 
 
 def export(
@@ -139,7 +152,11 @@ def export(
         f"{len(result.updated)} updated, {len(result.unchanged)} unchanged",
         highlight=False,
     )
-    console.print(f"serve them to '{reader}' alone: fedsilo tracking ui --store {to}")
+    console.print(
+        f"serve them to '{reader}' alone with: {hints.tracking_ui(store=to)}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 tracking_app.command("ui")(ui)

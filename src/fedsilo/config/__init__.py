@@ -20,7 +20,7 @@ from fedsilo.config._federation import (
     load_federation,
 )
 from fedsilo.config._kit import Kit, ParticipantInfo, Role, SiloInfo, cert_fingerprint, load_kit
-from fedsilo.config._provision import Workspace, open_workspace, provision
+from fedsilo.config._provision import Workspace, open_workspace, provision, workspace_of
 from fedsilo.config._resources import (
     ByteSize,
     Duration,
@@ -68,4 +68,5 @@ __all__ = [
     "parse_bytes",
     "parse_seconds",
     "provision",
+    "workspace_of",
 ]

@@ -133,6 +133,19 @@ def open_workspace(root: Path) -> Workspace:
     return Workspace(root=folder, federation=load_federation(folder / FEDERATION_FILE))
 
 
+def workspace_of(kit: Kit) -> Path | None:
+    """The workspace ``kit`` was loaded from (``WORKSPACE/kits/NAME``), or ``None`` for a
+    kit on its own: where a message may tell a person to run ``fedsilo up WORKSPACE``."""
+    try:
+        folder = kit.kit_dir
+    except ConfigError:
+        return None
+    root = folder.parent.parent
+    if folder.parent.name != "kits" or not (root / FEDERATION_FILE).is_file():
+        return None
+    return root
+
+
 def provision(spec_path: Path, out: Path, *, force: bool = False) -> Workspace:
     """Create the federation CA and one kit per participant of ``spec_path`` under ``out``.
 

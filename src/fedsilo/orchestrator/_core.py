@@ -264,8 +264,8 @@ class Orchestrator:
                 raise SiloUnavailable(
                     offline[0],
                     "is offline: its agent is not connected "
-                    f"(offline: {', '.join(offline)}); start it with `fedsilo up WORKSPACE` "
-                    "or `fedsilo silo start --kit KIT`",
+                    f"(offline: {', '.join(offline)}); its silo's administrator starts it "
+                    "(`fedsilo silo start --kit KIT` on the silo's machine)",
                 )
             await asyncio.sleep(0.2)
 
@@ -786,8 +786,8 @@ class Orchestrator:
             error = (
                 f"no answer within {timeout:g} s"
                 if reachable[silo]
-                else "its agent is not connected; start it with `fedsilo up WORKSPACE` or "
-                "`fedsilo silo start --kit KIT`, then look at its log"
+                else "its agent is not connected; its silo's administrator starts it "
+                "(`fedsilo silo start --kit KIT` on the silo's machine) and reads its log"
             )
             lines.append(SiloCheck(silo=silo, reachable=reachable[silo], ran=False, error=error))
         return CheckReport(silos=lines)

@@ -159,7 +159,8 @@ def known_class(claimed: object) -> str | None:
 def read_hint(error_id: str) -> str:
     """How the silo's administrator reads an error, as the sentence that leaves says it."""
     return (
-        f"error {error_id}; the silo's administrator reads it with: fedsilo silo errors {error_id}"
+        f"error {error_id}; the silo's administrator reads it on the silo's machine: "
+        f"fedsilo silo errors {error_id} --kit KIT"
     )
 
 
@@ -265,7 +266,7 @@ class ErrorStore:
         except FileNotFoundError:
             raise ConfigError(
                 f"silo '{self.silo}' keeps no error '{error_id}' (in {self.folder}); "
-                "list the errors it keeps with: fedsilo silo errors"
+                "fedsilo silo errors, with the same options and no id, lists those it keeps"
             ) from None
         except (OSError, ValidationError) as exc:
             raise ConfigError(f"cannot read error '{error_id}': {exc}", file=str(path)) from exc
