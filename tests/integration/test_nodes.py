@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from fedsilo.pipelines import simulate, workspace_inputs
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.storage import add_dataset
 from fedsilo.tensors import load_parameters
+from tests import netns
 from tests.integration.conftest import free_port, write_job
 
 pytestmark = pytest.mark.integration
@@ -108,46 +108,22 @@ class Machines:
         return f"{self.subnet}.{host}"
 
     def run(self, namespace: str, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", namespace, *argv], **kwargs)  # type: ignore[call-overload, no-any-return]
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
+        return subprocess.run(netns.inside(namespace, *argv), **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
 @pytest.fixture
 def machines() -> Iterator[Machines]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        reason = "two machines are played by network namespaces: that needs root and iproute2"
-        if os.environ.get("FEDSILO_REQUIRE_CGROUPS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+    netns.require_root("two machines are played by network namespaces")
     tag = f"{os.getpid() % 10000}"
     pair = Machines(a=f"fsm-a{tag}", b=f"fsm-b{tag}", subnet=f"10.213.{os.getpid() % 200}")
-    _ip("netns", "add", pair.a)
-    try:
-        _ip("netns", "add", pair.b)
-        _ip(
-            "link",
-            "add",
-            "fsm-ca",
-            "netns",
-            pair.a,
-            "type",
-            "veth",
-            "peer",
-            "fsm-cb",
-            "netns",
-            pair.b,
-        )
+    with netns.Namespaces() as spaces:
+        spaces.add(pair.a)
+        spaces.add(pair.b)
+        netns.cable(pair.a, "fsm-ca", pair.b, "fsm-cb")
         for ns, card, host in ((pair.a, "fsm-ca", 1), (pair.b, "fsm-cb", 2)):
-            _ip("-n", ns, "addr", "add", f"{pair.address(host)}/24", "dev", card)
-            _ip("-n", ns, "link", "set", card, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
+            netns.ip("-n", ns, "addr", "add", f"{pair.address(host)}/24", "dev", card)
+            netns.ip("-n", ns, "link", "set", card, "up")
         yield pair
-    finally:
-        for ns in (pair.a, pair.b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def _federation(tmp: Path, pair: Machines, port: int) -> Path:
@@ -211,19 +187,7 @@ def test_a_two_machine_silo_trains_and_its_sandbox_reaches_only_its_own_machines
     kit = str(root / "kits" / "silo-a")
     node_log = (tmp_path / "node-1.log").open("wb")
     node = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            machines.b,
-            *fedsilo,
-            "node",
-            "start",
-            "--kit",
-            kit,
-            "--node",
-            "node-1",
-        ],
+        netns.inside(machines.b, *fedsilo, "node", "start", "--kit", kit, "--node", "node-1"),
         stdout=node_log,
         stderr=subprocess.STDOUT,
     )
