@@ -49,6 +49,8 @@ MENTIONS = {
     "api/_client.py": ["(fedsilo provision)?"],
     "approval/_default.py": ["runs `fedsilo approval approve ID`"],
     "orchestrator/_core.py": ["`fedsilo silo start --kit KIT`"],
+    # a command for the machine that holds the federation's CA
+    "orchestrator/_members.py": ["(fedsilo ca sign)"],
     "silo/_errors.py": [
         "the silo's machine: fedsilo silo errors ",
         "fedsilo silo errors, with the same options and no id",

@@ -78,9 +78,14 @@ def free_port() -> int:
 
 
 def write_federation(
-    folder: Path, name: str = "itest", silos: tuple[str, ...] = SILOS, compute: str = ""
+    folder: Path,
+    name: str = "itest",
+    silos: tuple[str, ...] = SILOS,
+    compute: str = "",
+    admins: tuple[str, ...] = (),
 ) -> Path:
-    """A federation spec; ``compute`` adds keys to every silo's compute (``, threads: 2``)."""
+    """A federation spec; ``compute`` adds keys to every silo's compute (``, threads: 2``),
+    ``admins`` names its administrators (kits of their own)."""
     silo_yaml = "".join(
         f"  - name: {s}\n    storage: {{root: storage/{s}}}\n"
         f"    compute: {{name: {s}-cpu{compute}}}\n"
@@ -91,6 +96,7 @@ def write_federation(
         f"name: {name}\norchestrator:\n  host: 127.0.0.1\n  port: {free_port()}\n"
         "  storage: {root: storage/orchestrator}\n  compute: {name: orchestrator-cpu}\n"
         f"silos:\n{silo_yaml}submitters: [alice]\n"
+        + (f"admins: [{', '.join(admins)}]\n" if admins else "")
     )
     return spec
 
@@ -132,9 +138,11 @@ class Federation:
         return load_private_key(self.submitter.signing_key_file)
 
 
-def make_federation(tmp: Path, name: str = "itest", compute: str = "") -> Federation:
+def make_federation(
+    tmp: Path, name: str = "itest", compute: str = "", admins: tuple[str, ...] = ()
+) -> Federation:
     root = tmp / name
-    provision(write_federation(tmp, name, compute=compute), root)
+    provision(write_federation(tmp, name, compute=compute, admins=admins), root)
     ws = open_workspace(root)
     shards = _split_digits(tmp / f"{name}-data")
     for silo in SILOS:

@@ -6,7 +6,10 @@ neither the server nor numpy.
 
 from fedsilo.api._client import MalformedTask, OrchestratorClient, client_ssl_context
 from fedsilo.api._messages import (
+    EXPIRY_WARNING_DAYS,
+    AddMemberRequest,
     AggregateRequest,
+    CertificateInfo,
     CheckReport,
     ComputeReport,
     FinishRequest,
@@ -14,7 +17,10 @@ from fedsilo.api._messages import (
     JobState,
     LiteralState,
     Member,
+    MemberInfo,
     ModelRef,
+    RenewRequest,
+    RevokeRequest,
     RoundInfo,
     RoundNote,
     SiloCheck,
@@ -32,7 +38,10 @@ from fedsilo.api._messages import (
 )
 
 __all__ = [
+    "EXPIRY_WARNING_DAYS",
+    "AddMemberRequest",
     "AggregateRequest",
+    "CertificateInfo",
     "CheckReport",
     "ComputeReport",
     "FinishRequest",
@@ -41,8 +50,11 @@ __all__ = [
     "LiteralState",
     "MalformedTask",
     "Member",
+    "MemberInfo",
     "ModelRef",
     "OrchestratorClient",
+    "RenewRequest",
+    "RevokeRequest",
     "RoundInfo",
     "RoundNote",
     "SiloCheck",

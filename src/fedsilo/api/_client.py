@@ -23,12 +23,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, TypeAdapter
 
 from fedsilo.api._messages import (
+    AddMemberRequest,
     AggregateRequest,
     CheckReport,
     FinishRequest,
     JobInfo,
     LiteralState,
+    MemberInfo,
     ModelRef,
+    RenewRequest,
+    RevokeRequest,
     SiloReport,
     StatusReport,
     StepInfo,
@@ -347,6 +351,39 @@ class OrchestratorClient:
             "POST", "/v1/check", params={"timeout": timeout}, timeout=timeout + 10
         )
         return CheckReport.model_validate_json(response.content)
+
+    # -- members (the federation's administrator) -------------------------------------------
+
+    def members(self, *, removed: bool = False) -> list[MemberInfo]:
+        """Every member and its certificates (``removed``: those removed too)."""
+        response = self._request("GET", "/v1/members", params={"removed": removed})
+        return [MemberInfo.model_validate(m) for m in response.json()]
+
+    def add_member(self, certificate: str, *, compute: str | None = None) -> MemberInfo:
+        """Admit the participant a CA-signed ``certificate`` (PEM) names; a silo needs its
+        ``compute``'s name."""
+        body = AddMemberRequest(certificate=certificate, compute=compute)
+        response = self._request("POST", "/v1/members", json=body.model_dump(mode="json"))
+        return MemberInfo.model_validate_json(response.content)
+
+    def renew_member(self, name: str, certificate: str) -> MemberInfo:
+        """Give member ``name`` a new certificate, valid beside its old one."""
+        body = RenewRequest(certificate=certificate)
+        path = f"/v1/members/{name}/certificates"
+        response = self._request("POST", path, json=body.model_dump(mode="json"))
+        return MemberInfo.model_validate_json(response.content)
+
+    def revoke_member(self, name: str, fingerprint: str | None = None) -> MemberInfo:
+        """Revoke one certificate of ``name`` (a fingerprint or its prefix), or all."""
+        body = RevokeRequest(fingerprint=fingerprint)
+        path = f"/v1/members/{name}/revoke"
+        response = self._request("POST", path, json=body.model_dump(mode="json"))
+        return MemberInfo.model_validate_json(response.content)
+
+    def remove_member(self, name: str) -> MemberInfo:
+        """Remove member ``name`` from the federation."""
+        response = self._request("DELETE", f"/v1/members/{name}")
+        return MemberInfo.model_validate_json(response.content)
 
     # -- silo agents ------------------------------------------------------------------------
 

@@ -12,7 +12,10 @@ from fedsilo.jobs import JobSpec
 from fedsilo.privacy._spec import MaskPlan, PrivacySpec
 
 __all__ = [
+    "EXPIRY_WARNING_DAYS",
+    "AddMemberRequest",
     "AggregateRequest",
+    "CertificateInfo",
     "CheckReport",
     "ComputeReport",
     "FinishRequest",
@@ -20,7 +23,10 @@ __all__ = [
     "JobState",
     "LiteralState",
     "Member",
+    "MemberInfo",
     "ModelRef",
+    "RenewRequest",
+    "RevokeRequest",
     "RoundInfo",
     "RoundNote",
     "SiloCheck",
@@ -262,11 +268,62 @@ class SiloStatus(_Msg):
     report: SiloReport | None = None
 
 
+EXPIRY_WARNING_DAYS = 30
+"""``fedsilo status`` warns of a member's certificate this many days before it expires."""
+
+
 class Member(_Msg):
-    """A participant of the federation and the roles it holds at the orchestrator."""
+    """A participant of the federation and the roles it holds at the orchestrator;
+    ``expires``: when its last valid certificate expires (Unix time), once known."""
 
     name: str
     roles: list[str]
+    expires: float | None = None
+
+
+class CertificateInfo(_Msg):
+    """One certificate of a member, by its SHA-256 fingerprint."""
+
+    fingerprint: str
+    not_after: float | None = None
+    revoked_at: float | None = None
+    revoked_by: str | None = None
+
+
+class MemberInfo(_Msg):
+    """A member as the federation's administrator sees it (``fedsilo members``)."""
+
+    name: str
+    role: str
+    roles: list[str]
+    compute: str | None = None
+    added_by: str
+    removed_by: str | None = None
+    certificates: list[CertificateInfo] = Field(default_factory=list)
+
+
+_PEM = Field(min_length=1, max_length=64 * 1024)
+
+
+class AddMemberRequest(_Msg):
+    """A participant to admit: its certificate (PEM, signed by the federation's CA; its
+    subject names it and its role) and, for a silo, the name of its compute."""
+
+    certificate: Annotated[str, _PEM]
+    compute: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class RenewRequest(_Msg):
+    """A member's new certificate, to connect with beside (then instead of) its old one."""
+
+    certificate: Annotated[str, _PEM]
+
+
+class RevokeRequest(_Msg):
+    """Which certificate of a member to revoke: a fingerprint or its unique prefix; none:
+    every certificate it holds."""
+
+    fingerprint: str | None = Field(default=None, pattern=r"^[0-9a-f]{4,64}$")
 
 
 class StatusReport(_Msg):

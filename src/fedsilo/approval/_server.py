@@ -83,6 +83,34 @@ def _identity(path: Path) -> tuple[str, str]:
     return cert_fingerprint(cert.public_bytes(serialization.Encoding.DER)), name
 
 
+class _Callers:
+    """Who may call: the silo's agent (the kit's certificate) and its administrator
+    (``admin.crt``), by fingerprint, read again whenever either file changes, so a renewed
+    certificate is taken without a restart."""
+
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+        self._stamp: tuple[tuple[int, int], ...] = ()
+        self._callers: dict[str, _Caller] = {}
+        self.current()
+
+    def current(self) -> dict[str, _Caller]:
+        files = (self.kit.cert_file, self.kit.admin_cert_file)
+        try:
+            stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        except OSError:
+            stamp = ()
+        if stamp != self._stamp or not self._callers:
+            agent_fp, _ = _identity(self.kit.cert_file)
+            admin_fp, admin_name = _identity(self.kit.admin_cert_file)
+            self._callers = {
+                agent_fp: _Caller(self.kit.name, "agent"),
+                admin_fp: _Caller(admin_name, "admin"),
+            }
+            self._stamp = stamp
+        return self._callers
+
+
 def build_app(
     kit: Kit,
     *,
@@ -102,9 +130,7 @@ def build_app(
     silo = kit.name
     rules = policy if policy is not None else load_policy(kit.policy_file)
     log_ = audit if audit is not None else AuditLog(audit_path(kit.storage_path), actor=silo)
-    agent_fp, _ = _identity(kit.cert_file)
-    admin_fp, admin_name = _identity(kit.admin_cert_file)
-    callers = {agent_fp: _Caller(silo, "agent"), admin_fp: _Caller(admin_name, "admin")}
+    callers = _Callers(kit)
     queue = ApprovalQueue(queue_path(kit))
 
     app = FastAPI(title=f"approval endpoint of silo '{silo}'", docs_url=None, redoc_url=None)
@@ -131,7 +157,7 @@ def build_app(
 
     def caller(request: Request) -> _Caller:
         fingerprint = peer_fingerprint(request.scope)
-        who = callers.get(fingerprint or "")
+        who = callers.current().get(fingerprint or "")
         if who is None:
             log_.append(
                 "approval.refused",

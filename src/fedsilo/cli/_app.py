@@ -69,11 +69,13 @@ def _register() -> None:
         _approval,
         _audit,
         _data,
+        _enroll,
         _examples,
         _federation,
         _jobs,
         _keys,
         _learn,
+        _members,
         _quickstart,
         _runtime,
         _service,
@@ -82,9 +84,10 @@ def _register() -> None:
 
     for module in (_federation, _data, _runtime, _jobs, _keys, _quickstart, _approval, _audit):
         module.register(app)
-    for module in (_learn, _tracking, _service):
+    for module in (_learn, _tracking, _service, _members):
         module.register(app)
     _examples.register(app)
+    _enroll.register(app)
 
 
 def main() -> None:

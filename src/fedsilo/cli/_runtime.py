@@ -12,12 +12,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from fedsilo.api import OrchestratorClient, StatusReport
+from fedsilo.api import EXPIRY_WARNING_DAYS, OrchestratorClient, StatusReport
 from fedsilo.cli import _hints as hints
 from fedsilo.cli import _tables as tables
 from fedsilo.cli._common import KitOption, WorkspaceArgument, caller_kit, console
 from fedsilo.cli._database import db_app
 from fedsilo.cli._errors import errors
+from fedsilo.cli._members import expiry
 from fedsilo.config import Role, format_bytes, format_seconds
 from fedsilo.errors import FedsiloError, OrchestratorUnavailable
 from fedsilo.runtime import ProcessInfo
@@ -149,12 +150,20 @@ def status(
             )
         console.print(jobs)
     if report.members:
-        members = Table(title="members")
-        members.add_column("participant")
-        members.add_column("roles")
+        members = tables.table("members", "participant", "roles", "certificate expires")
+        soon = []
         for m in report.members:
-            members.add_row(m.name, ", ".join(m.roles))
-        console.print(members)
+            members.add_row(m.name, ", ".join(m.roles), expiry(m.expires))
+            if m.expires is not None and m.expires - time.time() < EXPIRY_WARNING_DAYS * 86400:
+                soon.append(m.name)
+        tables.print_table(console, members)
+        for name in soon:
+            console.print(
+                f"[yellow]warning:[/] the certificate of '{name}' expires within "
+                f"{EXPIRY_WARNING_DAYS} days; the federation's administrator renews it "
+                "(docs/provisioning.md, members of a running federation)",
+                highlight=False,
+            )
     if report.you is not None:
         console.print(f"you are {report.you.name} ({', '.join(report.you.roles)})", highlight=False)
     if local:

@@ -85,6 +85,12 @@ ROUTES: dict[str, frozenset[Grant]] = {
     # the federation
     "GET /v1/status": frozenset({S, U, A}),
     "POST /v1/check": frozenset({U, A}),
+    # its members, changed while it runs
+    "GET /v1/members": frozenset({A}),
+    "POST /v1/members": frozenset({A}),
+    "POST /v1/members/{member}/certificates": frozenset({A}),
+    "POST /v1/members/{member}/revoke": frozenset({A}),
+    "DELETE /v1/members/{member}": frozenset({A}),
 }
 
 

@@ -13,13 +13,18 @@ from starlette.requests import ClientDisconnect
 
 from fedsilo._suggest import did_you_mean, listing
 from fedsilo.api._messages import (
+    AddMemberRequest,
     AggregateRequest,
+    CertificateInfo,
     CheckReport,
     FinishRequest,
     JobInfo,
     LiteralState,
     Member,
+    MemberInfo,
     ModelRef,
+    RenewRequest,
+    RevokeRequest,
     SiloReport,
     StatusReport,
     StepInfo,
@@ -35,7 +40,8 @@ from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._http import StrictJSONRoute, error_response, invalid_request
 from fedsilo.orchestrator._literal import LiteralRun
-from fedsilo.orchestrator._tls import peer_fingerprint
+from fedsilo.orchestrator._members import Participant, Roster
+from fedsilo.orchestrator._tls import peer_certificate, peer_fingerprint
 
 __all__ = ["Caller", "create_app"]
 
@@ -50,11 +56,12 @@ Instance = Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$")]
 
 def create_app(
     orchestrator: Orchestrator,
-    participants: dict[str, Caller],
+    roster: Roster,
     *,
     on_startup: Callable[[], None] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
-    """Build the API over ``orchestrator``; ``participants`` maps fingerprints to identities.
+    """Build the API over ``orchestrator``; ``roster`` says who each certificate belongs to.
 
     Every route passes :func:`authorize` first, which checks the caller against the route's
     row of :data:`fedsilo.orchestrator._access.ROUTES`; no route checks roles itself.
@@ -65,6 +72,8 @@ def create_app(
         if on_startup is not None:
             on_startup()
         yield
+        if on_shutdown is not None:
+            await on_shutdown()
 
     app = FastAPI(
         title="fedsilo orchestrator",
@@ -91,9 +100,6 @@ def create_app(
     def member(who: Caller) -> Member:
         return Member(name=who.name, roles=sorted(r.value for r in who.roles))
 
-    members = sorted((member(c) for c in participants.values()), key=lambda m: m.name)
-    submitters = {c.name for c in participants.values() if Role.SUBMITTER in c.roles}
-
     def refuse(request: Request, who: str, reason: str) -> HTTPException:
         orchestrator.audit.append(
             "request.refused",
@@ -106,12 +112,13 @@ def create_app(
 
     def identify(request: Request) -> Caller:
         fingerprint = peer_fingerprint(request.scope)
-        who = participants.get(fingerprint or "")
+        who = roster.caller(fingerprint, peer_certificate(request.scope))
         if who is None:
             raise refuse(
                 request,
                 f"fingerprint {fingerprint}",
-                "this certificate is not a participant of the federation",
+                "this certificate is not a participant of the federation (never one, "
+                "revoked, or its holder removed); ask the federation's administrator",
             )
         return who
 
@@ -259,6 +266,7 @@ def create_app(
 
     @app.post("/v1/jobs", status_code=201, response_model=dict[str, str])
     async def submit(body: SubmitRequest, name: Name) -> Any:
+        submitters = roster.submitters()
         for position, reader in enumerate(body.spec.share_with):
             if reader != SHARE_WITH_ALL and reader not in submitters:
                 return error_response(
@@ -371,6 +379,10 @@ def create_app(
             visible=lambda job: view(job.grants(who)),
             silos=None if Role.SILO not in who.roles else (who.name,),
         )
+        members = [
+            Member(name=p.name, roles=sorted(r.value for r in p.roles), expires=p.expires)
+            for p in roster.members()
+        ]
         return report.model_copy(update={"you": member(who), "members": members})
 
     @app.post("/v1/check")
@@ -379,5 +391,59 @@ def create_app(
         timeout: Annotated[float, Query(gt=0, le=120)] = 15.0,
     ) -> CheckReport:
         return await orchestrator.check(timeout)
+
+    # -- members (the federation's administrator) -------------------------------------------
+
+    def member_info(p: Participant) -> MemberInfo:
+        return MemberInfo(
+            name=p.name,
+            role=p.role.value,
+            roles=sorted(r.value for r in p.roles),
+            compute=p.compute,
+            added_by=p.added_by,
+            removed_by=p.removed_by,
+            certificates=[
+                CertificateInfo(
+                    fingerprint=c.fingerprint,
+                    not_after=c.not_after,
+                    revoked_at=c.revoked_at,
+                    revoked_by=c.revoked_by,
+                )
+                for c in p.certificates
+            ],
+        )
+
+    def shut_out(p: Participant, why: str) -> None:
+        """A member that may no longer connect: a silo's open tasks fail naming it."""
+        if p.role is Role.SILO and not roster.connected_as(p.name):
+            orchestrator.expel_silo(p.name, f"silo '{p.name}' {why}", removed=not p.active)
+
+    @app.get("/v1/members")
+    async def members_list(_: Name, removed: bool = False) -> list[MemberInfo]:
+        """Every member with its certificates (``removed``: those removed too)."""
+        return [member_info(p) for p in roster.members(removed=removed)]
+
+    @app.post("/v1/members", status_code=201)
+    async def members_add(body: AddMemberRequest, name: Name) -> MemberInfo:
+        added = roster.add(body.certificate, compute=body.compute, by=name)
+        if added.role is Role.SILO:
+            orchestrator.admit_silo(added.name)
+        return member_info(added)
+
+    @app.post("/v1/members/{member}/certificates", status_code=201)
+    async def members_renew(member: str, body: RenewRequest, name: Name) -> MemberInfo:
+        return member_info(roster.renew(member, body.certificate, by=name))
+
+    @app.post("/v1/members/{member}/revoke")
+    async def members_revoke(member: str, body: RevokeRequest, name: Name) -> MemberInfo:
+        revoked = roster.revoke(member, body.fingerprint, by=name)
+        shut_out(revoked, f"lost its certificate: revoked by {name}")
+        return member_info(revoked)
+
+    @app.delete("/v1/members/{member}")
+    async def members_remove(member: str, name: Name) -> MemberInfo:
+        removed = roster.remove(member, by=name)
+        shut_out(removed, f"was removed from federation '{orchestrator.federation}' by {name}")
+        return member_info(removed)
 
     return app

@@ -206,6 +206,40 @@ class Orchestrator:
         else:
             self.audit.append("silo.restarted", silo=silo, tasks=[])
 
+    # -- membership -------------------------------------------------------------------------
+
+    def admit_silo(self, silo: str) -> None:
+        """Take a silo added to the federation while it runs: it may poll from now on."""
+        if silo not in self.silos:
+            self.silos = (*self.silos, silo)
+        self._wakeup.setdefault(silo, asyncio.Event())
+        self._queues.setdefault(silo, deque())
+
+    def expel_silo(self, silo: str, reason: str, *, removed: bool) -> list[str]:
+        """Stop dealing with ``silo``'s agent (its certificate revoked, or the silo
+        ``removed`` from the federation): its open tasks fail with ``reason``, its queue is
+        emptied and a poll it has waiting returns. A removed silo is no longer one of the
+        federation's; a revoked one stays, offline until it holds a valid certificate.
+        Returns the ids of the tasks that failed."""
+        failed = [task_id for task_id, owner in self._open.items() if owner == silo]
+        for task_id in failed:
+            self.deliver(silo, task_id, TaskResult(ok=False, error=reason))
+        queue = self._queues.get(silo)
+        if queue is not None:
+            queue.clear()  # a poll that waits holds it: nothing left to hand out
+        self._last_seen.pop(silo, None)
+        self._instance.pop(silo, None)
+        event = self._wakeup.get(silo)
+        if removed:
+            self.silos = tuple(s for s in self.silos if s != silo)
+            self._queues.pop(silo, None)
+            self._wakeup.pop(silo, None)
+        if event is not None:
+            event.set()
+        if failed:
+            log.warning("silo '%s': %d open task(s) failed: %s", silo, len(failed), reason)
+        return failed
+
     def silent_for(self, silo: str) -> float:
         """Seconds since ``silo`` was last heard (infinite if never)."""
         last = self._last_seen.get(silo)
@@ -291,12 +325,19 @@ class Orchestrator:
         )
         loop = asyncio.get_running_loop()
         for silo, message in tasks:
-            self._queues[silo].append((message.task_id, message.model_dump_json()))
             self._open[message.task_id] = silo  # its result is taken, waited for or not
             if wait:
                 self._waiters[message.task_id] = loop.create_future()
                 if message.job_id is not None:
                     self._task_jobs[message.task_id] = message.job_id
+            if silo not in self._queues:  # removed from the federation while its job ran
+                error = f"silo '{silo}' is no longer a member of federation '{self.federation}'"
+                # answered once the caller holds the task's waiter
+                loop.call_soon(
+                    self.deliver, silo, message.task_id, TaskResult(ok=False, error=error)
+                )
+                continue
+            self._queues[silo].append((message.task_id, message.model_dump_json()))
             self._wakeup[silo].set()
         return [message.task_id for _, message in tasks]
 
@@ -339,6 +380,8 @@ class Orchestrator:
         while True:
             event.clear()
             if gone is not None and await gone():
+                return None
+            if silo not in self._queues or silo not in self._last_seen:  # shut out meanwhile
                 return None
             if queue:
                 task_id, message_json = queue.popleft()
@@ -618,6 +661,11 @@ class Orchestrator:
     def track_flush(self, timeout: float | None = None) -> bool:
         """Wait until every tracking call queued so far is done; False on timeout."""
         return True if self._tracking is None else self._tracking.flush(timeout)
+
+    def track_close(self, timeout: float | None = None) -> bool:
+        """As the orchestrator stops: log what tracking holds (every job that ended is
+        complete in the store), then stop its thread; False if ``timeout`` ran out."""
+        return True if self._tracking is None else self._tracking.close(timeout)
 
     def cancel(self, job_id: str, by: str | None = None) -> bool:
         """Cancel the running job ``job_id`` (``by``: who asked, for its record)."""

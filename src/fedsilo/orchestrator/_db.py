@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
@@ -41,8 +42,10 @@ from fedsilo.orchestrator._migrations import (
 
 __all__ = [
     "BlobRow",
+    "CertificateRow",
     "CheckpointRow",
     "JobRow",
+    "MemberRow",
     "MetricRow",
     "NoteRow",
     "RoundRow",
@@ -133,6 +136,35 @@ class CheckpointRow(_Base):
     state_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
     state_json: Mapped[str] = mapped_column(Text)
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class MemberRow(_Base):
+    """A participant of the federation: those of the orchestrator's kit, and those an
+    administrator added since (:mod:`fedsilo.orchestrator._members`). A removed member
+    keeps its row, with who removed it and when."""
+
+    __tablename__ = "members"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    compute: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    added_at: Mapped[float] = mapped_column(Float)
+    added_by: Mapped[str] = mapped_column(String(64))
+    removed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    removed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class CertificateRow(_Base):
+    """A certificate a member connects with, by fingerprint; several while one renews.
+    ``not_after`` is its expiry, once known; a revoked one is refused from then on."""
+
+    __tablename__ = "certificates"
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    member: Mapped[str] = mapped_column(ForeignKey("members.name"), index=True)
+    not_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    added_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class BlobRow(_Base):
@@ -447,6 +479,51 @@ class Store:
         with self.session() as s:
             if s.get(BlobRow, digest) is None:
                 s.add(BlobRow(digest=digest, size=size, owner=owner, created_at=time.time()))
+
+    # -- members ----------------------------------------------------------------------------
+
+    def members(self) -> tuple[list[MemberRow], list[CertificateRow]]:
+        """Every member ever recorded (removed ones too) and every certificate."""
+        with self.session() as s:
+            members = list(s.scalars(select(MemberRow).order_by(MemberRow.name)))
+            certificates = list(s.scalars(select(CertificateRow)))
+            return members, certificates
+
+    def put_member(self, member: MemberRow, certificate: CertificateRow | None) -> None:
+        """Add ``member`` (or admit again a removed one of that name) with a certificate."""
+        with self.session() as s:
+            s.merge(member)
+            s.flush()
+            if certificate is not None:
+                s.merge(certificate)
+
+    def add_certificate(self, row: CertificateRow) -> None:
+        with self.session() as s:
+            s.add(row)
+
+    def remove_member(self, name: str, *, by: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(MemberRow)
+                .where(MemberRow.name == name)
+                .values(removed_at=time.time(), removed_by=by)
+            )
+
+    def revoke(self, fingerprints: Sequence[str], *, by: str) -> None:
+        with self.session() as s:
+            s.execute(
+                update(CertificateRow)
+                .where(CertificateRow.fingerprint.in_(fingerprints))
+                .values(revoked_at=time.time(), revoked_by=by)
+            )
+
+    def certificate_expiry(self, fingerprint: str, not_after: float) -> None:
+        with self.session() as s:
+            s.execute(
+                update(CertificateRow)
+                .where(CertificateRow.fingerprint == fingerprint)
+                .values(not_after=not_after)
+            )
 
 
 def _merge_metrics(

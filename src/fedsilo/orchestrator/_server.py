@@ -13,10 +13,11 @@ import uvicorn
 from fedsilo.audit import AuditLog, audit_path
 from fedsilo.config import Kit, Role, load_kit
 from fedsilo.errors import ConfigError
-from fedsilo.orchestrator._app import Caller, create_app
+from fedsilo.orchestrator._app import create_app
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._db import Store, redacted
+from fedsilo.orchestrator._members import Roster
 from fedsilo.orchestrator._tls import MutualTLSProtocol, server_ssl_context
 from fedsilo.tracking import Tracker
 
@@ -39,19 +40,23 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
     store = Store(database_url or default_database_url(kit))
     log.info("the orchestrator's state: %s database %s", store.dialect, redacted(store.url))
     blobs = BlobStore(kit.storage_path / "blobs")
+    audit = AuditLog(audit_path(kit.storage_path), actor=kit.name)
+    roster = Roster(
+        federation=kit.federation,
+        store=store,
+        audit=audit,
+        ca_file=kit.ca_file,
+        founding=kit.participants,
+        silos=kit.silos,
+    )
     engine = Orchestrator(
         federation=kit.federation,
-        silos=[s.name for s in kit.silos],
+        silos=roster.silos(),
         store=store,
         blobs=blobs,
-        audit=AuditLog(audit_path(kit.storage_path), actor=kit.name),
+        audit=audit,
         tracker=Tracker.in_folder(kit.storage_path / "tracking"),
     )
-    participants = {
-        p.fingerprint: Caller(p.name, p.roles)
-        for p in kit.participants
-        if p.role in (Role.SILO, Role.SUBMITTER, Role.ADMIN)
-    }
 
     def on_startup() -> None:
         resumed, failed = engine.resume_unfinished()
@@ -60,7 +65,7 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
         if failed:
             log.warning("%d job(s) an earlier orchestrator left running failed", len(failed))
 
-    return create_app(engine, participants, on_startup=on_startup), engine
+    return create_app(engine, roster, on_startup=on_startup), engine
 
 
 def serve(kit_dir: Path, *, database_url: str | None = None, log_level: str = "info") -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["MutualTLSProtocol", "peer_fingerprint", "server_ssl_context"]
+__all__ = ["MutualTLSProtocol", "peer_certificate", "peer_fingerprint", "server_ssl_context"]
 
 
 def server_ssl_context(*, cert_file: str, key_file: str, ca_file: str) -> ssl.SSLContext:
@@ -52,10 +52,16 @@ class MutualTLSProtocol(H11Protocol):
         self.app = with_tls
 
 
-def peer_fingerprint(scope: Mapping[str, Any]) -> str | None:
-    """SHA-256 (hex) of the DER client certificate on this request, if any."""
+def peer_certificate(scope: Mapping[str, Any]) -> bytes | None:
+    """The DER client certificate on this request, if any."""
     tls = (scope.get("extensions") or {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
     if not chain or not isinstance(chain[0], bytes | bytearray):
         return None
-    return hashlib.sha256(chain[0]).hexdigest()
+    return bytes(chain[0])
+
+
+def peer_fingerprint(scope: Mapping[str, Any]) -> str | None:
+    """SHA-256 (hex) of the DER client certificate on this request, if any."""
+    der = peer_certificate(scope)
+    return None if der is None else hashlib.sha256(der).hexdigest()
