@@ -6,6 +6,7 @@ federation CA, and turns transport failures into errors that say what to do.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, TypeAdapter
 
@@ -42,7 +44,7 @@ from fedsilo.api._messages import (
     TaskResult,
 )
 from fedsilo.config import Kit, workspace_of
-from fedsilo.config._kit import KIT_FILE
+from fedsilo.config._kit import CA_FILE, KIT_FILE
 from fedsilo.errors import (
     CertificateRefused,
     ConfigError,
@@ -100,8 +102,40 @@ def _task_id_of(raw: bytes) -> str | None:
     return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) else None
 
 
+def _check_certificate(kit: Kit) -> None:
+    """A :class:`ConfigError` for a kit whose certificate the orchestrator's TLS would turn
+    away without a word: expired, not yet valid, or not signed by the kit's own CA."""
+    from cryptography import x509
+
+    try:
+        cert = x509.load_pem_x509_certificate(kit.cert_file.read_bytes())
+        ca = x509.load_pem_x509_certificate(kit.ca_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot read the kit's certificates: {exc}", file=str(kit.kit_dir)
+        ) from exc
+    now = dt.datetime.now(dt.UTC)
+    if now > cert.not_valid_after_utc or now < cert.not_valid_before_utc:
+        span = f"{cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d}"
+        raise ConfigError(
+            f"the certificate of '{kit.name}' is valid from {span}, not now; ask the "
+            "federation's administrator for a renewed one (docs/provisioning.md)",
+            file=str(kit.cert_file),
+        )
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise ConfigError(
+            f"the certificate of '{kit.name}' was not signed by the CA in {CA_FILE}: the kit "
+            "mixes two federations; assemble it again from one federation's reply",
+            file=str(kit.kit_dir),
+        ) from None
+
+
 def client_ssl_context(kit: Kit) -> ssl.SSLContext:
-    """TLS 1.3 client context: trusts only the federation CA, presents the kit's certificate."""
+    """TLS 1.3 client context: trusts only the federation CA, presents the kit's certificate
+    (checked first: expired, or of another CA, is a :class:`ConfigError` naming it)."""
+    _check_certificate(kit)
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(kit.ca_file))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(certfile=str(kit.cert_file), keyfile=str(kit.key_file))
