@@ -10,6 +10,8 @@ reaches silo data.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -39,6 +41,7 @@ __all__ = [
     "SiloInfo",
     "cert_fingerprint",
     "load_kit",
+    "write_atomic",
     "write_kit",
 ]
 
@@ -255,5 +258,19 @@ def write_kit(kit: Kit, kit_dir: Path) -> Path:
     """Write ``kit`` as ``kit_dir/kit.yaml`` (without its file paths); returns that file."""
     kit_file = kit_dir / KIT_FILE
     text = yaml.safe_dump(kit.model_dump(mode="json"), sort_keys=False)
-    kit_file.write_text(text, encoding="utf-8")
+    write_atomic(kit_file, text.encode("utf-8"))
     return kit_file
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place:
+    a reader sees the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -16,8 +16,6 @@ never emptied, not even with ``force``.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import tempfile
@@ -28,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedsilo._suggest import did_you_mean, listing
+from fedsilo.config._certs import issue_certificate, make_ca, write_private_key
 from fedsilo.config._federation import (
     ORCHESTRATOR_NAME,
     FederationSpec,
@@ -63,8 +61,6 @@ from fedsilo.errors import ConfigError, ProvisioningError, WorkspaceError
 __all__ = ["Workspace", "open_workspace", "provision"]
 
 FEDERATION_FILE = "federation.yaml"
-_CA_YEARS = 10
-_CERT_YEARS = 2
 _PLACED = (FEDERATION_FILE, "ca", "kits")
 
 
@@ -207,12 +203,12 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
     build = stage / "new"
     (build / "kits").mkdir(parents=True)
     shutil.copyfile(spec_path, build / FEDERATION_FILE)
-    ca_key, ca_cert = _make_ca(spec.name)
+    ca_key, ca_cert = make_ca(spec.name)
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     ca_dir = build / "ca"
     ca_dir.mkdir(mode=0o700)
     (ca_dir / CA_FILE).write_bytes(ca_pem)
-    _write_private(ca_dir / "ca.key", ca_key)
+    write_private_key(ca_dir / "ca.key", ca_key)
 
     people = [(ORCHESTRATOR_NAME, Role.ORCHESTRATOR)]
     people += [(silo.name, Role.SILO) for silo in spec.silos]
@@ -225,7 +221,7 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
         server = spec.orchestrator.host if role is Role.ORCHESTRATOR else None
         key, cert = _make_cert(spec, name, role.value, ca_key, ca_cert, server_host=server)
         (kit_dir / CERT_FILE).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_private(kit_dir / KEY_FILE, key)
+        write_private_key(kit_dir / KEY_FILE, key)
         (kit_dir / CA_FILE).write_bytes(ca_pem)
         der = cert.public_bytes(serialization.Encoding.DER)
         participants.append(
@@ -251,7 +247,7 @@ def _build(spec: FederationSpec, spec_path: Path, stage: Path, roots: dict[str, 
             (kits / silo.name / cert_file).write_bytes(
                 cert.public_bytes(serialization.Encoding.PEM)
             )
-            _write_private(kits / silo.name / key_file, key)
+            write_private_key(kits / silo.name / key_file, key)
         _write_policy(silo, spec_path, kits / silo.name / POLICY_FILE, signing_keys)
     silo_infos = tuple(SiloInfo(name=s.name, compute=s.compute.name) for s in spec.silos)
     orchestrator_root = str(roots[ORCHESTRATOR_NAME])
@@ -340,54 +336,6 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-    os.chmod(path, 0o600)
-
-
-def _name(spec: FederationSpec, common_name: str, unit: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, spec.name),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-        ]
-    )
-
-
-def _make_ca(federation: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, f"{federation} federation CA"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, federation),
-        ]
-    )
-    now = dt.datetime.now(dt.UTC)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365 * _CA_YEARS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(ski, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
 def _signing_key(kit_dir: Path) -> str:
     """Create a submitter's code-signing key in its kit; return the public key line."""
     from fedsilo.jobs._signing import new_signing_key  # fedsilo.jobs imports fedsilo.config
@@ -424,58 +372,9 @@ def _make_cert(
     *,
     server_host: str | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A participant certificate; with ``server_host``, also for serving TLS on that host."""
+    """A new key and its certificate; with ``server_host``, also for serving TLS there."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
-    if server_host is not None:
-        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(spec, name, unit))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=365 * _CERT_YEARS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-            critical=False,
-        )
+    cert = issue_certificate(
+        spec.name, name, unit, key.public_key(), ca_key, ca_cert, server_host=server_host
     )
-    if server_host is not None:
-        builder = builder.add_extension(_server_san(server_host), critical=False)
-    return key, builder.sign(ca_key, hashes.SHA256())
-
-
-def _server_san(host: str) -> x509.SubjectAlternativeName:
-    names: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    try:
-        extra: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        extra = x509.DNSName(host)
-    if extra not in names:
-        names.append(extra)
-    return x509.SubjectAlternativeName(names)
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return key, cert

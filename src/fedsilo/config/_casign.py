@@ -1,0 +1,385 @@
+"""The CA's side of enrollment: check a participant's request, sign it, record it.
+
+Runs on the machine that holds the federation's CA (a provisioned workspace's
+``ca/ca.key``). It reads a request file (certificate signing requests and public facts),
+never a private key, and writes a reply file (certificates and public facts) and one line
+per participant in ``ca/issued.yaml``, the record of every enrollment this CA signed: a
+name or a compute it holds is taken, as are those of ``federation.yaml``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from pydantic import BaseModel, ConfigDict
+
+from fedsilo.config._certs import issue_certificate, key_fingerprint, server_san, subject_name
+from fedsilo.config._enroll import (
+    REPLY_FORMAT,
+    EnrollmentReply,
+    EnrollmentRequest,
+    KitPart,
+    kit_parts,
+    load_request,
+    write_document,
+)
+from fedsilo.config._federation import ORCHESTRATOR_NAME
+from fedsilo.config._kit import (
+    SIGNING_KEY_FILE,
+    ParticipantInfo,
+    Role,
+    SiloInfo,
+    cert_fingerprint,
+    write_atomic,
+)
+from fedsilo.config._provision import Workspace, open_workspace
+from fedsilo.config._yamlio import load_yaml_mapping, validate_model
+from fedsilo.errors import ConfigError, ProvisioningError, WorkspaceError
+
+__all__ = ["ISSUED_FILE", "Issued", "Review", "issued", "review_request", "sign_request"]
+
+ISSUED_FILE = "issued.yaml"
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class Issued(BaseModel):
+    """One enrollment the CA signed: who, in which role, which certificate, until when."""
+
+    model_config = _FROZEN
+
+    name: str
+    role: Role
+    serial: str
+    fingerprint: str
+    not_after: dt.datetime
+    signed_at: dt.datetime
+    computes: tuple[str, ...] = ()
+    signing_key: str | None = None
+
+
+class _Record(BaseModel):
+    model_config = _FROZEN
+
+    issued: tuple[Issued, ...] = ()
+
+
+def issued(workspace: Workspace) -> tuple[Issued, ...]:
+    """Every enrollment the workspace's CA has signed, oldest first."""
+    path = workspace.root / "ca" / ISSUED_FILE
+    if not path.is_file():
+        return ()
+    data, index = load_yaml_mapping(path)
+    return validate_model(_Record, data, path, index).issued
+
+
+@dataclass(frozen=True)
+class Review:
+    """A request that passed every check, and what the CA's operator confirms before
+    signing: who asks, for which role, with which keys and server names."""
+
+    request_file: Path
+    request: EnrollmentRequest
+    key_fingerprints: dict[str, str]
+    server_names: dict[str, tuple[str, ...]]
+
+
+def review_request(request_file: Path, workspace: Path) -> Review:
+    """Check ``request_file`` against the CA of ``workspace``; :class:`ConfigError` naming
+    the participant and what to do for each refusal."""
+    ws = open_workspace(workspace)
+    request = load_request(request_file)
+    _, ca_cert = _ca(ws)
+    who = f"the request of '{request.name}'"
+    spec = ws.federation
+    if request.federation != spec.name:
+        raise ConfigError(
+            f"{who} is for federation '{request.federation}', but this workspace's CA is "
+            f"federation '{spec.name}'s; ask '{request.name}' to make its request again with "
+            f"--federation {spec.name}",
+            file=str(request_file),
+            field="federation",
+        )
+    ca_fp = cert_fingerprint(ca_cert.public_bytes(serialization.Encoding.DER))
+    if request.ca_fingerprint is not None and request.ca_fingerprint != ca_fp:
+        raise ConfigError(
+            f"{who} expects the CA whose certificate has sha256 {request.ca_fingerprint[:16]}..., "
+            f"not this workspace's ({ca_fp[:16]}...); send '{request.name}' this workspace's "
+            f"{ws.ca_file} and ask for a request made with --ca",
+            file=str(request_file),
+            field="ca_fingerprint",
+        )
+    fingerprints: dict[str, str] = {}
+    names: dict[str, tuple[str, ...]] = {}
+    for part in kit_parts(request.role):
+        csr = _checked_csr(request, part, who, request_file)
+        fingerprints[part.part] = key_fingerprint(csr.public_key())  # type: ignore[arg-type]
+        if part.server:
+            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            names[part.part] = tuple(str(n.value) for n in san)
+    _check_free(ws, request, who, request_file)
+    return Review(request_file, request, fingerprints, names)
+
+
+def _ca(ws: Workspace) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key_file = ws.root / "ca" / "ca.key"
+    if not key_file.is_file():
+        raise WorkspaceError(
+            f"{ws.root} holds no CA key (ca/ca.key): sign on the machine that provisioned "
+            f"federation '{ws.federation.name}'"
+        )
+    key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    cert = x509.load_pem_x509_certificate(ws.ca_file.read_bytes())
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise WorkspaceError(f"{key_file} is not the federation's CA key")
+    if cert.not_valid_after_utc < dt.datetime.now(dt.UTC):
+        raise WorkspaceError(
+            f"the CA of federation '{ws.federation.name}' expired on "
+            f"{cert.not_valid_after_utc:%Y-%m-%d}; it signs nothing more"
+        )
+    return key, cert
+
+
+def _checked_csr(
+    request: EnrollmentRequest, part: KitPart, who: str, request_file: Path
+) -> x509.CertificateSigningRequest:
+    """The part's CSR, once its signature holds and it asks for exactly what the role has."""
+    field = f"csrs.{part.part}"
+    try:
+        csr = x509.load_pem_x509_csr(request.csrs[part.part].encode("ascii"))
+        valid = csr.is_signature_valid
+    except ValueError as exc:
+        raise ConfigError(
+            f"{who}: its {part.part} request is not a certificate signing request ({exc}); "
+            f"ask '{request.name}' for a new request",
+            file=str(request_file),
+            field=field,
+        ) from None
+    if not valid:
+        raise ConfigError(
+            f"{who}: the signature of its {part.part} request does not verify (it was changed "
+            f"after '{request.name}' signed it); ask '{request.name}' for a new request and "
+            "check its key fingerprints with it",
+            file=str(request_file),
+            field=field,
+        )
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ConfigError(
+            f"{who}: its {part.part} key is not an ECDSA P-256 key; ask for a new request",
+            file=str(request_file),
+            field=field,
+        )
+
+    def attribute(oid: x509.ObjectIdentifier) -> str:
+        values = csr.subject.get_attributes_for_oid(oid)
+        return str(values[0].value) if values else ""
+
+    unit = attribute(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if unit != part.unit:
+        raise ConfigError(
+            f"{who}: its {part.part} certificate request asks for role '{unit}', but the "
+            f"request is for a {request.role}, whose {part.part} certificate has role "
+            f"'{part.unit}'; refused: ask '{request.name}' for a new request "
+            f"(--role {request.role})",
+            file=str(request_file),
+            field=field,
+        )
+    expected = subject_name(request.federation, part.common_name(request.name), part.unit)
+    if csr.subject != expected:
+        raise ConfigError(
+            f"{who}: its {part.part} certificate request names "
+            f"'{csr.subject.rfc4514_string()}', not '{expected.rfc4514_string()}'; ask "
+            f"'{request.name}' for a new request",
+            file=str(request_file),
+            field=field,
+        )
+    host = request.approval_host if part.part == "approval" else request.host
+    wanted = [server_san(host).oid] if part.server and host is not None else []
+    asked = [ext.oid for ext in csr.extensions]
+    san_ok = not part.server or (
+        host is not None
+        and asked == wanted
+        and csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        == server_san(host)
+    )
+    if asked != wanted or not san_ok:
+        raise ConfigError(
+            f"{who}: its {part.part} certificate request asks for extensions the CA does not "
+            f"grant it (server names must be those of host {host!r}); ask '{request.name}' "
+            "for a new request",
+            file=str(request_file),
+            field=field,
+        )
+    return csr
+
+
+def _check_free(ws: Workspace, request: EnrollmentRequest, who: str, request_file: Path) -> None:
+    """Refuse a name or compute a participant of the workspace already has."""
+    spec = ws.federation
+    owners: dict[str, str] = {}
+    for silo in spec.silos:
+        for suffix in ("", "-approval", "-admin"):
+            owners[silo.name + suffix] = f"silo '{silo.name}' of federation.yaml"
+    for name in spec.submitters:
+        owners[name] = "a submitter of federation.yaml"
+    for name in spec.admins:
+        owners.setdefault(name, "an administrator of federation.yaml")
+    computes = {spec.orchestrator.compute.name: "the orchestrator"}
+    for silo in spec.silos:
+        computes |= {c.name: f"silo '{silo.name}'" for c in silo.all_computes()}
+    for entry in issued(ws):
+        day = f"{entry.signed_at:%Y-%m-%d}"
+        suffixes = ("", "-approval", "-admin") if entry.role is Role.SILO else ("",)
+        for suffix in suffixes:
+            owners[entry.name + suffix] = f"a {entry.role} enrolled on {day} (ca/{ISSUED_FILE})"
+        computes |= {c: f"silo '{entry.name}', enrolled on {day}" for c in entry.computes}
+    if request.role is not Role.ORCHESTRATOR:
+        owners[ORCHESTRATOR_NAME] = "the orchestrator"
+    for part in kit_parts(request.role):
+        name = part.common_name(request.name)
+        if name in owners:
+            raise ConfigError(
+                f"{who}: the name '{name}' is taken in federation '{spec.name}': "
+                f"{owners[name]} has it; ask the participant to enroll under another name",
+                file=str(request_file),
+                field="name",
+            )
+    for compute in (request.compute, *request.computes):
+        if compute is not None and compute in computes:
+            raise ConfigError(
+                f"{who}: compute '{compute}' belongs to {computes[compute]}; ask '{request.name}' "
+                "to name its compute otherwise",
+                file=str(request_file),
+                field="compute",
+            )
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What :func:`sign_request` wrote: the reply for the participant, and the record."""
+
+    reply_file: Path
+    reply: EnrollmentReply
+    issued: Issued
+
+
+def sign_request(request_file: Path, workspace: Path, *, to: Path | None = None) -> Signed:
+    """Check ``request_file`` (as :func:`review_request`), issue its certificates with the
+    CA of ``workspace``, record the enrollment and write the reply (default:
+    ``NAME.reply.yaml`` beside the request)."""
+    review = review_request(request_file, workspace)
+    ws = open_workspace(workspace)
+    ca_key, ca_cert = _ca(ws)
+    request = review.request
+    certs: dict[str, x509.Certificate] = {}
+    for part in kit_parts(request.role):
+        csr = x509.load_pem_x509_csr(request.csrs[part.part].encode("ascii"))
+        host = request.approval_host if part.part == "approval" else request.host
+        certs[part.part] = issue_certificate(
+            request.federation,
+            part.common_name(request.name),
+            part.unit,
+            csr.public_key(),  # type: ignore[arg-type]
+            ca_key,
+            ca_cert,
+            server_host=host if part.server else None,
+        )
+    main = certs["main"]
+    fingerprint = cert_fingerprint(main.public_bytes(serialization.Encoding.DER))
+    entry = Issued(
+        name=request.name,
+        role=request.role,
+        serial=format(main.serial_number, "x"),
+        fingerprint=fingerprint,
+        not_after=main.not_valid_after_utc,
+        signed_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+        computes=(request.compute, *request.computes) if request.compute else (),
+        signing_key=request.signing_key,
+    )
+    reply = EnrollmentReply(
+        format=REPLY_FORMAT,
+        federation=request.federation,
+        name=request.name,
+        role=request.role,
+        orchestrator_host=ws.federation.orchestrator.host,
+        orchestrator_port=ws.federation.orchestrator.port,
+        ca=ws.ca_file.read_text(encoding="ascii"),
+        certificates={
+            part: cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+            for part, cert in certs.items()
+        },
+        compute=request.compute,
+        approval_host=request.approval_host,
+        approval_port=request.approval_port,
+        trusted_keys=_submitter_keys(ws) if request.role is Role.SILO else {},
+        silos=_silos(ws) if request.role is Role.ORCHESTRATOR else (),
+        participants=_participants(ws, fingerprint) if request.role is Role.ORCHESTRATOR else (),
+    )
+    target = (
+        Path(to) if to is not None else Path(request_file).with_name(f"{request.name}.reply.yaml")
+    )
+    record = ws.root / "ca" / ISSUED_FILE
+    entries = (*issued(ws), entry)
+    try:
+        write_document(
+            target,
+            reply,
+            f"Enrollment reply for {request.role} '{request.name}' of federation "
+            f"'{request.federation}'.\nIt holds no private key. Finish the kit with it, on "
+            "the machine that made the request.",
+        )
+        text = yaml.safe_dump(_Record(issued=entries).model_dump(mode="json"), sort_keys=False)
+        write_atomic(record, text.encode("utf-8"))
+    except OSError as exc:
+        raise ProvisioningError(f"cannot write the reply {target}: {exc}") from exc
+    return Signed(target, reply, entry)
+
+
+def _submitter_keys(ws: Workspace) -> dict[str, str]:
+    """The code-signing public keys of the submitters this workspace knows."""
+    keys: dict[str, str] = {}
+    for name in ws.federation.submitters:
+        pub = ws.root / "kits" / name / f"{SIGNING_KEY_FILE}.pub"
+        if pub.is_file():
+            keys[name] = pub.read_text(encoding="utf-8").strip()
+    for entry in issued(ws):
+        if entry.signing_key is not None:
+            keys[entry.name] = entry.signing_key
+    return keys
+
+
+def _silos(ws: Workspace) -> tuple[SiloInfo, ...]:
+    known = [SiloInfo(name=s.name, compute=s.compute.name) for s in ws.federation.silos]
+    known += [
+        SiloInfo(name=e.name, compute=e.computes[0])
+        for e in issued(ws)
+        if e.role is Role.SILO and e.computes
+    ]
+    return tuple(known)
+
+
+def _participants(ws: Workspace, orchestrator_fingerprint: str) -> tuple[ParticipantInfo, ...]:
+    """Who the newly enrolled orchestrator admits: the provisioned and enrolled participants,
+    and itself with its new certificate."""
+    provisioned = ws.kit(ORCHESTRATOR_NAME).participants
+    people = [p for p in provisioned if p.role is not Role.ORCHESTRATOR]
+    people.insert(
+        0,
+        ParticipantInfo(
+            name=ORCHESTRATOR_NAME, role=Role.ORCHESTRATOR, fingerprint=orchestrator_fingerprint
+        ),
+    )
+    people += [
+        ParticipantInfo(name=e.name, role=e.role, fingerprint=e.fingerprint)
+        for e in issued(ws)
+        if e.role is not Role.ORCHESTRATOR
+    ]
+    return tuple(people)
