@@ -131,7 +131,8 @@ def test_a_client_certificate_from_another_ca_is_refused(
     pointed = foreign.model_copy(
         update={"orchestrator_port": running.submitter.orchestrator_port}
     ).located(foreign.kit_dir)
-    with OrchestratorClient(pointed, timeout=5) as client, pytest.raises(CertificateRefused):
+    refused = pytest.raises(CertificateRefused, match="does not hold a certificate of this kit")
+    with OrchestratorClient(pointed, timeout=5) as client, refused:
         client.status()
 
 

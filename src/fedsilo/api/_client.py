@@ -102,6 +102,17 @@ def _task_id_of(raw: bytes) -> str | None:
     return value if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{32}", value) else None
 
 
+def certificate_not_trusted(exc: BaseException) -> bool:
+    """Whether a connection failed because the server's certificate did not verify against
+    the kit's CA (an :class:`ssl.SSLCertVerificationError` somewhere in ``exc``'s causes)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _check_certificate(kit: Kit) -> None:
     """A :class:`ConfigError` for a kit whose certificate the orchestrator's TLS would turn
     away without a word: expired, not yet valid, or not signed by the kit's own CA."""
@@ -188,7 +199,7 @@ class OrchestratorClient:
             response = self._http.request(method, path, **kwargs)
         except httpx.ConnectError as exc:
             text = str(exc)
-            if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+            if certificate_not_trusted(exc):
                 raise CertificateRefused(
                     f"the server at {self.url} does not hold a certificate of this kit's "
                     "federation CA; check the kit's orchestrator address"

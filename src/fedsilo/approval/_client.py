@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 from pydantic import TypeAdapter, ValidationError
 
-from fedsilo.api._client import client_ssl_context
+from fedsilo.api._client import certificate_not_trusted, client_ssl_context
 from fedsilo.approval._models import ApprovalAnswer, ApprovalRequest, Decision
 from fedsilo.approval._queue import QueueEntry, QueueState
 from fedsilo.config import Kit, workspace_of
@@ -86,7 +86,7 @@ def _call(http: httpx.Client, kit: Kit, method: str, path: str, **kwargs: Any) -
         response = http.request(method, path, **kwargs)
     except httpx.ConnectError as exc:
         text = str(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        if certificate_not_trusted(exc):
             raise _Failure(
                 f"the server at {url} does not hold a certificate of this federation's CA; "
                 "check approval_host and approval_port in the silo's kit.yaml"
