@@ -30,8 +30,8 @@ the repository's installed venv. The commands start with the venv off ``PATH``, 
 ``FEDSILO_*`` variables but the test switches, and 80 columns, as a new user's shell. The
 commands of :data:`SUBSTITUTES` run differently or not at all, each for the reason given
 there; ``JOB_ID`` (see :data:`PLACEHOLDERS`) is replaced by the id the docs told the
-reader to paste. Stage 3 of the guide is not run: it needs a person approving the job at
-three hospitals and full-size DP training (tests/integration covers its pieces).
+reader to paste. Stage 3 of the guide is not run here: it needs a person to approve the
+job at each of three hospitals, and DP training on the full dataset.
 
 A failure names the file, the line and the command. Afterwards every federation a doc
 brought up in the folder is stopped, and any process still running there fails the test
