@@ -56,6 +56,7 @@ from pathlib import Path
 
 import pytest
 
+from fedsilo.runtime import free_port_block
 from tests.datasets.real_data import real_data
 from tests.silo.test_sandbox import _sandbox_problem
 
@@ -426,6 +427,31 @@ def test_a_stale_sample_fails_and_a_true_one_passes(tmp_path: Path) -> None:
     assert mismatch(list(enumerate(failed)), output, tmp_path) is not None
     reordered = [shown[4], shown[0]]
     assert mismatch(list(enumerate(reordered)), output, tmp_path) is not None
+
+
+@pytest.mark.integration
+def test_a_failing_doc_names_its_line_and_leaves_nothing_running(
+    run_root: Path, tmp_path: Path
+) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "```bash\n"
+        "source .venv/bin/activate\n"
+        f"sed 's/port: 7700/port: {free_port_block(4)}/' examples/helloworld/federation.yaml"
+        " > hello.yaml\n"
+        "fedsilo provision hello.yaml --out ws-hello\n"
+        "```\n\n"
+        "```console\n"
+        "$ fedsilo up ws-hello\n"
+        "federation 'helloworld' is down\n"
+        "```\n"
+    )
+    with pytest.raises(AssertionError, match=rf"{doc}:8: fedsilo up ws-hello") as failed:
+        run_doc(str(doc), run_root)
+    assert "9: federation 'helloworld' is down" in str(failed.value)
+    assert (run_root / "ws-hello" / "run" / "processes.json").is_file()
+    assert stop_everything(run_root) == {}  # fedsilo down stopped it all; nothing to kill
+    assert _processes_under(run_root) == {}
 
 
 def _read(doc: str) -> str:
