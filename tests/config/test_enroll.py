@@ -322,7 +322,7 @@ def test_a_silo_spec_gives_datasets_storage_and_policy(ws: Path, tmp_path: Path)
     assert kit.silo is not None and kit.silo.dataset("notes") is not None
     assert [c.name for c in kit.silo.all_computes()] == ["silo-d-cpu", "silo-d-gpu"]
     assert kit.policy_file.read_text() == policy.read_text()
-    assert not (here / "kit" / "silo.yaml").exists()
+    assert not (here / "kit" / "pending-silo.yaml").exists()
     with pytest.raises(
         ConfigError, match="compute 'silo-d-gpu' belongs to silo 'silo-d', enrolled on"
     ):

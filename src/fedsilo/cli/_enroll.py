@@ -177,13 +177,17 @@ def sign(
         soft_wrap=True,
     )
     if asked.role is not Role.ORCHESTRATOR:
-        add = hints.command("members", "add", signed.reply_file, "--kit", "ADMIN_KIT")
+        ws = open_workspace(workspace)
+        admins = ws.federation.admins
+        admin_kit = ws.kit_dir(admins[0]) if admins else "ADMIN_KIT"
+        add = hints.command("members", "add", signed.reply_file, "--kit", admin_kit)
         console.print(
             f"to admit it while the federation runs: {add}", highlight=False, soft_wrap=True
         )
     if asked.signing_key:
         console.print(
-            f"silos trust its code once their policy lists, under trusted_keys:\n"
+            "silos enrolled from now on trust its code; a silo already running does once "
+            "its policy.yaml lists, under trusted_keys:\n"
             f'  "{asked.name}": "{asked.signing_key}"',
             highlight=False,
             soft_wrap=True,

@@ -101,9 +101,9 @@ def review_request(request_file: Path, workspace: Path) -> Review:
     spec = ws.federation
     if request.federation != spec.name:
         raise ConfigError(
-            f"{who} is for federation '{request.federation}', but this workspace's CA is "
-            f"federation '{spec.name}'s; ask '{request.name}' to make its request again with "
-            f"--federation {spec.name}",
+            f"{who} is for federation '{request.federation}', but this workspace's CA is the "
+            f"CA of federation '{spec.name}'; ask '{request.name}' to make its request again "
+            f"with --federation {spec.name}",
             file=str(request_file),
             field="federation",
         )
@@ -186,8 +186,8 @@ def _checked_csr(
     if unit != part.unit:
         raise ConfigError(
             f"{who}: its {part.part} certificate request asks for role '{unit}', but the "
-            f"request is for a {request.role}, whose {part.part} certificate has role "
-            f"'{part.unit}'; refused: ask '{request.name}' for a new request "
+            f"request is for role '{request.role}' (whose {part.part} certificate has role "
+            f"'{part.unit}'); refused: ask '{request.name}' for a new request "
             f"(--role {request.role})",
             file=str(request_file),
             field=field,

@@ -86,7 +86,7 @@ __all__ = [
 
 REQUEST_FORMAT: Final = "fedsilo-enrollment-request/1"
 REPLY_FORMAT: Final = "fedsilo-enrollment-reply/1"
-LOCAL_SILO_FILE = "silo.yaml"
+LOCAL_SILO_FILE = "pending-silo.yaml"
 """The silo's own spec, kept beside its keys between request and finish; never sent."""
 DEFAULT_APPROVAL_PORT = 8444
 
@@ -289,7 +289,7 @@ class RequestMade:
 
 @dataclass(frozen=True)
 class _SiloFacts:
-    spec: dict[str, Any]  # the silo's spec as written to silo.yaml (storage only if given)
+    spec: dict[str, Any]  # the silo's spec as kept in pending-silo.yaml (storage only if given)
     computes: tuple[str, ...]
     approval_host: str
     approval_port: int
