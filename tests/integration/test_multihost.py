@@ -29,6 +29,10 @@ connection are there; nothing goes from the host's own namespace to these addres
 (it would leave the machine). ``ip netns exec`` mounts a fresh ``/sys``, which hides the
 host's control groups from the agents: their limits fall back to rlimits here.
 
+While it runs, silo-c is removed from the federation and silo-d, which makes its keys on
+a machine of its own and enrolls through the federation's CA, is admitted: no restart, no
+new kit for anyone else.
+
 Needs root (skipped without, failed under ``FEDSILO_REQUIRE_CGROUPS=1``) and PostgreSQL
 (see ``tests/postgres.py``). Processes, the database server and the namespaces are gone at
 the end of the module, also when a test fails.
@@ -51,7 +55,7 @@ from fedsilo.config import Classification, Workspace, provision
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.storage import add_dataset
 from tests import netns, postgres
-from tests.integration.conftest import SILOS, stop_all, write_job
+from tests.integration.conftest import SILOS, free_port, stop_all, write_job
 
 pytestmark = pytest.mark.integration
 
@@ -205,9 +209,10 @@ class Federation:
                 cwd=self.root,
             )
 
-    def start_silo(self, silo: str) -> None:
-        """Start ``silo``'s approval endpoint and agent on its machine."""
-        kit = str(self.workspace.kit_dir(silo))
+    def start_silo(self, silo: str, kit_dir: Path | None = None) -> None:
+        """Start ``silo``'s approval endpoint and agent on its machine (with the kit in
+        ``kit_dir``, for a silo that enrolled on its own machine)."""
+        kit = str(kit_dir or self.workspace.kit_dir(silo))
         self.start(silo, f"{silo}-approval", "approval", "serve", "--kit", kit)
         self.start(silo, silo, "silo", "start", "--kit", kit, "--cores", "1")
 
@@ -222,6 +227,12 @@ class Federation:
         )
         if done.returncode != 0:
             pytest.fail(f"{done.stderr.strip()}\n{self.tails()}")
+
+    def fedsilo(self, machine: str, *args: str | Path) -> str:
+        """``fedsilo ARGS`` on ``machine``; its output, or the test fails with its error."""
+        done = self.network.run(machine, sys.executable, "-m", "fedsilo", *map(str, args))
+        assert done.returncode == 0, f"fedsilo {' '.join(map(str, args))}: {done.stderr}"
+        return done.stdout
 
     def submit(self, job: Path) -> dict[str, object]:
         """``fedsilo submit JOB --wait --json`` on the submitter's machine."""
@@ -253,6 +264,7 @@ def _workspace(tmp: Path, network: Network) -> Workspace:
         f"name: multihost\norchestrator:\n  host: {network.address('orchestrator')}\n"
         f"  port: {ORCHESTRATOR_PORT}\n  storage: {{root: storage/orchestrator}}\n"
         f"  compute: {{name: orchestrator-cpu}}\nsilos:\n{silos}submitters: [alice]\n"
+        "admins: [carol]\n"
     )
     ws = provision(spec, tmp / "ws")
     shards = _split_digits(tmp / "data")
@@ -341,3 +353,61 @@ def test_a_job_runs_to_the_end_with_its_state_in_postgresql(
     )
     storage = federation.workspace.kit("orchestrator").storage_path
     assert not (storage / "orchestrator.db").exists()
+
+
+def test_a_silo_leaves_and_another_joins_while_the_federation_runs(
+    federation: Federation, tmp_path: Path
+) -> None:
+    """silo-c is removed; silo-d, enrolled on a machine of its own with a key made there,
+    is admitted; a job runs on silo-a, silo-b and silo-d. The orchestrator never restarts,
+    and no other participant gets a new kit."""
+    fed, network, ws = federation, federation.network, federation.workspace
+    carol = ws.kit_dir("carol")  # the administrator works from the submitters' machine
+    removed = fed.fedsilo("submitter", "members", "remove", "silo-c", "--kit", carol)
+    assert "removed silo 'silo-c'" in removed
+    fed.stop_silo("silo-c")
+
+    network.plug("silo-d", reach=["orchestrator"])
+    machine = tmp_path / "silo-d"
+    kit_dir = machine / "kit"
+    fed.fedsilo(
+        "silo-d", "enroll", "request", "--federation", "multihost", "--name", "silo-d",
+        "--role", "silo", "--compute", "silo-d-cpu", "--approval-host",
+        network.address("silo-d"), "--approval-port", str(free_port()), "--to", kit_dir,
+    )  # fmt: skip
+    # the request goes to the CA's machine (the workspace, which needs no network here)
+    reply = tmp_path / "silo-d.reply.yaml"
+    request = kit_dir / "silo-d.request.yaml"
+    signed = subprocess.run(
+        [sys.executable, "-m", "fedsilo", "ca", "sign", str(request), "-w", str(fed.root),
+         "--yes", "--to", str(reply)],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert signed.returncode == 0, signed.stderr
+    fed.fedsilo("silo-d", "enroll", "finish", reply, "--to", kit_dir, "--storage", machine / "data")
+    assert not [p for p in fed.root.rglob("*.key") if "silo-d" in p.name]
+    shards = _split_digits(machine / "source")["silo-c"]  # the data silo-c had
+    for role in ("train", "test"):
+        fed.fedsilo(
+            "silo-d", "data", "add", shards[role], "--kit", kit_dir, "--name", f"digits-{role}",
+            "--classification", "sensitive",
+        )  # fmt: skip
+    added = fed.fedsilo("submitter", "members", "add", reply, "--kit", carol)
+    assert "silo 'silo-d'" in added
+    fed.start_silo("silo-d", kit_dir)
+    fed.wait_online(["silo-a", "silo-b", "silo-d"])
+
+    info = fed.submit(write_job(tmp_path / "job", rounds=2, silos="[silo-a, silo-b, silo-d]"))
+    assert info["state"] == "succeeded", info.get("error")
+    history = info["history"]
+    assert isinstance(history, list)
+    assert all(set(r["train"]) == {"silo-a", "silo-b", "silo-d"} for r in history), history
+    # silo-d reaches the orchestrator and nothing else either
+    seen = network.probe("silo-d", [f"{network.address('postgres')}:{POSTGRES_PORT}"])
+    assert "answers" not in seen.values(), seen
+    # the removal and the admission are the orchestrator's record
+    listed = json.loads(fed.fedsilo("submitter", "members", "list", "--kit", carol, "--json"))
+    assert {m["name"] for m in listed if m["role"] == "silo"} == {"silo-a", "silo-b", "silo-d"}
