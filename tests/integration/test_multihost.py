@@ -378,9 +378,9 @@ def test_a_silo_leaves_and_another_joins_while_the_federation_runs(
     # the request goes to the CA's machine (the workspace, which needs no network here)
     reply = tmp_path / "silo-d.reply.yaml"
     request = kit_dir / "silo-d.request.yaml"
+    sign = ["ca", "sign", str(request), "-w", str(fed.root), "--yes", "--to", str(reply)]
     signed = subprocess.run(
-        [sys.executable, "-m", "fedsilo", "ca", "sign", str(request), "-w", str(fed.root),
-         "--yes", "--to", str(reply)],  # fmt: skip
+        [sys.executable, "-m", "fedsilo", *sign],
         capture_output=True,
         text=True,
         timeout=60,
