@@ -51,6 +51,9 @@ MENTIONS = {
     "orchestrator/_core.py": ["`fedsilo silo start --kit KIT`"],
     # a command for the machine that holds the federation's CA
     "orchestrator/_members.py": ["(fedsilo ca sign)"],
+    # a command's name in a sentence that names the kit and the reply to give it
+    "config/_renew.py": ["(fedsilo certs install)"],
+    "config/_kit.py": ["finish it by running fedsilo certs install again"],
     "silo/_errors.py": [
         "the silo's machine: fedsilo silo errors ",
         "fedsilo silo errors, with the same options and no id",

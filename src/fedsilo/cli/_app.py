@@ -68,6 +68,7 @@ def _register() -> None:
     from fedsilo.cli import (
         _approval,
         _audit,
+        _certs,
         _data,
         _enroll,
         _examples,
@@ -88,6 +89,7 @@ def _register() -> None:
         module.register(app)
     _examples.register(app)
     _enroll.register(app)
+    _certs.register(app)
 
 
 def main() -> None:

@@ -144,9 +144,16 @@ def sign(
     write the reply to send back."""
     review = review_request(request_file, workspace)
     asked = review.request
-    table = Table(title=f"enrollment request {request_file}", show_header=False)
+    renewing = review.renewing
+    kind = "renewal" if renewing else "enrollment"
+    table = Table(title=f"{kind} request {request_file}", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
+    if renewing is not None:
+        table.add_row("renewal of", f"{asked.role} '{asked.name}' ({renewing.known_as})")
+        table.add_row("current certificate", f"valid until {renewing.not_after:%Y-%m-%d}")
+        for part, fingerprint in renewing.fingerprints.items():
+            table.add_row(f"{part} old cert sha256", fingerprint)
     table.add_row("participant", asked.name)
     table.add_row("role", asked.role.value)
     table.add_row("federation", asked.federation)
@@ -167,7 +174,8 @@ def sign(
                 "participant (the key fingerprints above), then sign with --yes",
                 file=str(request_file),
             )
-        if not typer.confirm(f"sign {asked.role} '{asked.name}'?", default=False):
+        what = "the renewal of " if renewing else ""
+        if not typer.confirm(f"sign {what}{asked.role} '{asked.name}'?", default=False):
             console.print("not signed")
             raise typer.Exit(1)
     signed = sign_request(request_file, workspace, to=to)
@@ -180,10 +188,21 @@ def sign(
         ws = open_workspace(workspace)
         admins = ws.federation.admins
         admin_kit = ws.kit_dir(admins[0]) if admins else "ADMIN_KIT"
-        add = hints.command("members", "add", signed.reply_file, "--kit", admin_kit)
-        console.print(
-            f"to admit it while the federation runs: {add}", highlight=False, soft_wrap=True
-        )
+        if renewing is None:
+            add = hints.command("members", "add", signed.reply_file, "--kit", admin_kit)
+            console.print(
+                f"to admit it while the federation runs: {add}", highlight=False, soft_wrap=True
+            )
+        else:
+            renew = hints.command(
+                "members", "renew", asked.name, signed.reply_file, "--kit", admin_kit
+            )
+            console.print(
+                f"before '{asked.name}' installs the reply, give the orchestrator its new "
+                f"certificate: {renew}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if asked.signing_key:
         console.print(
             "silos enrolled from now on trust its code; a silo already running does once "

@@ -5,17 +5,24 @@ Runs on the machine that holds the federation's CA (a provisioned workspace's
 never a private key, and writes a reply file (certificates and public facts) and one line
 per participant in ``ca/issued.yaml``, the record of every enrollment this CA signed: a
 name or a compute it holds is taken, as are those of ``federation.yaml``.
+
+A renewal request is the other way round: its name must be a participant of the
+workspace already, in the same role, and it carries the certificate it renews (issued by
+this CA) and a signature by that certificate's key over the new requests.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict
@@ -28,6 +35,7 @@ from fedsilo.config._enroll import (
     KitPart,
     kit_parts,
     load_request,
+    renewal_payload,
     write_document,
 )
 from fedsilo.config._federation import ORCHESTRATOR_NAME
@@ -43,7 +51,15 @@ from fedsilo.config._provision import Workspace, open_workspace
 from fedsilo.config._yamlio import load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError, ProvisioningError, WorkspaceError
 
-__all__ = ["ISSUED_FILE", "Issued", "Review", "issued", "review_request", "sign_request"]
+__all__ = [
+    "ISSUED_FILE",
+    "Issued",
+    "Renewing",
+    "Review",
+    "issued",
+    "review_request",
+    "sign_request",
+]
 
 ISSUED_FILE = "issued.yaml"
 
@@ -63,6 +79,7 @@ class Issued(BaseModel):
     signed_at: dt.datetime
     computes: tuple[str, ...] = ()
     signing_key: str | None = None
+    renews: str | None = None  # the fingerprint of the certificate this one renews
 
 
 class _Record(BaseModel):
@@ -81,14 +98,26 @@ def issued(workspace: Workspace) -> tuple[Issued, ...]:
 
 
 @dataclass(frozen=True)
+class Renewing:
+    """What a renewal request renews: the participant as the workspace knows it, and the
+    certificate it holds now."""
+
+    known_as: str
+    fingerprints: dict[str, str]
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True)
 class Review:
     """A request that passed every check, and what the CA's operator confirms before
-    signing: who asks, for which role, with which keys and server names."""
+    signing: who asks, for which role, with which keys and server names, and for a renewal
+    which certificates it renews."""
 
     request_file: Path
     request: EnrollmentRequest
     key_fingerprints: dict[str, str]
     server_names: dict[str, tuple[str, ...]]
+    renewing: Renewing | None = None
 
 
 def review_request(request_file: Path, workspace: Path) -> Review:
@@ -124,8 +153,13 @@ def review_request(request_file: Path, workspace: Path) -> Review:
         if part.server:
             san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             names[part.part] = tuple(str(n.value) for n in san)
-    _check_free(ws, request, who, request_file)
-    return Review(request_file, request, fingerprints, names)
+    if request.renews is None:
+        _check_free(ws, request, who, request_file)
+        return Review(request_file, request, fingerprints, names)
+    renewing = _check_renewal(
+        ws, request, ca_cert, f"the renewal of '{request.name}'", request_file
+    )
+    return Review(request_file, request, fingerprints, names, renewing)
 
 
 def _ca(ws: Workspace) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -262,6 +296,110 @@ def _check_free(ws: Workspace, request: EnrollmentRequest, who: str, request_fil
             )
 
 
+def _members(ws: Workspace) -> dict[str, tuple[Role, str, tuple[str, ...]]]:
+    """Each participant of the workspace: its role, where it is named, its computes."""
+    spec = ws.federation
+    known: dict[str, tuple[Role, str, tuple[str, ...]]] = {
+        ORCHESTRATOR_NAME: (Role.ORCHESTRATOR, "federation.yaml", ())
+    }
+    for silo in spec.silos:
+        computes = tuple(c.name for c in silo.all_computes())
+        known[silo.name] = (Role.SILO, "federation.yaml", computes)
+    for name in spec.admins:
+        known[name] = (Role.ADMIN, "federation.yaml", ())
+    for name in spec.submitters:
+        known[name] = (Role.SUBMITTER, "federation.yaml", ())
+    for entry in issued(ws):
+        if entry.name not in known:
+            where = f"ca/{ISSUED_FILE}, enrolled on {entry.signed_at:%Y-%m-%d}"
+            known[entry.name] = (entry.role, where, entry.computes)
+    return known
+
+
+def _check_renewal(
+    ws: Workspace,
+    request: EnrollmentRequest,
+    ca_cert: x509.Certificate,
+    who: str,
+    request_file: Path,
+) -> Renewing:
+    """Refuse a renewal for a participant the workspace does not have, in another role, of
+    a certificate this CA did not issue, or not signed by that certificate's key."""
+    assert request.renews is not None
+    renews = request.renews
+    federation = ws.federation.name
+    found = _members(ws).get(request.name)
+    if found is None:
+        raise ConfigError(
+            f"{who}: federation '{federation}' has no participant '{request.name}' (neither "
+            f"federation.yaml nor ca/{ISSUED_FILE} names it); only a participant renews, a "
+            "newcomer enrolls with an enrollment request",
+            file=str(request_file),
+            field="name",
+        )
+    role, where, computes = found
+    if role is not request.role:
+        raise ConfigError(
+            f"{who}: '{request.name}' is a {role} of federation '{federation}' ({where}), but "
+            f"the renewal asks for a {request.role} certificate; refused: a renewal keeps the "
+            "role, ask for a new request from the kit of that participant",
+            file=str(request_file),
+            field="role",
+        )
+    asked = (request.compute, *request.computes) if request.compute else ()
+    if role is Role.SILO and computes and asked != computes:
+        raise ConfigError(
+            f"{who}: silo '{request.name}' has compute(s) {', '.join(computes)} ({where}), "
+            f"but the renewal names {', '.join(asked)}; a renewal keeps the computes",
+            file=str(request_file),
+            field="compute",
+        )
+    try:
+        current = x509.load_pem_x509_certificate(renews.certificate.encode("ascii"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"{who}: the certificate it renews is not PEM ({exc}); ask for a new request",
+            file=str(request_file),
+            field="renews.certificate",
+        ) from None
+    main = kit_parts(request.role)[0]
+    try:
+        current.verify_directly_issued_by(ca_cert)
+    except (InvalidSignature, ValueError, TypeError):
+        raise ConfigError(
+            f"{who}: the certificate it renews was not issued by the CA of federation "
+            f"'{federation}'; refused",
+            file=str(request_file),
+            field="renews.certificate",
+        ) from None
+    expected = subject_name(federation, main.common_name(request.name), main.unit)
+    fingerprint = cert_fingerprint(current.public_bytes(serialization.Encoding.DER))
+    if current.subject != expected or fingerprint != renews.fingerprints["main"]:
+        raise ConfigError(
+            f"{who}: the certificate it renews names {current.subject.rfc4514_string()} "
+            f"(sha256 {fingerprint[:16]}...), not {expected.rfc4514_string()} with the "
+            "fingerprint the request gives; refused: ask for a new request from its kit",
+            file=str(request_file),
+            field="renews",
+        )
+    payload = renewal_payload(request)
+    key = current.public_key()
+    try:
+        signature = base64.b64decode(renews.signature, validate=True)
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise InvalidSignature
+        key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise ConfigError(
+            f"{who}: the signature by its current key does not verify (the request was "
+            f"changed after '{request.name}' made it, or not made with its kit); ask "
+            f"'{request.name}' for a new request",
+            file=str(request_file),
+            field="renews.signature",
+        ) from None
+    return Renewing(where, dict(renews.fingerprints), current.not_valid_after_utc)
+
+
 @dataclass(frozen=True)
 class Signed:
     """What :func:`sign_request` wrote: the reply for the participant, and the record."""
@@ -303,6 +441,7 @@ def sign_request(request_file: Path, workspace: Path, *, to: Path | None = None)
         signed_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
         computes=(request.compute, *request.computes) if request.compute else (),
         signing_key=request.signing_key,
+        renews=review.renewing.fingerprints["main"] if review.renewing else None,
     )
     reply = EnrollmentReply(
         format=REPLY_FORMAT,
@@ -322,6 +461,7 @@ def sign_request(request_file: Path, workspace: Path, *, to: Path | None = None)
         trusted_keys=_submitter_keys(ws) if request.role is Role.SILO else {},
         silos=_silos(ws) if request.role is Role.ORCHESTRATOR else (),
         participants=_participants(ws, fingerprint) if request.role is Role.ORCHESTRATOR else (),
+        renews=entry.renews,
     )
     target = (
         Path(to) if to is not None else Path(request_file).with_name(f"{request.name}.reply.yaml")
@@ -329,11 +469,12 @@ def sign_request(request_file: Path, workspace: Path, *, to: Path | None = None)
     record = ws.root / "ca" / ISSUED_FILE
     entries = (*issued(ws), entry)
     try:
+        kind, use = ("Renewal", "Install") if entry.renews else ("Enrollment", "Finish the kit")
         write_document(
             target,
             reply,
-            f"Enrollment reply for {request.role} '{request.name}' of federation "
-            f"'{request.federation}'.\nIt holds no private key. Finish the kit with it, on "
+            f"{kind} reply for {request.role} '{request.name}' of federation "
+            f"'{request.federation}'.\nIt holds no private key. {use} with it, on "
             "the machine that made the request.",
         )
         text = yaml.safe_dump(_Record(issued=entries).model_dump(mode="json"), sort_keys=False)
@@ -361,7 +502,7 @@ def _silos(ws: Workspace) -> tuple[SiloInfo, ...]:
     known += [
         SiloInfo(name=e.name, compute=e.computes[0])
         for e in issued(ws)
-        if e.role is Role.SILO and e.computes
+        if e.role is Role.SILO and e.computes and e.renews is None
     ]
     return tuple(known)
 

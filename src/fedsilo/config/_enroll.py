@@ -20,6 +20,7 @@ it for any kit, provisioned or enrolled: a silo's paths are its own.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -72,12 +73,15 @@ __all__ = [
     "EnrollmentReply",
     "EnrollmentRequest",
     "KitPart",
+    "Renewal",
     "RequestMade",
     "finish_enrollment",
     "kit_parts",
     "load_reply",
     "load_request",
     "make_request",
+    "new_keys",
+    "renewal_payload",
     "reply_member",
     "request_file_name",
     "set_storage",
@@ -124,6 +128,19 @@ def kit_parts(role: Role) -> tuple[KitPart, ...]:
     )
 
 
+class Renewal(BaseModel):
+    """What a renewal request renews, and the proof that its sender holds it: the
+    participant's current certificate (PEM), the fingerprint of each part's current
+    certificate, and a signature (base64, ECDSA-SHA256) by its current key over the whole
+    request (:func:`renewal_payload`)."""
+
+    model_config = _FROZEN
+
+    certificate: str
+    fingerprints: dict[str, Annotated[str, Field(pattern=_HEX64)]]
+    signature: str = ""
+
+
 class EnrollmentRequest(BaseModel):
     """``NAME.request.yaml``: what a participant sends to the CA's operator.
 
@@ -144,10 +161,16 @@ class EnrollmentRequest(BaseModel):
     host: str | None = None
     signing_key: str | None = None
     ca_fingerprint: Annotated[str | None, Field(pattern=_HEX64)] = None
+    renews: Renewal | None = None
 
     @model_validator(mode="after")
     def _fits_role(self) -> EnrollmentRequest:
         _check_role_facts(self.role, self.name, self, "csrs", self.csrs)
+        if self.renews is not None and sorted(self.renews.fingerprints) != sorted(self.csrs):
+            raise FieldIssue(
+                ("renews", "fingerprints"),
+                f"a renewal names the current certificate of each part: {', '.join(self.csrs)}",
+            )
         if self.role is Role.SUBMITTER and not self.signing_key:
             raise FieldIssue(("signing_key",), "a submitter's request carries its signing key")
         if self.role is not Role.SUBMITTER and self.signing_key is not None:
@@ -179,6 +202,7 @@ class EnrollmentReply(BaseModel):
     trusted_keys: dict[str, str] = Field(default_factory=dict)
     silos: tuple[SiloInfo, ...] = ()
     participants: tuple[ParticipantInfo, ...] = ()
+    renews: Annotated[str | None, Field(pattern=_HEX64)] = None
 
     @model_validator(mode="after")
     def _fits_role(self) -> EnrollmentReply:
@@ -218,6 +242,14 @@ def _check_role_facts(
         role is Role.ORCHESTRATOR
     ):
         raise FieldIssue(("host",), "only the orchestrator's request names its host")
+
+
+def renewal_payload(request: EnrollmentRequest) -> bytes:
+    """The bytes a renewal's current key signs: every field of the request, its signature
+    left out (canonical JSON)."""
+    data = request.model_dump(mode="json")
+    data["renews"] = {**data["renews"], "signature": ""} if data["renews"] else None
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def request_file_name(name: str) -> str:
@@ -347,14 +379,8 @@ def make_request(
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".fedsilo-enroll-", dir=out))
     try:
-        csrs: dict[str, str] = {}
-        fingerprints: dict[str, str] = {}
-        for part in parts:
-            key = ec.generate_private_key(ec.SECP256R1())
-            write_private_key(stage / part.key_file, key)
-            server = (silo.approval_host if part.part == "approval" else host) if silo else host
-            csrs[part.part] = _csr(federation, name, part, key, server if part.server else None)
-            fingerprints[part.part] = key_fingerprint(key.public_key())
+        approval = silo.approval_host if silo else None
+        csrs, fingerprints = new_keys(stage, federation, name, role, approval=approval, host=host)
         signing = None
         if role is Role.SUBMITTER:
             from fedsilo.jobs._signing import new_signing_key  # fedsilo.jobs imports config
@@ -397,6 +423,31 @@ def make_request(
     if role is Role.SUBMITTER:
         keys.append(out / SIGNING_KEY_FILE)
     return RequestMade(out / request_file_name(name), request, tuple(keys), fingerprints)
+
+
+def new_keys(
+    folder: Path,
+    federation: str,
+    name: str,
+    role: Role,
+    *,
+    approval: str | None,
+    host: str | None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """A new private key per part of ``role``'s kit, written in ``folder`` (mode 0600), and
+    for each part its certificate signing request (PEM) and its key's fingerprint.
+
+    ``approval`` is the host a silo's approval endpoint serves, ``host`` the orchestrator's.
+    """
+    csrs: dict[str, str] = {}
+    fingerprints: dict[str, str] = {}
+    for part in kit_parts(role):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_private_key(folder / part.key_file, key)
+        server = approval if part.part == "approval" else host
+        csrs[part.part] = _csr(federation, name, part, key, server if part.server else None)
+        fingerprints[part.part] = key_fingerprint(key.public_key())
+    return csrs, fingerprints
 
 
 def _csr(
@@ -514,9 +565,9 @@ def finish_enrollment(
                 "ask the administrator for the reply to this folder's request",
                 file=str(reply_file),
             )
-    ca = _reply_ca(reply, reply_file, kit_dir)
+    ca = reply_ca(reply, reply_file, kit_dir)
     certs = {
-        part.part: _checked_cert(reply, part, ca, kit_dir, reply_file)
+        part.part: checked_cert(reply, part, ca, kit_dir, reply_file)
         for part in kit_parts(reply.role)
     }
     fields: dict[str, Any] = {}
@@ -559,7 +610,7 @@ def finish_enrollment(
     return load_kit(kit_dir)
 
 
-def _reply_ca(reply: EnrollmentReply, reply_file: Path, kit_dir: Path) -> x509.Certificate:
+def reply_ca(reply: EnrollmentReply, reply_file: Path, kit_dir: Path) -> x509.Certificate:
     """The reply's CA certificate; refused unless it is the CA this folder already trusts."""
     try:
         ca = x509.load_pem_x509_certificate(reply.ca.encode("ascii"))
@@ -587,7 +638,7 @@ def _reply_ca(reply: EnrollmentReply, reply_file: Path, kit_dir: Path) -> x509.C
     return ca
 
 
-def _checked_cert(
+def checked_cert(
     reply: EnrollmentReply, part: KitPart, ca: x509.Certificate, kit_dir: Path, reply_file: Path
 ) -> bytes:
     """The part's certificate, once it is for the local key, from the CA, valid now."""

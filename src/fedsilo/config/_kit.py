@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import tempfile
 from enum import Enum
 from pathlib import Path
@@ -55,6 +56,10 @@ ADMIN_KEY_FILE = "admin.key"
 POLICY_FILE = "policy.yaml"
 SIGNING_KEY_FILE = "signing.key"
 KIT_FILE = "kit.yaml"
+RENEWAL_DIR = "renewal"
+"""Where a kit's renewed keys wait for their certificates (``fedsilo certs renew``)."""
+INSTALLING_FILE = "installing"
+"""In ``RENEWAL_DIR`` while the kit's files are being swapped for the renewed ones."""
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -240,12 +245,23 @@ def cert_fingerprint(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def load_kit(path: Path) -> Kit:
-    """Load the kit in folder ``path``; :class:`ConfigError` if it is not a complete kit."""
+def load_kit(path: Path, *, installing: bool = False) -> Kit:
+    """Load the kit in folder ``path``; :class:`ConfigError` if it is not a complete kit.
+
+    A kit whose renewed certificates are being installed holds some old files and some new
+    ones: it is refused, unless ``installing`` (the install that finishes it).
+    """
     kit_dir = Path(path).expanduser()
     kit_file = kit_dir / KIT_FILE
     if not kit_dir.is_dir():
         raise ConfigError("no such kit folder", file=str(kit_dir))
+    if not installing and (kit_dir / RENEWAL_DIR / INSTALLING_FILE).is_file():
+        raise ConfigError(
+            "the install of this kit's renewed certificates stopped half-way (the old files "
+            "are kept as *.previous): finish it by running fedsilo certs install again with "
+            f"the same reply and --kit {shlex.quote(str(kit_dir.absolute()))}",
+            file=str(kit_dir),
+        )
     data, index = load_yaml_mapping(kit_file)
     kit = validate_model(Kit, data, kit_file, index)
     for name in (CERT_FILE, KEY_FILE, CA_FILE):
