@@ -144,9 +144,7 @@ def _check_certificate(kit: Kit) -> None:
 
 
 def client_ssl_context(kit: Kit) -> ssl.SSLContext:
-    """TLS 1.3 client context: trusts only the federation CA, presents the kit's certificate
-    (checked first: expired, or of another CA, is a :class:`ConfigError` naming it)."""
-    _check_certificate(kit)
+    """TLS 1.3 client context: trusts only the federation CA, presents the kit's certificate."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(kit.ca_file))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(certfile=str(kit.cert_file), keyfile=str(kit.key_file))
@@ -174,6 +172,7 @@ class OrchestratorClient:
     """Calls the orchestrator's REST API as the kit's participant."""
 
     def __init__(self, kit: Kit, *, timeout: float = 30.0) -> None:
+        _check_certificate(kit)  # expired, or of another CA: a ConfigError naming it
         self.kit = kit
         self.url = kit.orchestrator_url
         self._http = httpx.Client(
