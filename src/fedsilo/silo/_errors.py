@@ -292,8 +292,8 @@ def step_words(kind: TaskKind, round_: int) -> str:
     """Where in a job a task of ``kind`` runs, in words: ``round 3``, ``preprocessing``."""
     return {
         TaskKind.PING: "the connectivity check",
-        TaskKind.PREPARE: "preprocessing",
         TaskKind.CHECK: "the check before the job runs",
+        TaskKind.PREPARE: "preprocessing",
         TaskKind.FIT: f"round {round_}",
         TaskKind.EVALUATE: "the final evaluation",
         TaskKind.SECAGG: f"secure aggregation (round {round_})",
