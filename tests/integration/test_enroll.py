@@ -8,6 +8,7 @@ restart, and a job runs on all four silos. Every step goes through the ``fedsilo
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,10 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 
-def fedsilo(*args: str | Path, cwd: Path) -> str:
+def fedsilo(
+    *args: str | Path, cwd: Path, ok: bool = True, env: dict[str, str] | None = None
+) -> str:
+    """Run the CLI; its output (stdout, then stderr) once it exits as ``ok`` says."""
     done = subprocess.run(
         [sys.executable, "-m", "fedsilo", *map(str, args)],
         cwd=cwd,
@@ -42,9 +46,10 @@ def fedsilo(*args: str | Path, cwd: Path) -> str:
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
-    assert done.returncode == 0, f"fedsilo {' '.join(map(str, args))}:\n{done.stderr}"
-    return done.stdout
+    assert (done.returncode == 0) == ok, f"fedsilo {' '.join(map(str, args))}:\n{done.stderr}"
+    return done.stdout + done.stderr
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def install(
 def _confirm(staged: Staged, reply: Path) -> None:
     """Refuse unless the orchestrator answers the new certificate as this participant."""
     from fedsilo.api import OrchestratorClient
-    from fedsilo.errors import CertificateRefused, TransportError
+    from fedsilo.errors import CertificateRefused, OrchestratorUnavailable, TransportError
 
     name = staged.kit.name
     renew_member = hints.command("members", "renew", name, reply, "--kit", "ADMIN_KIT")
@@ -90,9 +90,14 @@ def _confirm(staged: Staged, reply: Path) -> None:
             file=str(reply),
         ) from None
     except TransportError as exc:
+        why = (
+            f"the orchestrator at {staged.kit.orchestrator_url} is not reachable from here"
+            if isinstance(exc, OrchestratorUnavailable)
+            else str(exc)
+        )
         raise ConfigError(
             f"not installed: cannot ask the orchestrator whether it takes the new certificate "
-            f"({exc}); install once it answers, or with --unchecked if the administrator has "
+            f"({why}); install once it answers, or with --unchecked if the administrator has "
             f"run: {renew_member}",
             file=str(reply),
         ) from None

@@ -223,7 +223,8 @@ def issued_command(
         console.print_json(json.dumps([e.model_dump(mode="json") for e in entries]))
         return
     table = Table(title="enrollments signed")
-    for column in ("participant", "role", "signed", "valid until", "certificate sha256"):
+    columns = ("participant", "role", "signed", "valid until", "certificate sha256", "renews")
+    for column in columns:
         table.add_column(column)
     for e in entries:
         table.add_row(
@@ -232,6 +233,7 @@ def issued_command(
             f"{e.signed_at:%Y-%m-%d}",
             f"{e.not_after:%Y-%m-%d}",
             e.fingerprint[:12],
+            e.renews[:12] if e.renews else "",
         )
     console.print(table if entries else "no enrollment signed yet")
 

@@ -160,8 +160,8 @@ def status(
         for name in soon:
             console.print(
                 f"[yellow]warning:[/] the certificate of '{name}' expires within "
-                f"{EXPIRY_WARNING_DAYS} days; the federation's administrator renews it "
-                "(docs/provisioning.md, members of a running federation)",
+                f"{EXPIRY_WARNING_DAYS} days; its holder renews it on its own machine "
+                "(docs/provisioning.md, renewing a certificate)",
                 highlight=False,
             )
     if report.you is not None:
