@@ -286,3 +286,18 @@ def test_the_cli_serves_the_endpoint_until_terminated(silo_kit: Kit) -> None:
     assert "Shutting down" in output
     events = [e.event for e in read_log(silo_kit.storage_path / "audit" / "audit.jsonl")]
     assert events == ["approval.requested", "approval.decided"]
+
+
+def test_a_renewed_agent_certificate_is_taken_and_the_running_agent_kept(
+    endpoint: Endpoint, authority: Authority, tmp_path: Path
+) -> None:
+    """The silo's kit gets a new certificate while its agent runs on the old one: both are
+    let in until the agent calls with the new one; from then on the old one is refused."""
+    old = kit_with_identity(endpoint.kit, tmp_path / "old", lambda c, k: None)  # a copy
+    authority.issue(SILO, endpoint.kit.cert_file, endpoint.kit.key_file)  # the renewal
+    renewed = kit_with_identity(endpoint.kit, tmp_path / "new", lambda c, k: None)
+    assert ask(old).decision is Decision.APPROVE  # the agent that still runs
+    assert ask(renewed).decision is Decision.APPROVE  # restarted, on its new certificate
+    refused = ask(old, job_id="job-2")
+    assert (refused.decision, refused.rule) == (Decision.REJECT, ENDPOINT_RULE)
+    assert "may not use the approval endpoint" in refused.reason

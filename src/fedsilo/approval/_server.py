@@ -86,29 +86,48 @@ def _identity(path: Path) -> tuple[str, str]:
 class _Callers:
     """Who may call: the silo's agent (the kit's certificate) and its administrator
     (``admin.crt``), by fingerprint, read again whenever either file changes, so a renewed
-    certificate is taken without a restart."""
+    certificate is taken without a restart.
+
+    The agent that runs when its certificate is renewed still presents the one it started
+    with, so that one stays accepted beside the new one until the agent first calls with
+    the new one (it restarted): no job it prepares in between is refused.
+    """
 
     def __init__(self, kit: Kit) -> None:
         self.kit = kit
         self._stamp: tuple[tuple[int, int], ...] = ()
         self._callers: dict[str, _Caller] = {}
-        self.current()
+        self._agent = ""
+        self._previous_agent: str | None = None
+        self.reload()
 
-    def current(self) -> dict[str, _Caller]:
+    def reload(self) -> None:
         files = (self.kit.cert_file, self.kit.admin_cert_file)
         try:
             stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in files)
         except OSError:
             stamp = ()
-        if stamp != self._stamp or not self._callers:
-            agent_fp, _ = _identity(self.kit.cert_file)
-            admin_fp, admin_name = _identity(self.kit.admin_cert_file)
-            self._callers = {
-                agent_fp: _Caller(self.kit.name, "agent"),
-                admin_fp: _Caller(admin_name, "admin"),
-            }
-            self._stamp = stamp
-        return self._callers
+        if stamp == self._stamp and self._callers:
+            return
+        agent_fp, _ = _identity(self.kit.cert_file)
+        admin_fp, admin_name = _identity(self.kit.admin_cert_file)
+        if self._agent and agent_fp != self._agent:
+            self._previous_agent = self._agent
+        self._agent = agent_fp
+        self._callers = {
+            agent_fp: _Caller(self.kit.name, "agent"),
+            admin_fp: _Caller(admin_name, "admin"),
+        }
+        self._stamp = stamp
+
+    def who(self, fingerprint: str | None) -> _Caller | None:
+        """The caller ``fingerprint`` is, if it may call."""
+        self.reload()
+        if fingerprint == self._agent:
+            self._previous_agent = None  # the agent runs on its new certificate
+        elif fingerprint is not None and fingerprint == self._previous_agent:
+            return _Caller(self.kit.name, "agent")
+        return self._callers.get(fingerprint or "")
 
 
 def build_app(
@@ -157,7 +176,7 @@ def build_app(
 
     def caller(request: Request) -> _Caller:
         fingerprint = peer_fingerprint(request.scope)
-        who = callers.current().get(fingerprint or "")
+        who = callers.who(fingerprint)
         if who is None:
             log_.append(
                 "approval.refused",
