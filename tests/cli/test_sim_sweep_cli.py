@@ -209,4 +209,5 @@ def test_track_logs_the_simulation_and_each_variant_to_the_workspace_store(
     for tag, run in by_value.items():
         assert run.data.params["hyperparameters.lr"] == tag.split("=")[1]
         assert run.data.tags["fedsilo.runtime"] == "simulation"
-        assert "iteration_1/aggregate/accuracy" in run.data.metrics
+        curve = tracker.client.get_metric_history(run.info.run_id, "aggregate/accuracy")
+        assert [m.step for m in curve] == [1]

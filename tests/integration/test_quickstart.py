@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fedsilo.tracking import Tracker
+
 pytestmark = pytest.mark.integration
 
 
@@ -51,3 +53,17 @@ def test_quickstart_runs_a_real_federation_and_meets_its_targets(tmp_path: Path)
     )
     records = {r["name"]: r["classification"] for r in json.loads(listing.stdout)}
     assert records == {"digits-train": "sensitive", "digits-test": "sensitive"}
+    # the job is in MLflow, complete, before the federation stopped: the orchestrator's
+    # store holds its finished run with the federation's accuracy as one curve over rounds
+    tracker = Tracker.for_workspace(workspace)
+    [job] = tracker.jobs()
+    assert (job.job_id, job.status, job.rounds) == (result["job_id"], "FINISHED", result["rounds"])
+    assert job.final["accuracy"] == pytest.approx(result["fl_accuracy"])
+    curve = tracker.client.get_metric_history(job.run_id, "aggregate/accuracy")
+    assert [m.step for m in curve] == list(range(1, result["rounds"] + 1))
+    run = tracker.client.get_run(job.run_id)
+    assert len(run.outputs.model_outputs) == 1
+    assert not any(key.startswith("iteration_") for key in run.data.metrics)
+    experiment = tracker.client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "submitter/digits"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

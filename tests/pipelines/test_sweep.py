@@ -94,6 +94,34 @@ def test_the_plot_is_a_real_png(swept: SweepResult, tmp_path: Path) -> None:
     _assert_png(plot_sweep(swept, tmp_path / "loss.png", "loss"))
 
 
+@pytest.mark.parametrize(
+    ("key", "values", "log"),
+    [
+        ("hyperparameters.lr", ["0.05", "0.1", "0.2"], True),  # a learning rate: always log
+        ("strategy.server_lr", ["0.001", "0.01"], True),
+        ("hyperparameters.extra.learning_rate", ["1e-4", "3e-4"], True),
+        ("strategy.proximal_mu", ["0.001", "0.01", "0.1"], True),  # two decades
+        ("strategy.proximal_mu", ["0.01", "0.1"], False),
+        ("rounds", ["1", "2", "5"], False),
+        ("hyperparameters.extra.flr", ["0.1", "0.2"], False),  # not a learning rate's name
+        ("hyperparameters.lr", ["0", "0.1"], False),  # zero has no place on a log axis
+    ],
+)
+def test_learning_rates_get_a_log_axis_ticked_at_the_values_tried(
+    swept: SweepResult, key: str, values: list[str], log: bool
+) -> None:
+    from fedsilo.pipelines._sweep import sweep_figure
+
+    rows = [SweepRow(v, {"accuracy": 0.5 + i / 10}, 1.0) for i, v in enumerate(values)]
+    figure = sweep_figure(swept._replace(key=key, rows=rows))
+    axes = figure.axes[0]
+    assert axes.get_xscale() == ("log" if log else "linear")
+    assert axes.get_xlabel() == (f"{key} (log scale)" if log else key)
+    if log:
+        assert [t.get_text() for t in axes.get_xticklabels()] == values
+        assert list(axes.get_xticks()) == pytest.approx([float(v) for v in values])
+
+
 def test_categorical_values_plot_too(swept: SweepResult, tmp_path: Path) -> None:
     rows = [
         row._replace(value=v) for row, v in zip(swept.rows, ("samples", "uniform"), strict=True)

@@ -167,13 +167,22 @@ def test_an_export_holds_exactly_the_runs_its_reader_may_read_whole(
             original.info.end_time,
         )
         assert set(copy.data.metrics) == set(original.data.metrics)
-        for key in ("aggregate/accuracy", "silo-b/loss", "iteration_2/silo-a/epsilon"):
+        for key in ("aggregate/accuracy", "silo-b/loss", "silo-a/epsilon"):
             assert _history(client, copy, key) == _history(source.client, original, key)
         assert [s for s, *_ in _history(client, copy, "aggregate/accuracy")] == [1, 2, 3]
         assert [a.path for a in client.list_artifacts(copy.info.run_id, "model")] == [
             "model/0123abcd"
         ]
         local = client.download_artifacts(copy.info.run_id, "model/0123abcd", str(folder.parent))
+        [output] = copy.outputs.model_outputs  # a training run in the export's UI too
+        [source_output] = original.outputs.model_outputs
+        assert output.step == source_output.step == ROUNDS
+        model = client.get_logged_model(output.model_id)
+        assert (model.name, model.source_run_id) == (job_id, copy.info.run_id)
+        assert model.tags["fedsilo.artifact"] == "model/0123abcd"
+        assert model.tags["fedsilo.exported_from"] == source_output.model_id
+        experiment = client.get_experiment(copy.info.experiment_id)
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
         assert Path(local).read_bytes() == b"a global model"
         children = _children(client, copy)
         assert set(children) == set(SILOS)
@@ -214,10 +223,13 @@ def test_exporting_again_adds_new_runs_and_completes_running_ones_without_copies
         assert len(_history(client, done, key)) == ROUNDS  # round 1 not logged twice
     assert set(_children(client, done)) == set(SILOS)
     assert len(_runs(client)) == 2 * (1 + len(SILOS))
+    assert len(done.outputs.model_outputs) == 1  # the model came with the job's end
 
     fourth = export_runs(source, "erin", folder)
     assert (fourth.added, fourth.updated) == ((), ())
     assert set(fourth.unchanged) == {"digits-b1", "late-e1"}
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert len(client.search_logged_models(experiments)) == 2  # one model a job, never twice
 
 
 def test_an_export_refuses_a_folder_that_is_not_its_readers_earlier_export(

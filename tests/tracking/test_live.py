@@ -26,7 +26,7 @@ from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._db import Store
 from fedsilo.tensors import load_parameters, parameters_to_bytes
-from fedsilo.tracking import Tracker
+from fedsilo.tracking import JobRun, Tracker
 from fedsilo.tracking._mlflow import mlflow_client
 
 SILOS = ("silo-a", "silo-b")
@@ -150,15 +150,21 @@ def _job_run(client: MlflowClient, job_id: str) -> Run | None:
     return runs[0] if runs else None
 
 
-async def _until_logged(client: MlflowClient, job_id: str, key: str) -> Run:
-    """The job's run, once ``key`` is among its metrics (read from the store, not memory)."""
+def _steps(client: MlflowClient, run: Run, key: str) -> dict[int, float]:
+    """A metric's values by step (by round), read from the store."""
+    return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+
+
+async def _until_logged(client: MlflowClient, job_id: str, key: str, round_: int) -> Run:
+    """The job's run, once ``key`` holds round ``round_`` (read from the store, not memory)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         run = await asyncio.to_thread(_job_run, client, job_id)
-        if run is not None and key in run.data.metrics:
+        logged = run is not None and key in run.data.metrics
+        if logged and round_ in await asyncio.to_thread(_steps, client, run, key):
             return run
         await asyncio.sleep(0.1)
-    raise AssertionError(f"{key} did not appear in the job's MLflow run within 60 s")
+    raise AssertionError(f"round {round_} of {key} did not appear in the job's run within 60 s")
 
 
 @pytest.fixture
@@ -176,6 +182,13 @@ def test_a_running_jobs_run_shows_each_round_before_the_job_finishes(
 ) -> None:
     federation = Federation(tmp_path, tracker)
     seen: dict[str, Run] = {}
+    curves: dict[str, dict[str, dict[int, float]]] = {}  # what the store held, by moment
+    keys = ("silo-a/train_loss", "silo-b/epsilon", "silo-a/accuracy", "aggregate/accuracy")
+    keys += ("aggregate/central_epsilon",)
+
+    def read(moment: str, run: Run) -> None:
+        seen[moment] = run
+        curves[moment] = {key: _steps(client, run, key) for key in keys}
 
     async def steps(job_id: str) -> None:
         orch = federation.orch
@@ -185,15 +198,13 @@ def test_a_running_jobs_run_shows_each_round_before_the_job_finishes(
         ):
             assert time.monotonic() < deadline, "the job's run did not appear within 60 s"
             await asyncio.sleep(0.1)
-        seen["start"] = run  # round 1 is still held: the run exists from the job's start
+        read("start", run)  # round 1 is still held: the run exists from the job's start
         federation.gates[1].set()
-        seen["round 1"] = await _until_logged(client, job_id, "iteration_1/silo-b/train_loss")
+        read("round 1", await _until_logged(client, job_id, "silo-b/train_loss", 1))
         info = await orch.job_info(job_id)
         assert info is not None and info.state is JobState.RUNNING and info.current_round == 2
         federation.gates[2].set()
-        seen["round 2"] = await _until_logged(
-            client, job_id, "iteration_2/aggregate/central_epsilon"
-        )
+        read("round 2", await _until_logged(client, job_id, "aggregate/central_epsilon", 2))
         info = await orch.job_info(job_id)
         assert info is not None and info.state is JobState.RUNNING and info.current_round == 3
 
@@ -205,23 +216,21 @@ def test_a_running_jobs_run_shows_each_round_before_the_job_finishes(
     assert start.data.params["hyperparameters.lr"] == "0.1"
     assert start.data.tags["fedsilo.submitter"] == "alice"
     assert start.data.tags["fedsilo.readers"] == "bob"
-    assert not any(k.startswith("iteration_") for k in start.data.metrics)
+    assert not start.data.metrics
 
-    round_1 = seen["round 1"]
-    assert round_1.info.status == "RUNNING"
-    metrics = round_1.data.metrics
-    assert metrics["iteration_1/silo-a/train_loss"] == pytest.approx(2.0)
-    assert metrics["iteration_1/silo-b/epsilon"] == pytest.approx(0.5)
-    assert metrics["iteration_1/aggregate/central_epsilon"] > 0
-    assert "iteration_1/silo-a/accuracy" not in metrics  # evaluated with round 2's training
-    round_2 = seen["round 2"].data.metrics
-    assert round_2["iteration_1/silo-a/accuracy"] == pytest.approx(0.6)
+    assert seen["round 1"].info.status == "RUNNING"
+    assert seen["round 1"].data.tags["fedsilo.rounds"] == "1"
+    round_1 = curves["round 1"]
+    assert round_1["silo-a/train_loss"] == {1: pytest.approx(2.0)}
+    assert round_1["silo-b/epsilon"] == {1: pytest.approx(0.5)}
+    assert round_1["aggregate/central_epsilon"][1] > 0
+    assert round_1["silo-a/accuracy"] == {}  # round 1 is evaluated with round 2's training
+    round_2 = curves["round 2"]
+    assert round_2["silo-a/accuracy"] == {1: pytest.approx(0.6)}
     # the aggregate weighs silo-b's 20 samples twice silo-a's 10
-    assert round_2["iteration_1/aggregate/accuracy"] == pytest.approx((0.6 + 2 * 0.61) / 3)
-    assert (
-        round_2["iteration_2/aggregate/central_epsilon"]
-        > round_2["iteration_1/aggregate/central_epsilon"]
-    )
+    assert round_2["aggregate/accuracy"] == {1: pytest.approx((0.6 + 2 * 0.61) / 3)}
+    assert round_2["aggregate/central_epsilon"][2] > round_2["aggregate/central_epsilon"][1]
+    assert round_2["silo-a/train_loss"] == {1: pytest.approx(2.0), 2: pytest.approx(1.0)}
 
 
 def test_the_finished_run_is_complete_and_logged_once(
@@ -237,16 +246,16 @@ def test_the_finished_run_is_complete_and_logged_once(
     run = _job_run(client, info.id)
     assert run is not None and run.info.status == "FINISHED"
     assert run.data.tags["fedsilo.state"] == "succeeded"
-    metrics = run.data.metrics
-    for n in range(1, ROUNDS + 1):  # the final evaluation (round 3) came with the job's end
-        for silo in SILOS:
-            assert metrics[f"iteration_{n}/{silo}/accuracy"] == pytest.approx(
-                _evaluate(silo, n)["accuracy"]
-            )
-            assert metrics[f"iteration_{n}/{silo}/epsilon"] == pytest.approx(0.5 * n)
-        assert f"iteration_{n}/aggregate/accuracy" in metrics
-    for key in ("iteration_1/silo-a/accuracy", "iteration_3/aggregate/accuracy"):
-        assert len(client.get_metric_history(run.info.run_id, key)) == 1  # never twice
+    assert run.data.tags["fedsilo.rounds"] == str(ROUNDS)
+    for silo in SILOS:  # the final evaluation (round 3) came with the job's end
+        accuracy = client.get_metric_history(run.info.run_id, f"{silo}/accuracy")
+        assert [m.step for m in accuracy] == [1, 2, 3]  # each round once, never twice
+        for m in accuracy:
+            assert m.value == pytest.approx(_evaluate(silo, m.step)["accuracy"])
+        epsilon = client.get_metric_history(run.info.run_id, f"{silo}/epsilon")
+        assert [(m.step, m.value) for m in epsilon] == [(n, 0.5 * n) for n in (1, 2, 3)]
+    aggregate = client.get_metric_history(run.info.run_id, "aggregate/accuracy")
+    assert [m.step for m in aggregate] == [1, 2, 3]
     curve = client.get_metric_history(run.info.run_id, "silo-a/train_loss")
     assert [m.step for m in curve] == [1, 2, 3]
     epsilon = client.get_metric_history(run.info.run_id, "aggregate/central_epsilon")
@@ -254,6 +263,18 @@ def test_the_finished_run_is_complete_and_logged_once(
     assert epsilon[0].value < epsilon[1].value < epsilon[2].value
     files = client.list_artifacts(run.info.run_id, "model")
     assert [Path(f.path).name for f in files] == [info_model_digest(federation, info.id)]
+    [output] = run.outputs.model_outputs  # so MLflow's UI calls it a training run
+    assert output.step == ROUNDS
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+    )
+    assert sorted(c.info.run_name for c in children) == list(SILOS)
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "accuracy")] == [
+            1,
+            2,
+            3,
+        ]
 
 
 def info_model_digest(federation: Federation, job_id: str) -> str:
@@ -277,8 +298,6 @@ def test_the_documented_keys_are_the_logged_ones(
     shapes = set()
     for key in run.data.metrics:
         parts = key.split("/")
-        if parts[0].startswith("iteration_"):
-            parts[0] = "iteration_{n}"
         if parts[-2] in SILOS:
             parts[-2] = "{silo}"
         metric = parts[-1]
@@ -286,11 +305,6 @@ def test_the_documented_keys_are_the_logged_ones(
             parts[-1] = "train_{metric}" if metric.startswith("train_") else "{metric}"
         shapes.add("/".join(parts))
     assert shapes == {
-        "iteration_{n}/{silo}/{metric}",
-        "iteration_{n}/{silo}/train_{metric}",
-        "iteration_{n}/{silo}/epsilon",
-        "iteration_{n}/aggregate/{metric}",
-        "iteration_{n}/aggregate/central_epsilon",
         "{silo}/{metric}",
         "{silo}/train_{metric}",
         "{silo}/epsilon",
@@ -302,6 +316,14 @@ def test_the_documented_keys_are_the_logged_ones(
     for tag in run.data.tags:
         if tag.startswith("fedsilo."):
             assert f"`{tag}`" in documented, f"docs/tracking.md does not document tag {tag}"
+    [output] = run.outputs.model_outputs
+    for tag in client.get_logged_model(output.model_id).tags:
+        if tag.startswith("fedsilo."):
+            assert f"`{tag}`" in documented, f"docs/tracking.md does not document tag {tag}"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "`mlflow.experimentKind`" in documented
+    assert "`custom_model_development`" in documented
 
 
 def test_a_tracking_store_that_fails_never_fails_the_job(
@@ -320,3 +342,35 @@ def test_a_tracking_store_that_fails_never_fails_the_job(
     assert info.state is JobState.SUCCEEDED, info.error
     assert info.history[-1].evaluate_aggregate["accuracy"] > 0
     assert any("could not track job" in r.getMessage() for r in caplog.records)
+
+
+class _SlowTracker(Tracker):
+    """A store that takes its time to close a run, as a busy or new store does."""
+
+    def finish(self, run: JobRun, state: str) -> None:
+        time.sleep(2)
+        super().finish(run, state)
+
+
+def test_stopping_the_orchestrator_waits_until_the_ended_job_is_logged(tmp_path: Path) -> None:
+    tracker = _SlowTracker.in_folder(tmp_path / "tracking")
+    federation = Federation(tmp_path, tracker)
+
+    async def run_to_the_end() -> JobInfo:
+        agents = [asyncio.create_task(federation.agent(s)) for s in SILOS]
+        job_id = federation.submit()
+        for gate in federation.gates.values():
+            gate.set()
+        info = await federation._finished(job_id)
+        await asyncio.wait_for(asyncio.gather(*agents), timeout=30)
+        return info
+
+    info = asyncio.run(run_to_the_end())
+    assert info.state is JobState.SUCCEEDED, info.error
+    # what the orchestrator's server does as it stops, before its process exits
+    assert federation.orch.track_close(60)
+    run = _job_run(mlflow_client(tracker.tracking_uri), info.id)
+    assert run is not None and run.info.status == "FINISHED"
+    assert run.data.tags["fedsilo.state"] == "succeeded"
+    assert len(run.outputs.model_outputs) == 1
+    assert federation.orch.track_close(1)  # a second stop has nothing left to do

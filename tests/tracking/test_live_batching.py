@@ -86,3 +86,29 @@ def test_the_end_of_a_job_logs_rounds_held_back_and_cancels_their_timer() -> Non
         assert recorder.finished == ["succeeded"]
     finally:
         tracking.close()
+
+
+def test_an_aggregate_recomputed_at_the_end_in_its_last_bits_is_not_logged_twice() -> None:
+    from fedsilo.api import RoundInfo
+
+    recorder = _Recorder()
+    tracking = LiveTracking(recorder, interval=0.0)  # type: ignore[arg-type]
+    evaluate = {"silo-a": {"accuracy": 0.95, "num_samples": 120.0}}
+    evaluate["silo-b"] = {"accuracy": 0.9499999880790709, "num_samples": 120.0}
+    try:
+        tracking.start("job-1", "job", {}, submitter=None)
+        tracking.rounds("job-1", [(1, s, "evaluate", m) for s, m in evaluate.items()])
+        assert tracking.flush(timeout=10)
+        assert recorder.batches == [[1]]
+        live = tracking._jobs["job-1"]
+        logged = live.logged[(1, "", "accuracy")]
+        # the history the orchestrator reads back sums the silos in another order
+        again = logged * (1 + 2**-52)
+        assert again != logged
+        history = [RoundInfo(round=1, evaluate=evaluate, evaluate_aggregate={"accuracy": again})]
+        tracking.finish("job-1", "job", {}, history, None, "succeeded")
+        assert tracking.flush(timeout=10)
+        assert recorder.batches == [[1]]  # nothing new: round 1 stays one point
+        assert recorder.finished == ["succeeded"]
+    finally:
+        assert tracking.close(timeout=10)

@@ -81,15 +81,40 @@ def test_one_parent_run_per_job_with_the_documented_keys(
     assert run.info.status == "FINISHED"
     assert run.data.tags["fedsilo.job_id"] == "job-1"
     assert run.data.params["hyperparameters.lr"] == "0.1"
-    metrics = run.data.metrics
-    assert metrics["iteration_1/silo-a/accuracy"] == pytest.approx(0.6)
-    assert metrics["iteration_2/silo-b/accuracy"] == pytest.approx(0.71)
-    assert metrics["iteration_2/aggregate/accuracy"] == pytest.approx(0.7)
-    assert metrics["iteration_1/silo-a/train_loss"] == pytest.approx(2.0)
+    assert run.data.tags["fedsilo.rounds"] == "2"
+    # one metric per name and silo, a round a step: curves, not a key per round
+    assert set(run.data.metrics) == {
+        f"{who}/{metric}" for who in (*SILOS, "aggregate") for metric in ("accuracy", "loss")
+    } | {f"{silo}/train_{metric}" for silo in SILOS for metric in ("loss", "num_samples")}
     curve = client.get_metric_history(run_id, "silo-a/accuracy")
     assert [(m.step, round(m.value, 4)) for m in curve] == [(1, 0.6), (2, 0.7)]
+    curve = client.get_metric_history(run_id, "silo-b/accuracy")
+    assert [(m.step, round(m.value, 4)) for m in curve] == [(1, 0.61), (2, 0.71)]
+    curve = client.get_metric_history(run_id, "aggregate/accuracy")
+    assert [(m.step, round(m.value, 4)) for m in curve] == [(1, 0.6), (2, 0.7)]
+    curve = client.get_metric_history(run_id, "silo-a/train_loss")
+    assert [(m.step, m.value) for m in curve] == [(1, 2.0), (2, 1.0)]
     curve = client.get_metric_history(run_id, "aggregate/loss")
     assert [m.step for m in curve] == [1, 2]
+
+
+def test_the_experiment_is_marked_as_model_training(
+    tracked: tuple[Path, str], client: MlflowClient
+) -> None:
+    experiment = client.get_experiment(client.get_run(tracked[1]).info.experiment_id)
+    assert experiment.name == "digits"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_an_experiment_from_before_is_marked_but_another_kind_is_kept(tmp_path: Path) -> None:
+    tracker = Tracker.for_workspace(tmp_path)
+    old = tracker.client.create_experiment("old")
+    chosen = tracker.client.create_experiment("chosen", tags={"mlflow.experimentKind": "automl"})
+    for name in ("old", "chosen"):
+        tracker.finish(tracker.start_job(f"{name}-1", name, {}), "succeeded")
+    kind = "mlflow.experimentKind"
+    kinds = {e: tracker.client.get_experiment(e).tags[kind] for e in (old, chosen)}
+    assert kinds == {old: "custom_model_development", chosen: "automl"}
 
 
 def test_one_child_run_per_silo_with_its_curves(
@@ -110,6 +135,18 @@ def test_the_model_is_an_artifact(tracked: tuple[Path, str], client: MlflowClien
     assert files[0].file_size == 64
 
 
+def test_the_model_is_the_runs_output_so_mlflow_calls_it_a_training_run(
+    tracked: tuple[Path, str], client: MlflowClient
+) -> None:
+    # MLflow's UI files a run without a model output under "Evaluation runs"
+    [output] = client.get_run(tracked[1]).outputs.model_outputs
+    assert output.step == 2  # the last round
+    model = client.get_logged_model(output.model_id)
+    assert (model.name, model.source_run_id, str(model.status)) == ("job-1", tracked[1], "READY")
+    assert model.tags["fedsilo.artifact"] == "model/model.safetensors"
+    assert model.tags["fedsilo.job_id"] == "job-1"
+
+
 def test_epsilon_and_failures_are_recorded(tmp_path: Path) -> None:
     tracker = Tracker.for_workspace(tmp_path)
     run = tracker.start_job("job-2", "digits-dp", {})
@@ -117,7 +154,8 @@ def test_epsilon_and_failures_are_recorded(tmp_path: Path) -> None:
     tracker.finish(run, "failed")
     got = tracker.client.get_run(run.run_id)
     assert got.info.status == "FAILED"
-    assert got.data.metrics["iteration_1/silo-a/epsilon"] == 1.5
+    assert got.data.metrics["silo-a/epsilon"] == 1.5
+    assert [m.step for m in tracker.client.get_metric_history(run.run_id, "silo-a/epsilon")] == [1]
     with pytest.raises(TrackingError, match="unknown final state"):
         tracker.finish(run, "exploded")
 
@@ -157,6 +195,18 @@ def test_cli_lists_tracked_jobs(tracked: tuple[Path, str], tmp_path: Path) -> No
     result = runner.invoke(app, ["tracking", "runs", str(tmp_path), "--json"])
     assert json.loads(result.output) == []
     assert not (tmp_path / "tracking").exists()
+
+
+def test_jobs_reads_the_rounds_of_a_store_written_before_the_rounds_tag(tmp_path: Path) -> None:
+    from mlflow.entities import Metric
+
+    tracker = Tracker.for_workspace(tmp_path)
+    run = tracker.start_job("job-old", "digits", {})
+    keys = ("iteration_1/aggregate/accuracy", "iteration_3/silo-a/loss", "silo-a/accuracy")
+    tracker.client.log_batch(run.run_id, metrics=[Metric(k, 0.5, 0, 0) for k in keys])
+    tracker.finish(run, "succeeded")
+    [job] = tracker.jobs()
+    assert job.rounds == 3
 
 
 def test_importing_tracking_does_not_import_mlflow() -> None:

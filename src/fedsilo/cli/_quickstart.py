@@ -72,6 +72,10 @@ def quickstart(
         f"{result.workspace}/job/job.yaml and the model {result.workspace}/model.safetensors. "
         f"Job code ran with sandbox: {result.sandbox}."
     )
+    log.print(
+        f"The job's rounds, parameters and model are in MLflow: fedsilo tracking ui "
+        f"{result.workspace} (then open http://127.0.0.1:5000)."
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -64,6 +64,11 @@ def ui(
         command = ui_command(workspace, host=host, port=port)
     shown = store if store is not None else workspace
     console.print(f"MLflow UI for {shown}: [bold]{command.url}[/] (Ctrl-C stops it)")
+    if not command.training_view:
+        console.print(
+            "note: this install of fedsilo registers no MLflow app (reinstall it: pip install "
+            "-e .), so the UI opens in MLflow's GenAI view: pick 'Model training' at its top"
+        )
     process = subprocess.Popen(command.argv, env=command.env)
     try:
         code = process.wait()

@@ -1,7 +1,7 @@
 """The orchestrator's REST API (FastAPI). Identity comes from the client certificate only."""
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 

@@ -26,6 +26,10 @@ __all__ = ["build", "serve"]
 log = logging.getLogger("fedsilo.orchestrator")
 
 
+TRACKING_CLOSE_SECONDS = 60.0
+"""How long a stopping orchestrator waits for MLflow tracking to log what it holds."""
+
+
 def default_database_url(kit: Kit) -> str:
     """SQLite in the orchestrator's storage root."""
     return f"sqlite:///{kit.storage_path / 'orchestrator.db'}"
@@ -65,7 +69,16 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
         if failed:
             log.warning("%d job(s) an earlier orchestrator left running failed", len(failed))
 
-    return create_app(engine, roster, on_startup=on_startup), engine
+    async def on_shutdown() -> None:
+        # every job that ended is logged before the process exits (fedsilo down waits)
+        if not await asyncio.to_thread(engine.track_close, TRACKING_CLOSE_SECONDS):
+            log.warning(
+                "stopped before MLflow tracking caught up (%.0f s): some runs may be incomplete",
+                TRACKING_CLOSE_SECONDS,
+            )
+
+    app = create_app(engine, roster, on_startup=on_startup, on_shutdown=on_shutdown)
+    return app, engine
 
 
 def serve(kit_dir: Path, *, database_url: str | None = None, log_level: str = "info") -> None:

@@ -26,6 +26,8 @@ from fedsilo.jobs import JobSpec
 from fedsilo.tracking import track_simulation
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from fedsilo.tracking import Tracker
 
 __all__ = [
@@ -33,13 +35,18 @@ __all__ = [
     "SweepRow",
     "check_plot_path",
     "default_plot_path",
+    "log_axis",
     "override_spec",
     "parse_sweep",
     "plot_sweep",
     "run_sweep",
+    "sweep_figure",
 ]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# A setting that is a learning rate (hyperparameters.lr, strategy.server_lr, ...): tried
+# over orders of magnitude, so plotted on a log axis.
+_LEARNING_RATE = re.compile(r"(^|_)(lr|learning_rate)$", re.IGNORECASE)
 
 
 class SweepRow(NamedTuple):
@@ -250,13 +257,36 @@ def _number(value: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def log_axis(key: str, values: Sequence[float]) -> bool:
+    """Whether a sweep over ``key`` with these numeric values is plotted on a log axis.
+
+    A learning rate (a setting named ``lr``, ``learning_rate`` or ending in ``_lr`` or
+    ``_learning_rate``, such as ``hyperparameters.lr`` or ``strategy.server_lr``) always
+    is, as is any setting whose values span two decades or more; values must be positive.
+    """
+    if not values or min(values) <= 0:
+        return False
+    if _LEARNING_RATE.search(key.rsplit(".", 1)[-1]):
+        return True
+    return max(values) / min(values) >= 100
+
+
 def plot_sweep(result: SweepResult, path: Path, metric: str | None = None) -> Path:
     """Write a PNG of ``metric`` (default: the sweep's) against the swept value.
 
-    Numeric values get a numeric axis (logarithmic when they span two decades or more,
-    as learning rates do); anything else is categorical, in the order given. Drawn with
-    matplotlib's Agg canvas directly: no display, no global pyplot state.
+    Numeric values get a numeric axis, logarithmic for a learning rate and for values that
+    span two decades or more (:func:`log_axis`), ticked at the values tried; anything else
+    is categorical, in the order given. Drawn with matplotlib's Agg canvas directly: no
+    display, no global pyplot state.
     """
+    figure = sweep_figure(result, metric)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")
+    return path
+
+
+def sweep_figure(result: SweepResult, metric: str | None = None) -> Figure:
+    """The figure :func:`plot_sweep` writes (on matplotlib's Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -267,21 +297,23 @@ def plot_sweep(result: SweepResult, path: Path, metric: str | None = None) -> Pa
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     ys = [y for _, y in points]
+    label = result.key
     if all(v is not None for v in parsed):
         xs = [float(v or 0.0) for v in parsed]
         order = sorted(range(len(xs)), key=xs.__getitem__)
         axes.plot([xs[i] for i in order], [ys[i] for i in order], marker="o")
-        if min(xs) > 0 and max(xs) / min(xs) >= 100:
+        if log_axis(result.key, xs):
             axes.set_xscale("log")
+            axes.set_xticks([xs[i] for i in order], [points[i][0] for i in order])
+            axes.minorticks_off()  # the values tried, not 10^-1.3 and its neighbours
+            label = f"{result.key} (log scale)"
     else:
         axes.plot(range(len(points)), ys, marker="o", linestyle="none")  # no order to join
         axes.margins(x=0.2)
         axes.set_xticks(range(len(points)), [value for value, _ in points])
-    axes.set_xlabel(result.key)
+    axes.set_xlabel(label)
     axes.set_ylabel(f"final {name}")
     axes.set_title(f"{result.job}: final {name} by {result.key}")
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return figure

@@ -210,8 +210,15 @@ def _listening(ws: Workspace, silo: str) -> bool:
         return False
 
 
-def down(workspace: Path, *, timeout: float = 10.0) -> list[ProcessInfo]:
-    """Stop every process ``up`` started (SIGTERM, then SIGKILL); return what was stopped."""
+def down(
+    workspace: Path, *, timeout: float = 10.0, orchestrator_timeout: float = 75.0
+) -> list[ProcessInfo]:
+    """Stop every process ``up`` started (SIGTERM, then SIGKILL); return what was stopped.
+
+    The orchestrator gets ``orchestrator_timeout`` seconds before SIGKILL, the others
+    ``timeout``: as it stops it logs to MLflow what its tracking still holds (a job that
+    just ended), which usually takes well under a second.
+    """
     ws = open_workspace(workspace)
     procs = [p for p in processes(workspace) if p.alive]
     order = {"silo": 0, "approval": 1, "orchestrator": 2}
@@ -219,8 +226,12 @@ def down(workspace: Path, *, timeout: float = 10.0) -> list[ProcessInfo]:
     for p in silos_first:
         with suppress(ProcessLookupError):
             os.killpg(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p.pid) for p in procs):
+    started = time.monotonic()
+    deadlines = {
+        p.pid: started + (orchestrator_timeout if p.role == "orchestrator" else timeout)
+        for p in procs
+    }
+    while any(_alive(p.pid) and time.monotonic() < deadlines[p.pid] for p in procs):
         _reap()
         time.sleep(0.05)
     for p in procs:

@@ -10,9 +10,10 @@ alone (``fedsilo tracking ui --store DIR``).
 Everything goes through the MLflow client, never SQL on its database, so the source may
 be any store MLflow reaches. Each run is copied whole: the parent run with its silos'
 child runs, params, tags, every value of every metric (each step, with its timestamp),
-artifacts and status. Each copy carries ``fedsilo.exported_from``, the source run's id, so
-exporting again into the same folder adds the runs that are new, completes those that
-were still running and copies nothing twice; a finished run whose copy is finished too is
+artifacts, its logged-model output (the final model) and status. Each copy carries
+``fedsilo.exported_from``, the source run's id, so exporting again into the same folder
+adds the runs that are new, completes those that were still running and copies nothing
+twice; a finished run whose copy is finished too is
 not read again. The folder holds ``fedsilo-export.json``, which says whose export it is: a
 folder holding anything else is refused.
 """
@@ -34,10 +35,11 @@ from fedsilo.tracking._tracker import (
     TAG_READERS,
     TAG_SUBMITTER,
     Tracker,
+    add_model_output,
 )
 
 if TYPE_CHECKING:
-    from mlflow.entities import Metric, Run
+    from mlflow.entities import LoggedModelOutput, Metric, Run
     from mlflow.store.entities.paged_list import PagedList
     from mlflow.tracking import MlflowClient
 
@@ -253,9 +255,24 @@ class _Copier:
         for some_metrics in _chunks(metrics, _METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=some_metrics)
         self._artifacts(run.info.run_id, run_id)
+        if copy is None or not _model_outputs(copy):
+            self._model_outputs(run, run_id, experiment)
         if finish:
             self._finish(run, run_id)
         return str(run_id)
+
+    def _model_outputs(self, run: Run, copy: str, experiment: str) -> None:
+        """Give the copy the logged models the source run outputs (the job's final model)."""
+        for output in _model_outputs(run):
+            model = self.source.get_logged_model(output.model_id)
+            add_model_output(
+                self.client,
+                copy,
+                experiment,
+                name=model.name,
+                step=output.step,
+                tags={**model.tags, TAG_EXPORTED_FROM: model.model_id},
+            )
 
     def _finish(self, run: Run, copy: str) -> None:
         if run.info.status != _RUNNING:
@@ -271,6 +288,11 @@ class _Copier:
                 local = self.source.download_artifacts(source_id, path, tmp)
                 folder = str(PurePosixPath(path).parent)
                 self.client.log_artifact(copy, local, None if folder == "." else folder)
+
+
+def _model_outputs(run: Run) -> list[LoggedModelOutput]:
+    """The logged models a run outputs (none from a store that records no outputs)."""
+    return list(run.outputs.model_outputs) if run.outputs is not None else []
 
 
 def _point(metric: Metric) -> tuple[int, int, str]:

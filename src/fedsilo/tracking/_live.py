@@ -108,7 +108,10 @@ class LiveTracking:
 
         if self._closed.is_set():
             return
-        self._executor.submit(guarded)
+        try:
+            self._executor.submit(guarded)
+        except RuntimeError:  # closed meanwhile (the orchestrator is stopping)
+            log.warning("could not track job %s in MLflow (%s): tracking has stopped", job_id, what)
 
     def start(
         self,
@@ -238,13 +241,17 @@ class LiveTracking:
                     target.update({f"{phase}_{k}": v for k, v in metrics.items()})
             new_silos = {
                 silo: {
-                    k: v for k, v in metrics.items() if live.logged.get((info.round, silo, k)) != v
+                    k: v
+                    for k, v in metrics.items()
+                    if not _same(live.logged.get((info.round, silo, k)), v)
                 }
                 for silo, metrics in per_silo.items()
             }
             new_silos = {silo: metrics for silo, metrics in new_silos.items() if metrics}
             new_aggregate = {
-                k: v for k, v in aggregate.items() if live.logged.get((info.round, "", k)) != v
+                k: v
+                for k, v in aggregate.items()
+                if not _same(live.logged.get((info.round, "", k)), v)
             }
             if new_silos or new_aggregate:
                 entries.append((info.round, new_silos, new_aggregate))
@@ -274,11 +281,28 @@ class LiveTracking:
             return False
         return True
 
-    def close(self) -> None:
-        """Log what is queued, then stop the thread; later events are dropped."""
-        self.flush()
+    def close(self, timeout: float | None = None) -> bool:
+        """Log what is queued, then stop the thread; later events are dropped.
+
+        The orchestrator calls this as it stops, so a job that ended is in the store before
+        the process exits. Waits at most ``timeout`` seconds for the store (None: as long
+        as it takes); False if what was queued could not all be logged in that time.
+        """
+        done = self.flush(timeout)
         self._closed.set()
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=done, cancel_futures=not done)
+        return done
+
+
+def _same(logged: float | None, value: float) -> bool:
+    """Whether ``value`` is what was logged already. An aggregate computed again at the end
+    (from the stored history, its silos summed in another order) may differ in its last
+    bits: that is the same value, and logging it twice would put two points on one round."""
+    if logged is None:
+        return False
+    if math.isnan(logged) or math.isnan(value):
+        return math.isnan(logged) and math.isnan(value)
+    return math.isclose(logged, value, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _round_info(round_: int, phases: Mapping[str, Mapping[str, Mapping[str, float]]]) -> RoundInfo:

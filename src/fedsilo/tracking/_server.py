@@ -4,6 +4,10 @@ The UI is MLflow's tracking server (``mlflow server``) started on the workspace'
 store with its artifact folder given explicitly (otherwise MLflow writes into ``./mlruns``
 of whatever directory it was started from). It binds to loopback unless told otherwise:
 the store holds every silo's metrics, which are only as public as the workspace.
+
+The server runs MLflow's app through fedsilo's (``--app-name fedsilo``, the ``mlflow.app``
+entry point of :mod:`fedsilo.tracking._ui_app`), so a browser opens the UI in its model
+training view rather than its GenAI view.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from fedsilo._extras import require
@@ -18,16 +23,24 @@ from fedsilo.errors import WorkspaceError
 from fedsilo.tracking._mlflow import disable_telemetry
 from fedsilo.tracking._tracker import store_in, workspace_store
 
-__all__ = ["UiCommand", "ui_command"]
+__all__ = ["APP_NAME", "UiCommand", "ui_command"]
+
+APP_NAME = "fedsilo"
+"""fedsilo's ``mlflow.app`` entry point: MLflow's server app, opening in training view."""
 
 
 @dataclass(frozen=True)
 class UiCommand:
-    """The argv and environment that serve the UI, and the URL it will answer on."""
+    """The argv and environment that serve the UI, and the URL it will answer on.
+
+    ``training_view`` is False when this installation of fedsilo does not register its
+    MLflow app (an install made before it had one): the UI then opens as MLflow's does.
+    """
 
     argv: list[str]
     env: dict[str, str]
     url: str
+    training_view: bool = True
 
 
 def ui_command(
@@ -76,7 +89,13 @@ def ui_command(
         "--workers",
         str(workers),
     ]
+    training_view = any(e.name == APP_NAME for e in entry_points(group="mlflow.app"))
+    if training_view:
+        argv += ["--app-name", APP_NAME]
     shown = f"[{host}]" if ":" in host else host
     return UiCommand(
-        argv=argv, env=disable_telemetry(dict(os.environ)), url=f"http://{shown}:{port}"
+        argv=argv,
+        env=disable_telemetry(dict(os.environ)),
+        url=f"http://{shown}:{port}",
+        training_view=training_view,
     )

@@ -2,18 +2,21 @@
 
 The embedded default is a SQLite store inside the workspace (``tracking/mlflow.db``, with
 artifacts in ``tracking/artifacts``), so tracking needs no server; ``fedsilo tracking ui``
-serves the same store. Every job's metrics are logged twice in its parent run:
+serves the same store. A round is a step: each metric is one MLflow metric per silo, whose
+value at ``step=n`` is round n's, so the UI draws it as a curve over the rounds:
 
-* ``iteration_{n}/{silo}/{metric}`` and ``iteration_{n}/aggregate/{metric}``, the keys the
-  Azure ML FL samples report, one value per key, easy to query and compare;
-* ``{silo}/{metric}`` and ``aggregate/{metric}`` with ``step=n``, which the MLflow UI plots
-  as curves over rounds.
+* ``{silo}/{metric}`` and ``aggregate/{metric}`` in the job's parent run;
+* ``{metric}`` in each silo's nested child run, so the UI can overlay the silos.
 
 Per silo, ``{metric}`` is an evaluation metric, ``train_{metric}`` a training one and
 ``epsilon`` the local DP-SGD spend so far; the aggregate also carries the federation's
-privacy record (``central_epsilon``). Each silo's nested child run holds that silo's
-``{metric}`` with ``step=n``, so the UI can overlay the silos. docs/tracking.md documents
-every key; the orchestrator logs them while the job runs (:mod:`fedsilo.tracking._live`).
+privacy record (``central_epsilon``). docs/tracking.md documents every key; the
+orchestrator logs them while the job runs (:mod:`fedsilo.tracking._live`).
+
+Every experiment is tagged ``mlflow.experimentKind`` = ``custom_model_development``,
+MLflow's mark of a model-training experiment ("Machine learning" in its UI), and the job's
+final model is the run's logged-model output, so MLflow files the run as a training run,
+not as an evaluation run of its GenAI view.
 
 Only :class:`mlflow.tracking.MlflowClient` is used, never MLflow's global "active run", so
 one process may track several jobs from several threads.
@@ -47,6 +50,12 @@ TAG_SUBMITTER = "fedsilo.submitter"
 TAG_READERS = "fedsilo.readers"
 TAG_RUNTIME = "fedsilo.runtime"
 TAG_SWEEP = "fedsilo.sweep"
+TAG_ROUNDS = "fedsilo.rounds"
+TAG_ARTIFACT = "fedsilo.artifact"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""MLflow's experiment tag for the kind of work an experiment holds."""
+MODEL_TRAINING = "custom_model_development"
+"""The ``mlflow.experimentKind`` of model training ("Machine learning" in MLflow's UI)."""
 _PARENT_TAG = "mlflow.parentRunId"
 _MAX_PARAM_CHARS = 6000
 _BAD_NAME_CHARS = re.compile(r"[^\w.\- /]")
@@ -103,6 +112,7 @@ class JobRun:
     job_name: str
     experiment_id: str
     silo_runs: dict[str, str] = field(default_factory=dict)
+    rounds: int = 0  # the last round logged so far (the run's ``fedsilo.rounds``)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
@@ -137,6 +147,8 @@ class Tracker:
     Each job name gets its own MLflow experiment, so reruns and sweep variants of one job
     sit side by side in the UI; a job with a submitter (the orchestrator's) goes to its
     owner's experiment, ``SUBMITTER/NAME``, so two submitters' jobs of one name never mix.
+    Every experiment it creates or first writes to is marked as model training
+    (``mlflow.experimentKind``), unless it is marked as something else already.
     """
 
     def __init__(self, tracking_uri: str, artifact_root: str | Path | None) -> None:
@@ -192,12 +204,18 @@ class Tracker:
             existing = client.get_experiment_by_name(name)
             if existing is not None:
                 experiment_id = str(existing.experiment_id)
+                if EXPERIMENT_KIND_TAG not in existing.tags:  # a store written before
+                    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
             else:
                 try:
                     location = None
                     if self.artifact_root is not None:
                         location = f"{self.artifact_root}/{_name(name)}"
-                    experiment_id = client.create_experiment(name, artifact_location=location)
+                    experiment_id = client.create_experiment(
+                        name,
+                        artifact_location=location,
+                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING},
+                    )
                 except MlflowException:  # created meanwhile by another process
                     again = client.get_experiment_by_name(name)
                     if again is None:
@@ -289,7 +307,13 @@ class Tracker:
         rounds: Sequence[tuple[int, Mapping[str, Mapping[str, float]], Mapping[str, float]]],
     ) -> None:
         """Log several rounds' ``(round, per_silo, aggregate)`` metrics: one batch per silo
-        run and one for the parent run, whatever the number of rounds."""
+        run and one for the parent run, whatever the number of rounds.
+
+        Round n is step n of each metric: ``{silo}/{metric}`` and ``aggregate/{metric}`` in
+        the parent run, ``{metric}`` in the silo's child run. The parent's tag
+        ``fedsilo.rounds`` follows the last round logged.
+        """
+        from mlflow.entities import RunTag
         from mlflow.exceptions import MlflowException
 
         now = int(time.time() * 1000)
@@ -299,30 +323,40 @@ class Tracker:
             for silo, metrics in per_silo.items():
                 child = children.setdefault(silo, [])
                 for metric, value in metrics.items():
-                    key = f"{_name(silo)}/{_name(metric)}"
-                    parent += _metric(f"iteration_{round_}/{key}", value, now, round_)
-                    parent += _metric(key, value, now, round_)
-                    child += _metric(_name(metric), value, now, round_)
+                    parent.append(_metric(f"{_name(silo)}/{_name(metric)}", value, now, round_))
+                    child.append(_metric(_name(metric), value, now, round_))
             for metric, value in aggregate.items():
-                key = f"aggregate/{_name(metric)}"
-                parent += _metric(f"iteration_{round_}/{key}", value, now, round_)
-                parent += _metric(key, value, now, round_)
+                parent.append(_metric(f"aggregate/{_name(metric)}", value, now, round_))
+        last = max((r for r, *_ in rounds), default=0)
+        tags = [RunTag(TAG_ROUNDS, str(last))] if last > run.rounds else []
         first = rounds[0][0] if rounds else 0
         try:
             for silo, child in children.items():
                 self.client.log_batch(self._silo_run(run, silo), metrics=child)
-            if parent:
-                self.client.log_batch(run.run_id, metrics=parent)
+            if parent or tags:
+                self.client.log_batch(run.run_id, metrics=parent, tags=tags)
         except MlflowException as exc:
             what = f"round {first}" if len(rounds) == 1 else f"rounds {first}-{rounds[-1][0]}"
             raise wrap_mlflow_errors(f"cannot log {what} of job {run.job_id}", exc) from exc
+        run.rounds = max(run.rounds, last)
 
     def log_model(self, run: JobRun, path: Path) -> None:
-        """Store the final global model (a safetensors file) as the artifact ``model/NAME``."""
+        """Store the final global model (a safetensors file) as the artifact ``model/NAME``,
+        and record it as the run's output: a logged model (MLflow 3's models) named after
+        the job id, at the step of the last round, whose tag ``fedsilo.artifact`` names that
+        artifact. A run with a model output is a training run to MLflow's UI."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.log_artifact(run.run_id, str(path), artifact_path="model")
+            add_model_output(
+                self.client,
+                run.run_id,
+                run.experiment_id,
+                name=run.job_id,
+                step=run.rounds,
+                tags={TAG_JOB_ID: run.job_id, TAG_ARTIFACT: f"model/{path.name}"},
+            )
         except (MlflowException, OSError) as exc:
             raise wrap_mlflow_errors(f"cannot store the model of job {run.job_id}", exc) from exc
 
@@ -365,7 +399,6 @@ class Tracker:
         out = []
         for r in runs:
             metrics = r.data.metrics
-            rounds = [int(k.split("/")[0][10:]) for k in metrics if k.startswith("iteration_")]
             out.append(
                 TrackedJob(
                     job_id=r.data.tags.get(TAG_JOB_ID, ""),
@@ -373,7 +406,7 @@ class Tracker:
                     run_id=r.info.run_id,
                     status=str(r.info.status),
                     started=(r.info.start_time or 0) / 1000,
-                    rounds=max(rounds, default=0),
+                    rounds=_rounds(r.data.tags, metrics),
                     final={
                         k.removeprefix("aggregate/"): v
                         for k, v in metrics.items()
@@ -384,10 +417,48 @@ class Tracker:
         return out
 
 
-def _metric(key: str, value: float, timestamp: int, step: int) -> list[Metric]:
+def add_model_output(
+    client: MlflowClient,
+    run_id: str,
+    experiment_id: str,
+    *,
+    name: str,
+    step: int,
+    tags: Mapping[str, str],
+) -> str:
+    """Record a logged model as the output of ``run_id`` at ``step``; its id.
+
+    The logged model holds no files (the weights are the run's artifact its tags name), so
+    the model costs no second copy in the store.
+    """
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+
+    model = client.create_logged_model(
+        experiment_id, name=_model_name(name), source_run_id=run_id, tags=dict(tags)
+    )
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    client.log_outputs(run_id, [LoggedModelOutput(model_id=model.model_id, step=step)])
+    return str(model.model_id)
+
+
+def _model_name(text: str) -> str:
+    """``text`` as a logged model's name (MLflow refuses ``/ : . % " '`` in one)."""
+    return re.sub(r"[/:.%\"']", "_", text) or "model"
+
+
+def _rounds(tags: Mapping[str, str], metrics: Mapping[str, float]) -> int:
+    """The last round a job's run holds (``fedsilo.rounds``; in a store written before
+    that tag, the highest ``n`` of its former ``iteration_{n}/...`` keys)."""
+    if tags.get(TAG_ROUNDS, "").isdigit():
+        return int(tags[TAG_ROUNDS])
+    found = (k.split("/")[0][len("iteration_") :] for k in metrics if k.startswith("iteration_"))
+    return max((int(n) for n in found if n.isdigit()), default=0)
+
+
+def _metric(key: str, value: float, timestamp: int, step: int) -> Metric:
     from mlflow.entities import Metric
 
-    return [Metric(key=key, value=float(value), timestamp=timestamp, step=step)]
+    return Metric(key=key, value=float(value), timestamp=timestamp, step=step)
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
