@@ -160,6 +160,27 @@ def test_epsilon_and_failures_are_recorded(tmp_path: Path) -> None:
         tracker.finish(run, "exploded")
 
 
+def test_a_resumed_job_goes_on_in_its_run(tmp_path: Path) -> None:
+    """An orchestrator that stopped mid-job left its run RUNNING; the one that resumes the
+    job logs the rounds after into the same run and the same silo runs."""
+    first = Tracker.for_workspace(tmp_path)
+    run = first.start_job("job-r", "digits", {"rounds": 3}, submitter="alice")
+    first.log_round(run, 1, {"silo-a": {"accuracy": 0.4}}, {"accuracy": 0.4})
+    again = Tracker.for_workspace(tmp_path)  # a new process, the same store
+    resumed = again.start_job("job-r", "digits", {"rounds": 3}, submitter="alice")
+    assert (resumed.run_id, resumed.silo_runs, resumed.rounds) == (
+        run.run_id,
+        run.silo_runs,
+        1,
+    )
+    again.log_round(resumed, 2, {"silo-a": {"accuracy": 0.6}}, {"accuracy": 0.6})
+    again.finish(resumed, "succeeded")
+    history = again.client.get_metric_history(run.run_id, "silo-a/accuracy")
+    assert [(m.step, m.value) for m in history] == [(1, 0.4), (2, 0.6)]
+    assert [j.job_id for j in again.jobs()] == ["job-r"]
+    assert again.client.get_run(run.run_id).info.status == "FINISHED"
+
+
 def test_several_jobs_tracked_from_threads_in_one_process(tmp_path: Path) -> None:
     tracker = Tracker.for_workspace(tmp_path)
     errors: list[BaseException] = []

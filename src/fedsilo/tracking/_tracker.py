@@ -260,6 +260,10 @@ class Tracker:
             experiment = f"{submitter}/{job_name}"
         try:
             experiment_id = self._experiment(experiment)
+            earlier = self._job_run(experiment_id, job_id)
+            if earlier is not None:  # a job resumed after a restart goes on in its run
+                self.client.update_run(earlier.run_id, status="RUNNING")
+                return earlier
             run = self.client.create_run(experiment_id, run_name=job_id, tags=tags)
             flat = [Param(_name(k), v) for k, v in _flatten(params)]
             self.client.log_batch(run.info.run_id, params=flat)
@@ -267,6 +271,35 @@ class Tracker:
             raise wrap_mlflow_errors(f"cannot start tracking job {job_id}", exc) from exc
         return JobRun(
             run_id=run.info.run_id, job_id=job_id, job_name=job_name, experiment_id=experiment_id
+        )
+
+    def _job_run(self, experiment_id: str, job_id: str) -> JobRun | None:
+        """The run job ``job_id`` was logged to before (by an orchestrator that stopped while
+        it ran), with its silos' child runs and the last round it holds; None if none."""
+        found = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_JOB_ID}` = '{job_id}' and tags.`{TAG_KIND}` = 'job'",
+            max_results=1,
+        )
+        if not found:
+            return None
+        parent = found[0]
+        children = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{_PARENT_TAG}` = '{parent.info.run_id}'",
+            max_results=10_000,
+        )
+        return JobRun(
+            run_id=parent.info.run_id,
+            job_id=job_id,
+            job_name=str(parent.data.tags.get(TAG_JOB_NAME, job_id)),
+            experiment_id=experiment_id,
+            silo_runs={
+                str(c.data.tags[TAG_SILO]): c.info.run_id
+                for c in children
+                if TAG_SILO in c.data.tags
+            },
+            rounds=_rounds(parent.data.tags, parent.data.metrics),
         )
 
     def _silo_run(self, run: JobRun, silo: str) -> str:
