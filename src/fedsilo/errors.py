@@ -250,9 +250,13 @@ class AggregationError(FedsiloError):
 
 class InvalidRequest(FedsiloError):
     """A request the server would not take: a body or parameter that is not valid (its
-    ``fields`` say which)."""
+    ``fields`` say which: ``[{"field": "certificate", "problem": "..."}]``)."""
 
     code: ClassVar[str] = "invalid_request"
+
+    def __init__(self, message: str, *, fields: list[dict[str, str]] | None = None) -> None:
+        self.fields = list(fields or [])
+        super().__init__(message)
 
 
 class NotFound(FedsiloError):

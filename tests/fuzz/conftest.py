@@ -129,7 +129,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     spec.write_text(
         f"name: fuzz\norchestrator:\n  host: 127.0.0.1\n  port: {port}\n"
         "  storage: {root: storage/orchestrator}\n  compute: {name: orchestrator-cpu}\n"
-        f"silos:\n{silos}submitters: [alice]\n"
+        f"silos:\n{silos}submitters: [alice]\nadmins: [carol]\n"
     )
     provision(spec, tmp / "ws")
     ws = open_workspace(tmp / "ws")
@@ -153,6 +153,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         raise
     identities = {
         "alice": identity(ws.kit("alice")),
+        "carol": identity(ws.kit("carol")),  # the federation's administrator
         "silo-a": identity(silo),
         "silo-b": identity(ws.kit("silo-b")),
         "silo-a admin": identity(silo, admin=True),

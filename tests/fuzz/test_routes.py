@@ -178,6 +178,8 @@ def _orchestrator_roles(method: str, path: str) -> tuple[str, tuple[str, ...]]:
         return "alice", ("silo-a admin",)  # a certificate of the CA, of no participant
     if path.startswith("/v1/agent/"):
         return "silo-a", ("alice", "silo-a admin")
+    if path.startswith("/v1/members"):  # the federation's members: its administrator's
+        return "carol", ("alice", "silo-a")
     return "alice", ("silo-a", "silo-a admin")
 
 

@@ -86,7 +86,9 @@ def create_app(
 
     @app.exception_handler(FedsiloError)
     async def _fedsilo_error(_request: Request, exc: FedsiloError) -> JSONResponse:
-        return error_response(HTTP_STATUS.get(exc.code, 400), str(exc), code=exc.code)
+        fields = getattr(exc, "fields", None)
+        extra = {"fields": fields} if fields else {}
+        return error_response(HTTP_STATUS.get(exc.code, 400), str(exc), code=exc.code, **extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

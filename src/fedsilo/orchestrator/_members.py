@@ -96,6 +96,11 @@ class _Issued:
     not_after: float
 
 
+def _bad(field: str, problem: str) -> InvalidRequest:
+    """A refusal of the request's ``field``, named in the message and in ``fields``."""
+    return InvalidRequest(f"{field}: {problem}", fields=[{"field": field, "problem": problem}])
+
+
 class Roster:
     """The federation's members, from the database, with the kit's participants as seed.
 
@@ -224,19 +229,21 @@ class Roster:
         try:
             cert = x509.load_pem_x509_certificate(pem.encode())
         except ValueError as exc:
-            raise InvalidRequest(f"certificate: not a PEM certificate ({exc})") from None
+            raise _bad("certificate", f"not a PEM certificate ({exc})") from None
         try:
             cert.verify_directly_issued_by(self._ca)
         except (InvalidSignature, ValueError, TypeError):
-            raise InvalidRequest(
-                f"certificate: not signed by the CA of federation '{self.federation}'; sign "
-                "the participant's request with this federation's CA (fedsilo ca sign)"
+            raise _bad(
+                "certificate",
+                f"not signed by the CA of federation '{self.federation}'; sign the "
+                "participant's request with this federation's CA (fedsilo ca sign)",
             ) from None
         now = dt.datetime.now(dt.UTC)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise InvalidRequest(
-                f"certificate: valid from {cert.not_valid_before_utc:%Y-%m-%d} to "
-                f"{cert.not_valid_after_utc:%Y-%m-%d}, not now; sign a new request"
+            raise _bad(
+                "certificate",
+                f"valid from {cert.not_valid_before_utc:%Y-%m-%d} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d}, not now; sign a new request",
             )
 
         def attribute(oid: x509.ObjectIdentifier) -> str:
@@ -245,18 +252,20 @@ class Roster:
 
         name, unit = attribute(NameOID.COMMON_NAME), attribute(NameOID.ORGANIZATIONAL_UNIT_NAME)
         if attribute(NameOID.ORGANIZATION_NAME) != self.federation:
-            raise InvalidRequest(
-                f"certificate: issued for federation '{attribute(NameOID.ORGANIZATION_NAME)}', "
-                f"not '{self.federation}'"
+            raise _bad(
+                "certificate",
+                f"issued for federation '{attribute(NameOID.ORGANIZATION_NAME)}', "
+                f"not '{self.federation}'",
             )
         role = _ROLES.get(unit)
         if role is None:
-            raise InvalidRequest(
-                f"certificate of '{name}': its role '{unit}' cannot be a member added while "
-                f"the federation runs (one of: {', '.join(_ROLES)})"
+            raise _bad(
+                "certificate",
+                f"its role '{unit}' ('{name}') cannot be a member added while the "
+                f"federation runs (one of: {', '.join(_ROLES)})",
             )
         if not _NAME.fullmatch(name):
-            raise InvalidRequest(f"certificate: '{name}' is not a participant name")
+            raise _bad("certificate", f"'{name}' is not a participant name")
         der = cert.public_bytes(serialization.Encoding.DER)
         return _Issued(name, role, cert_fingerprint(der), cert.not_valid_after_utc.timestamp())
 
@@ -278,14 +287,14 @@ class Roster:
             raise Conflict(f"certificate of '{issued.name}': already recorded; sign a new request")
         if issued.role is Role.SILO:
             if not compute:
-                raise InvalidRequest(
-                    f"silo '{issued.name}': give the name of its compute (--compute)"
+                raise _bad(
+                    "compute", f"silo '{issued.name}': give the name of its compute (--compute)"
                 )
             used = {p.compute: p.name for p in self.members() if p.compute is not None}
             if compute in used:
                 raise Conflict(f"compute '{compute}' is silo '{used[compute]}'s; name another")
         elif compute is not None:
-            raise InvalidRequest(f"'{issued.name}' is a {issued.role.value}: it has no compute")
+            raise _bad("compute", f"'{issued.name}' is a {issued.role.value}: it has no compute")
         now = time.time()
         self.store.put_member(
             MemberRow(
@@ -323,9 +332,10 @@ class Roster:
         member = self.member(name)
         issued = self._issued(pem)
         if (issued.name, issued.role) != (member.name, member.role):
-            raise InvalidRequest(
-                f"certificate: issued to {issued.role.value} '{issued.name}', not to "
-                f"{member.role.value} '{member.name}'"
+            raise _bad(
+                "certificate",
+                f"issued to {issued.role.value} '{issued.name}', not to "
+                f"{member.role.value} '{member.name}'",
             )
         if any(c.fingerprint == issued.fingerprint for c in member.certificates):
             raise Conflict(f"certificate of '{name}': already recorded; sign a new request")
