@@ -8,12 +8,14 @@ and its silos are told to let it go.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,12 +66,17 @@ class Orchestrator:
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            try:
-                with OrchestratorClient(self.fed.submitter, timeout=5) as client:
-                    client.whoami()
-                    return
-            except TransportError:
-                time.sleep(0.3)
+            # a TLS connection cut while the new orchestrator starts can leave its socket
+            # to the garbage collector (inside httpcore): collected here, not warned later
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                try:
+                    with OrchestratorClient(self.fed.submitter, timeout=5) as client:
+                        client.whoami()
+                        return
+                except TransportError:
+                    gc.collect()
+            time.sleep(0.3)
         raise AssertionError("the orchestrator did not come back")
 
 
