@@ -96,6 +96,11 @@ class _Issued:
     not_after: float
 
 
+def _unknown(members: dict[str, Participant]) -> set[str]:
+    """The fingerprints of certificates whose expiry is not recorded."""
+    return {c.fingerprint for p in members.values() for c in p.certificates if c.not_after is None}
+
+
 def _bad(field: str, problem: str) -> InvalidRequest:
     """A refusal of the request's ``field``, named in the message and in ``fields``."""
     return InvalidRequest(f"{field}: {problem}", fields=[{"field": field, "problem": problem}])
@@ -180,6 +185,8 @@ class Roster:
             for c in p.certificates
             if c.revoked_at is None
         }
+        # certificates let in whose expiry is not recorded yet (those provisioning made)
+        self._expiry_unknown = _unknown(self._members) & self._callers.keys()
 
     def caller(self, fingerprint: str | None, der: bytes | None = None) -> Caller | None:
         """The member a certificate belongs to, if it may still connect.
@@ -188,13 +195,10 @@ class Roster:
         (one provisioning made), ``der`` gives it.
         """
         who = self._callers.get(fingerprint or "")
-        if who is not None and der is not None:
-            member = self._members[who.name]
-            cert = next(c for c in member.certificates if c.fingerprint == fingerprint)
-            if cert.not_after is None:
-                not_after = x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
-                self.store.certificate_expiry(cert.fingerprint, not_after)
-                self._load()
+        if who is not None and der is not None and fingerprint in self._expiry_unknown:
+            not_after = x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+            self.store.certificate_expiry(fingerprint, not_after)
+            self._load()
         return who
 
     def members(self, *, removed: bool = False) -> list[Participant]:
