@@ -30,8 +30,9 @@ from fedsilo.api._messages import (
 )
 from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, StepRefused, TaskFailed
 from fedsilo.jobs._steps import Step, StepLedger
-from fedsilo.orchestrator._loop import CENTRAL, _JobRun, _Outcome
-from fedsilo.privacy import CentralDP, strategy_for
+from fedsilo.orchestrator._loop import _JobRun, _Outcome
+from fedsilo.privacy import strategy_for
+from fedsilo.rounds import Answer, RoundEngine
 from fedsilo.tensors import load_parameters
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class LiteralRun(_JobRun):
     def __init__(self, orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -> None:
         super().__init__(orch, job_id, spec, author)
         self.strategy = strategy_for(spec.strategy, spec.privacy)
+        self.engine = RoundEngine(spec, self.strategy, job_id=job_id)
         self.ledger = StepLedger(job_id, spec.silos, spec.rounds)
         self.initial: str | None = None
         self._futures: dict[str, asyncio.Future[TaskResult]] = {}
@@ -215,24 +217,23 @@ class LiteralRun(_JobRun):
         self._check_open()
         steps = self.ledger.check_aggregate(step_ids, round_, self._succeeded)
         current = await asyncio.to_thread(load_parameters, self.orch.blobs.path(steps[0].model))
-        assert self.strategy is not None  # set in __init__
-        aggregation = self.strategy.begin_aggregation(round_, current)
+        answers = []
         for step in steps:
             out = _Outcome(step.silo, self._futures[step.id].result())
-            self.record(round_, out)
-            samples = int((out.result.train_metrics or {}).get("num_samples", 0))
             try:
                 path = await self.vetted(round_, out, current, step.model)
             except JobFailed as exc:  # a refused update ends the job, as in a plain round
                 self._fail(exc)
                 raise
-            await asyncio.to_thread(aggregation.add, step.silo, path, samples)
-        params = await asyncio.to_thread(aggregation.finish)
-        digest = self.orch.blobs.put_parameters(params)
+            result = out.result
+            samples = int((result.train_metrics or {}).get("num_samples", 0))
+            answers.append(
+                Answer(step.silo, result.train_metrics, update=path, num_samples=samples)
+            )
+        closed = await asyncio.to_thread(self.engine.aggregate, round_, current, answers)
+        digest = await asyncio.to_thread(self.orch.blobs.put_parameters, closed.parameters)
         self.ledger.aggregated(steps, round_, digest)
-        if isinstance(self.strategy, CentralDP):
-            epsilon = self.strategy.epsilon()
-            self.metrics.append((round_, CENTRAL, "privacy", {"central_epsilon": epsilon}))
+        self.metrics += closed.metrics
         self.close_round(round_, digest)
         log.info("job %s: round %d aggregated from %d silos", self.job_id, round_, len(steps))
         return digest

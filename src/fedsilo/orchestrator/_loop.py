@@ -1,9 +1,10 @@
-"""The FL job loop: check and preprocess once per silo, rounds of fit → aggregate, final
-evaluation.
+"""An FL job over the running federation: check and preprocess once per silo, then the
+rounds, which :class:`~fedsilo.rounds.RoundEngine` decides, driven over the agents' tasks.
 
-The orchestrator owns the loop; the strategy only configures rounds and aggregates. Each
-silo's update is folded into the aggregate as it arrives (streaming), so memory follows
-the model's size, not the number of silos.
+The driver sends each phase's tasks, vets every upload before the engine folds it (as
+it arrives: memory follows the model's size, not the number of silos), relays secure
+aggregation's messages, and keeps what each closed round produced: the global model in
+the blob store, the round's record and a checkpoint in the database.
 """
 
 from __future__ import annotations
@@ -19,18 +20,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-
 from fedsilo.api._messages import JobState, TaskKind, TaskMessage, TaskResult
 from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, TaskFailed
 from fedsilo.jobs import JobSpec
 from fedsilo.orchestrator._db import CheckpointRow
 from fedsilo.orchestrator._resume import CannotResume, restore_strategy, strategy_state
-from fedsilo.orchestrator._secure import SecureRounds
 from fedsilo.orchestrator._vetting import UpdateRefused, clipped, vet_update
-from fedsilo.privacy import CentralDP, strategy_for
-from fedsilo.strategies import Aggregation, Strategy
+from fedsilo.privacy import strategy_for
+from fedsilo.privacy.secagg import SecAggProtocolError, load_masked, parse_message
+from fedsilo.rounds import (
+    Answer,
+    Left,
+    Metric,
+    Missed,
+    Phase,
+    QuorumLost,
+    RoundClosed,
+    RoundEngine,
+    SetupDone,
+)
+from fedsilo.rounds._engine import ClientMessage
+from fedsilo.strategies import Strategy
 from fedsilo.tensors import Parameters, load_parameters
 
 if TYPE_CHECKING:
@@ -40,8 +50,12 @@ __all__ = ["run_job"]
 
 log = logging.getLogger("fedsilo.orchestrator")
 
-_Metric = tuple[int, str, str, dict[str, float]]
-CENTRAL = "*"  # the silo column of metrics that belong to the whole federation
+# what a job shows while secure aggregation sets up, by phase
+_SECURE_DETAIL = {
+    "secure aggregation setup (keys)": "secure aggregation: exchanging keys",
+    "secure aggregation setup (shares)": "secure aggregation: sharing secrets",
+    "secure aggregation setup (delivery)": "secure aggregation: delivering shares",
+}
 # how long a silo that disconnected mid-task is waited for (its agent restarting) when the
 # job sets no round_timeout; then it has missed the round
 RECONNECT_SECONDS = 60.0
@@ -53,18 +67,15 @@ class _Outcome:
     result: TaskResult
 
 
-def _fold(aggregation: Aggregation, silo: str, path: Path, num_samples: int) -> None:
-    aggregation.add(silo, path, num_samples)  # read tensor by tensor from the upload
-
-
 class _JobRun:
     def __init__(self, orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -> None:
         self.orch = orch
         self.job_id = job_id
         self.spec = spec
         self.author = author
-        self.metrics: list[_Metric] = []
+        self.metrics: list[Metric] = []
         self.strategy: Strategy | None = None  # set as the job starts (run)
+        self.engine: RoundEngine
         self.resume_from: CheckpointRow | None = None  # a restarted orchestrator's start
         # every parameter file of the job so far, by digest: its round, and what it was
         self.seen: dict[str, tuple[int, str]] = {}
@@ -182,14 +193,6 @@ class _JobRun:
         finally:
             self.orch.withdraw(pending)
 
-    def record(self, round_: int, out: _Outcome) -> None:
-        result = out.result
-        if result.train_metrics is not None:
-            self.metrics.append((round_, out.silo, "train", result.train_metrics))
-        if result.eval_metrics is not None:
-            eval_round = round_ - 1 if result.train_metrics is not None else round_
-            self.metrics.append((eval_round, out.silo, "evaluate", result.eval_metrics))
-
     def params_path(self, out: _Outcome) -> Path:
         digest = out.result.params_digest
         if digest is None or not self.orch.blobs.has(digest):
@@ -298,74 +301,109 @@ class _JobRun:
             self.orch.publish_global(self.job_id, digest)
         self.orch.touch(self.job_id)
 
-    @property
-    def tolerant(self) -> bool:
-        """Whether a round may close without some silos (``min_silos`` below their count)."""
-        return self.spec.quorum < len(self.spec.silos)
-
     def missed(self, round_: int, phase: str, silo: str, why: str) -> None:
         """Record that ``silo`` took no part in ``phase`` of ``round_``, and why."""
         text = f"silo '{silo}' took no part in {phase}: {why}"
         self.note(round_, silo, "missed", text, phase=phase)
 
-    def check_quorum(self, round_: int, phase: str, missing: Mapping[str, str]) -> None:
-        """Fail the job when fewer than its quorum of silos answered ``phase``."""
-        answered = len(self.spec.silos) - len(missing)
-        if answered >= self.spec.quorum:
-            return
-        named = "; ".join(f"'{silo}' ({why})" for silo, why in missing.items())
-        raise JobFailed(
-            f"{phase}: {answered} of {len(self.spec.silos)} silos answered, fewer than the "
-            f"job's min_silos of {self.spec.quorum}; missing: {named}"
+    def left(self, gone: list[Left]) -> None:
+        """Record the silos the engine reports gone from a phase."""
+        for out in gone:
+            if not out.for_good:
+                self.missed(out.round, out.phase, out.silo, out.why)
+                continue
+            log.warning(
+                "job %s: silo %s dropped from secure aggregation: %s",
+                self.job_id,
+                out.silo,
+                out.why,
+            )
+            self.orch.audit.append(
+                "secagg.dropped", job_id=self.job_id, silo=out.silo, reason=out.why
+            )
+
+    async def answer(self, phase: Phase, out: _Outcome, digest: str) -> Answer | Missed:
+        """A silo's result as the engine takes it: a plain update vetted against the global
+        model, a masked one or secure-aggregation messages read and checked as such."""
+        result, silo = out.result, out.silo
+        if not result.ok:
+            return Missed(silo, result.error or "no answer")
+        samples = int((result.train_metrics or {}).get("num_samples", 0))
+        if phase.kind is TaskKind.EVALUATE:
+            return Answer(silo, eval_metrics=result.eval_metrics)
+        secure = self.spec.privacy.secure_aggregation is not None
+        try:
+            if phase.kind is TaskKind.SECAGG:
+                messages = [_parse(silo, text) for text in result.secagg]
+                return Answer(silo, secagg=messages)
+            if secure:
+                masked = await asyncio.to_thread(
+                    load_masked,
+                    self.params_path(out),
+                    job_id=self.job_id,
+                    sender=silo,
+                    round_=phase.round,
+                )
+                return Answer(
+                    silo,
+                    result.train_metrics,
+                    result.eval_metrics,
+                    num_samples=samples,
+                    secagg=[masked],
+                )
+        except (SecAggProtocolError, TaskFailed) as exc:
+            return Missed(silo, str(exc))
+        current = self.engine.current
+        assert current is not None
+        path = await self.vetted(phase.round, out, current, digest)
+        return Answer(
+            silo, result.train_metrics, result.eval_metrics, update=path, num_samples=samples
         )
 
-    async def plain_round(
-        self, round_: int, strategy: Strategy, current: Parameters, global_digest: str
-    ) -> dict[str, npt.NDArray[np.generic]]:
-        """One round without secure aggregation: each silo's update folded in as it arrives.
-
-        A silo that fails, disconnects or misses ``round_timeout`` fails the job, unless
-        the job's ``min_silos`` lets the round close without it: then it is named in the
-        round's record and the mean is taken over the silos that answered.
-        """
-        aggregation = strategy.begin_aggregation(round_, current)
-        phase = f"round {round_}"
-        fit = self.fan_out(
-            TaskKind.FIT,
-            phase,
-            strategy.configure_round(round_, self.spec.silos),
-            round=round_,
-            params_digest=global_digest,
-            evaluate_first=round_ > 1,
-            tolerate=self.tolerant,
-            timeout=self.spec.round_timeout,
-            grace=RECONNECT_SECONDS,
+    async def run_phase(self, phase: Phase, digest: str) -> None:
+        """Send ``phase``'s tasks (the global model ``digest`` to train or evaluate from);
+        feed the engine every answer as it arrives."""
+        orch, job_id = self.orch, self.job_id
+        if phase.kind is TaskKind.FIT:
+            orch.store.start_round(job_id, phase.round)
+            orch.update_job(job_id, current_round=phase.round, detail=phase.name)
+        elif phase.kind is TaskKind.EVALUATE:
+            orch.update_job(job_id, detail=phase.name)
+        else:
+            detail = _SECURE_DETAIL.get(phase.name, f"round {phase.round}: unmasking the sum")
+            orch.update_job(job_id, detail=detail)
+        per_silo: dict[str, dict[str, Any]] = {}
+        for task in phase.tasks:
+            fields: dict[str, Any] = {}
+            if task.kind is not TaskKind.SECAGG:
+                fields["params_digest"] = digest
+            if task.kind is TaskKind.FIT:
+                fields.update(evaluate_first=task.evaluate_first)
+                if task.mask_plan is not None:
+                    fields.update(mask_weight=task.mask_weight, mask_plan=task.mask_plan)
+            elif task.secagg is not None:
+                fields["secagg"] = task.secagg.model_dump_json()
+            per_silo[task.silo] = fields
+        outcomes = self.fan_out(
+            phase.kind,
+            phase.name,
+            {task.silo: dict(task.config) for task in phase.tasks},
+            silos=phase.silos,
+            per_silo=per_silo,
+            tolerate=phase.tolerate,
+            timeout=phase.timeout,
+            grace=RECONNECT_SECONDS if phase.reconnect else 0.0,
+            round=phase.round,
         )
-        # Updates are folded in the job's silo order, so the model does not depend on which
-        # silo answered first (float sums are not associative); one that arrives early waits
-        # on disk, as an uploaded file, until the silos before it are in: memory stays flat.
-        order = list(self.spec.silos)
-        arrived: dict[str, tuple[Path, int] | None] = {}
-        missing: dict[str, str] = {}
-        async with aclosing(fit) as outcomes:
-            async for out in outcomes:
-                if not out.result.ok:  # tolerated: the round may close without it
-                    why = out.result.error or "no answer"
-                    missing[out.silo] = why
-                    self.missed(round_, phase, out.silo, why)
-                    self.check_quorum(round_, phase, missing)
-                    arrived[out.silo] = None
-                else:
-                    self.record(round_, out)
-                    samples = int((out.result.train_metrics or {}).get("num_samples", 0))
-                    checked = await self.vetted(round_, out, current, global_digest)
-                    arrived[out.silo] = (checked, samples)
-                while order and order[0] in arrived:
-                    silo = order.pop(0)
-                    update = arrived.pop(silo)
-                    if update is not None:
-                        await asyncio.to_thread(_fold, aggregation, silo, *update)
-        return await asyncio.to_thread(aggregation.finish)
+        engine = self.engine
+        async with aclosing(outcomes) as answers:
+            async for out in answers:
+                event = await self.answer(phase, out, digest)
+                try:
+                    self.left(await asyncio.to_thread(engine.feed, event))
+                except QuorumLost as exc:
+                    self.left(exc.left)
+                    raise
 
     async def check(self) -> None:
         """Have every silo check the job before anything of it runs anywhere.
@@ -460,54 +498,42 @@ class _JobRun:
     async def run(self) -> str:
         """Run every phase; return the final global model's digest."""
         orch, spec, job_id = self.orch, self.spec, self.job_id
-        strategy = self.strategy = strategy_for(spec.strategy, spec.privacy)
+        self.strategy = strategy_for(spec.strategy, spec.privacy)
+        engine = self.engine = RoundEngine(spec, self.strategy, job_id=job_id)
         saved = self.resume_from
+        digest = await self.prepare() if saved is None else await self.resume(saved)
+        current = await asyncio.to_thread(load_parameters, orch.blobs.path(digest))
         if saved is None:
-            global_digest = await self.prepare()
+            engine.start(current)
         else:
-            global_digest = await self.resume(saved)
-        secure = None
-        if spec.privacy.secure_aggregation is not None:
-            secure = SecureRounds(self, strategy, spec.privacy.secure_aggregation)
-            await secure.setup()
-        for round_ in range(1 if saved is None else saved.round + 1, spec.rounds + 1):
-            orch.store.start_round(job_id, round_)
-            orch.update_job(job_id, current_round=round_, detail=f"round {round_}")
-            current = await asyncio.to_thread(load_parameters, orch.blobs.path(global_digest))
-            privacy: dict[str, float] = {}
-            if secure is not None:
-                new_params, summed = await secure.round(round_, current, global_digest)
-                privacy.update(secure.report(summed))
+            engine.resume(current, saved.round)
+        while True:
+            step = await asyncio.to_thread(engine.next)
+            if isinstance(step, Phase):
+                await self.run_phase(step, digest)
+            elif isinstance(step, SetupDone):
+                orch.audit.append(
+                    "secagg.ready",
+                    job_id=job_id,
+                    members=list(step.members),
+                    threshold=step.threshold,
+                )
+            elif isinstance(step, RoundClosed):
+                digest = await asyncio.to_thread(orch.blobs.put_parameters, step.parameters)
+                self.metrics += step.metrics
+                self.close_round(step.round, digest, await self.checkpoint())
             else:
-                new_params = await self.plain_round(round_, strategy, current, global_digest)
-            global_digest = orch.blobs.put_parameters(new_params)
-            if isinstance(strategy, CentralDP):
-                privacy["central_epsilon"] = strategy.epsilon()
-            if privacy:
-                self.metrics.append((round_, CENTRAL, "privacy", privacy))
-            self.close_round(round_, global_digest, await self.checkpoint())
-        orch.update_job(job_id, detail="final evaluation")
-        final = self.fan_out(
-            TaskKind.EVALUATE,
-            "final evaluation",
-            silos=secure.active if secure is not None else None,
-            round=spec.rounds,
-            params_digest=global_digest,
-            tolerate=self.tolerant and secure is None,
-            timeout=spec.round_timeout,
-            grace=RECONNECT_SECONDS if secure is None else 0.0,
-        )
-        missing: dict[str, str] = {}
-        async with aclosing(final) as outcomes:
-            async for out in outcomes:
-                if out.result.ok:
-                    self.record(spec.rounds, out)
-                    continue
-                missing[out.silo] = out.result.error or "no answer"
-                self.missed(spec.rounds, "the final evaluation", out.silo, missing[out.silo])
-                self.check_quorum(spec.rounds, "the final evaluation", missing)
-        orch.store.finish_round(job_id, spec.rounds, global_digest, self.metrics)
-        return global_digest
+                self.metrics += step.metrics
+                orch.store.finish_round(job_id, spec.rounds, digest, self.metrics)
+                return digest
+
+
+def _parse(silo: str, text: str) -> ClientMessage:
+    """One of ``silo``'s secure-aggregation messages, sent as itself."""
+    message = parse_message(text)
+    if not isinstance(message, ClientMessage):
+        raise SecAggProtocolError(f"silo '{silo}' sent a {type(message).__name__}")
+    return message
 
 
 async def run_job(

@@ -313,10 +313,13 @@ class _InProcess:
     ) -> None:
         from fedsilo.pipelines._simulation import silo_runners
         from fedsilo.privacy import strategy_for
+        from fedsilo.rounds import RoundEngine
 
         self.job_id = f"{spec.name}-local"
         self.silos = spec.silos
-        self.strategy = strategy_for(spec.strategy, spec.privacy)
+        self.engine = RoundEngine(
+            spec, strategy_for(spec.strategy, spec.privacy), job_id=self.job_id
+        )
         self.runners = silo_runners(spec, code_dir, inputs, work_root)
         self.ledger = StepLedger(self.job_id, spec.silos, spec.rounds)
         self.params: dict[str, Any] = {}
@@ -342,7 +345,7 @@ class _InProcess:
         started = time.perf_counter()
         update = None
         if kind is StepKind.TRAIN:
-            config = self.strategy.configure_round(step.round, [silo]).get(silo)
+            config = self.engine.strategy.configure_round(step.round, [silo]).get(silo)
             update, metrics = runner.fit(step.round, self.params[model], config)
         else:
             metrics = runner.evaluate(step.round, self.params[model])
@@ -366,11 +369,15 @@ class _InProcess:
 
     def aggregate(self, step_ids: tuple[str, ...], round_: int) -> str:
         steps = self.ledger.check_aggregate(step_ids, round_, lambda i: i in self.results)
-        aggregation = self.strategy.begin_aggregation(round_, self.params[steps[0].model])
+        from fedsilo.rounds import Answer
+
+        answers = []
         for step in steps:
             info, update = self.results[step.id]
-            aggregation.add(step.silo, update, int((info.metrics or {}).get("num_samples", 0)))
-        digest = self._keep(aggregation.finish(), round_)
+            samples = int((info.metrics or {}).get("num_samples", 0))
+            answers.append(Answer(step.silo, info.metrics, update=update, num_samples=samples))
+        closed = self.engine.aggregate(round_, self.params[steps[0].model], answers)
+        digest = self._keep(closed.parameters, round_)
         self.ledger.aggregated(steps, round_, digest)
         return digest
 

@@ -16,26 +16,23 @@ from typing import Any
 import numpy as np
 
 from fedsilo.api import RoundInfo
+from fedsilo.api._messages import TaskKind
 from fedsilo.config import local_cores, open_workspace
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import JobSpec, SiloStep
-from fedsilo.privacy import (
-    CentralDP,
-    RoundPlan,
-    mask_weights,
-    round_plan,
-    secure_global,
-    strategy_for,
-)
-from fedsilo.privacy.secagg import (
-    SecAggClient,
-    SecAggServer,
-    ServerMessage,
-    UnmaskRequest,
-    mask_update,
+from fedsilo.privacy import strategy_for
+from fedsilo.privacy.secagg import SecAggClient, mask_update
+from fedsilo.rounds import (
+    Answer,
+    Finished,
+    Metric,
+    Phase,
+    RoundClosed,
+    RoundEngine,
+    Task,
 )
 from fedsilo.storage import Catalog
-from fedsilo.strategies import Strategy, weighted_metrics
+from fedsilo.strategies import weighted_metrics
 from fedsilo.task import SiloRunner, load_task
 from fedsilo.tensors import Parameters
 
@@ -78,81 +75,113 @@ def workspace_inputs(workspace: Path, spec: JobSpec) -> dict[str, dict[str, Path
     return out
 
 
-class _SecureRounds:
-    """Secure aggregation in one process: the state machines of the federation, no network.
+class _LocalSilo:
+    """One silo in this process: what its agent and job worker do with each task.
 
-    Each silo masks its update as its agent would, and the server sums masked vectors
-    only, so the simulated model carries the same fixed-point rounding as a real run's.
+    The in-memory end of the engine's channel: a fit trains from the global model (after
+    evaluating it, as a job worker does), a secure fit masks its update with the silo's
+    own secure-aggregation party, and a secure-aggregation task feeds that party.
     """
 
-    def __init__(self, spec: JobSpec, strategy: Strategy, job_id: str) -> None:
-        secure = spec.privacy.secure_aggregation
-        assert secure is not None
-        self.strategy = strategy
-        self.weights = mask_weights(strategy, spec.silos)
-        self.clip_norm = spec.privacy.central.clip_norm if spec.privacy.central else None
-        self.server = SecAggServer(
-            spec.silos,
-            job_id=job_id,
-            rounds=spec.rounds,
-            threshold=secure.threshold_for(len(spec.silos)),
-            bits=secure.fixed_point_bits,
+    def __init__(
+        self,
+        runner: SiloRunner,
+        party: SecAggClient | None,
+        clip_norm: float | None,
+    ) -> None:
+        self.runner = runner
+        self.party = party
+        self.clip_norm = clip_norm
+        self.seconds = 0.0
+
+    def handle(self, task: Task, current: Parameters) -> Answer:
+        started = time.perf_counter()
+        try:
+            return self._handle(task, current)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _handle(self, task: Task, current: Parameters) -> Answer:
+        runner, silo = self.runner, self.runner.silo
+        if task.kind is TaskKind.EVALUATE:
+            return Answer(silo, eval_metrics=runner.evaluate(task.round, current))
+        if task.kind is TaskKind.SECAGG:
+            assert self.party is not None
+            replies = (
+                [self.party.advertise()] if task.secagg is None else self.party.feed(task.secagg)
+            )
+            return Answer(silo, secagg=replies)
+        evaluated = runner.evaluate(task.round - 1, current) if task.evaluate_first else None
+        params, metrics = runner.fit(task.round, current, task.config)
+        samples = int(metrics["num_samples"])
+        if self.party is None:
+            return Answer(silo, metrics, evaluated, update=params, num_samples=samples)
+        masked = mask_update(
+            self.party,
+            task.round,
+            params,
+            current,
+            weight=float(samples) if task.mask_weight is None else task.mask_weight,
+            clip_norm=self.clip_norm,
+            plan=task.mask_plan,
         )
-        self.clients = {
-            silo: SecAggClient(
+        return Answer(silo, metrics, evaluated, num_samples=samples, secagg=[masked])
+
+
+def _local_silos(
+    spec: JobSpec, runners: Mapping[str, SiloRunner], job_id: str
+) -> dict[str, _LocalSilo]:
+    secure = spec.privacy.secure_aggregation
+    central = spec.privacy.central
+    return {
+        silo: _LocalSilo(
+            runner,
+            None
+            if secure is None
+            else SecAggClient(
                 silo,
                 job_id=job_id,
                 rounds=spec.rounds,
                 threshold=secure.threshold,
                 bits=secure.fixed_point_bits,
                 clip_range=secure.clip_range,
-            )
-            for silo in spec.silos
-        }
-        rosters = [m for c in self.clients.values() for m in self.server.feed(c.advertise())]
-        self._relay(rosters)
-        self._requests: list[UnmaskRequest] = []
-        self._secure = secure
-        self._reported: dict[str, float] = {}
-        self._plans: dict[int, RoundPlan] = {}
-
-    def _relay(self, messages: list[ServerMessage]) -> None:
-        """Hand each server message to its client and each answer back, until quiet."""
-        while messages:
-            replies = [r for m in messages for r in self.clients[m.recipient].feed(m)]
-            messages = [out for r in replies for out in self.server.feed(r)]
-
-    def add(
-        self, round_: int, silo: str, params: Parameters, current: Parameters, samples: int
-    ) -> None:
-        weight = self.weights[silo]
-        plan = self._plans.get(round_)
-        if plan is None:  # the round's first input: plan it as the orchestrator would
-            plan = self._plans[round_] = round_plan(
-                self.weights,
-                self._reported,
-                bits=self._secure.fixed_point_bits,
-                clip_range=self._secure.clip_range,
-            )
-            self.server.plan_round(round_, word_bits=plan.word_bits, weight_scale=plan.weight_scale)
-        masked = mask_update(
-            self.clients[silo],
-            round_,
-            params,
-            current,
-            weight=float(samples) if weight is None else weight,
-            clip_norm=self.clip_norm,
-            plan=plan.for_silo(silo),
+            ),
+            central.clip_norm if central is not None else None,
         )
-        self._reported[silo] = float(samples)
-        self._requests += [m for m in self.server.feed(masked) if isinstance(m, UnmaskRequest)]
+        for silo, runner in runners.items()
+    }
 
-    def finish(self, round_: int, current: Parameters) -> dict[str, np.ndarray[Any, Any]]:
-        requests, self._requests = self._requests or self.server.close_inputs(round_), []
-        self._relay(list(requests))
-        result = self.server.finish_round(round_)
-        self._plans.pop(round_, None)
-        return secure_global(self.strategy, round_, current, result)
+
+class _History:
+    """The engine's records as :class:`RoundInfo`, each round once its model's evaluation
+    is in (with the next round's fits, or the final evaluation)."""
+
+    def __init__(self, on_round: Callable[[RoundInfo], None] | None) -> None:
+        self.rounds: list[RoundInfo] = []
+        self.on_round = on_round
+        self.train: dict[int, dict[str, dict[str, float]]] = {}
+        self.privacy: dict[int, dict[str, float]] = {}
+
+    def add(self, metrics: list[Metric]) -> None:
+        evaluate: dict[int, dict[str, dict[str, float]]] = {}
+        for round_, silo, kind, values in metrics:
+            if kind == "train":
+                self.train.setdefault(round_, {})[silo] = values
+            elif kind == "evaluate":
+                evaluate.setdefault(round_, {})[silo] = values
+            elif kind == "privacy":
+                self.privacy[round_] = values
+        for round_, results in sorted(evaluate.items()):
+            info = RoundInfo(
+                round=round_,
+                train=self.train.pop(round_, {}),
+                evaluate=results,
+                evaluate_aggregate=weighted_metrics(results),
+                privacy=self.privacy.pop(round_, {}),
+            )
+            self.rounds.append(info)
+            if self.on_round is not None:
+                self.on_round(info)
 
 
 Threads = int | Mapping[str, int] | None
@@ -230,69 +259,33 @@ def simulate(
     the same count gives the same model bit for bit.
     """
     started = time.perf_counter()
-    silo_seconds = dict.fromkeys(spec.silos, 0.0)
+    job_id = f"{spec.name}-simulation"
     runners = silo_runners(spec, code_dir, inputs, work_root, threads=threads)
-
-    def timed(silo: str, fn: Callable[..., Any], *args: Any) -> Any:
+    silos = _local_silos(spec, runners, job_id)
+    initial: dict[str, Parameters] = {}
+    for name, silo in silos.items():
         t0 = time.perf_counter()
-        try:
-            return fn(*args)
-        finally:
-            silo_seconds[silo] += time.perf_counter() - t0
-
-    initial = {silo: timed(silo, runner.prepare) for silo, runner in runners.items()}
-    current = initial[spec.silos[0]]
-    strategy = strategy_for(spec.strategy, spec.privacy)
-    secure = (
-        _SecureRounds(spec, strategy, job_id=f"{spec.name}-simulation")
-        if spec.privacy.secure_aggregation is not None
-        else None
-    )
-    history: list[RoundInfo] = []
-    train: dict[str, dict[str, float]] = {}
-    central: dict[str, float] = {}
-    for round_ in range(1, spec.rounds + 2):
-        evaluate: dict[str, dict[str, float]] = {}
-        if round_ > 1:
-            for silo, runner in runners.items():
-                evaluate[silo] = timed(silo, runner.evaluate, round_ - 1, current)
-            info = RoundInfo(
-                round=round_ - 1,
-                train=train,
-                evaluate=evaluate,
-                evaluate_aggregate=weighted_metrics(evaluate),
-                privacy=central,
-            )
-            history.append(info)
-            if on_round is not None:
-                on_round(info)
-        if round_ > spec.rounds:
+        initial[name] = silo.runner.prepare()
+        silo.seconds += time.perf_counter() - t0
+    engine = RoundEngine(spec, strategy_for(spec.strategy, spec.privacy), job_id=job_id)
+    engine.start(initial[spec.silos[0]])
+    history = _History(on_round)
+    while True:
+        step = engine.next()
+        if isinstance(step, Phase):
+            current = engine.current
+            assert current is not None
+            for task in step.tasks:
+                engine.feed(silos[task.silo].handle(task, current))
+        elif isinstance(step, RoundClosed):
+            history.add(step.metrics)
+        elif isinstance(step, Finished):
+            history.add(step.metrics)
             break
-        aggregation = strategy.begin_aggregation(round_, current) if secure is None else None
-        config = strategy.configure_round(round_, spec.silos)
-        train = {}
-        for silo, runner in runners.items():
-            params, metrics = timed(silo, runner.fit, round_, current, config.get(silo))
-            train[silo] = metrics
-            samples = int(metrics["num_samples"])
-            if secure is not None:
-                secure.add(round_, silo, params, current, samples)
-            else:
-                assert aggregation is not None
-                aggregation.add(silo, params, samples)
-        if secure is not None:
-            current = secure.finish(round_, current)
-        else:
-            assert aggregation is not None
-            current = aggregation.finish()
-        central = {}
-        if isinstance(strategy, CentralDP):
-            central["central_epsilon"] = strategy.epsilon()
-        if secure is not None:
-            central["secure_aggregation_silos"] = float(len(spec.silos))
+    assert engine.current is not None
     return SimulationResult(
-        history=history,
-        parameters=dict(current),
+        history=history.rounds,
+        parameters=dict(engine.current),
         seconds=time.perf_counter() - started,
-        silo_seconds=silo_seconds,
+        silo_seconds={name: silo.seconds for name, silo in silos.items()},
     )
