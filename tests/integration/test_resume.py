@@ -2,8 +2,9 @@
 
 The job goes on at its last closed round: the round in flight is redone, the server
 optimizer's moments come back from the checkpoint, and the final model is the one an
-uninterrupted job makes. A job that cannot go on (a literal pipeline) fails saying why,
-and its silos are told to let it go.
+uninterrupted job makes. A job under secure aggregation sets its masks up again, with
+new keys, and redoes the round in flight under them. A job that cannot go on (a literal
+pipeline) fails saying why, and its silos are told to let it go.
 """
 
 from __future__ import annotations
@@ -144,6 +145,30 @@ def test_a_job_resumes_at_its_last_closed_round_with_the_same_model(
     entries = read_log(audit_path(fed.workspace.kit("orchestrator").storage_path))
     resumed = [e.data for e in entries if e.event == "job.resumed"]
     assert resumed == [{"job_id": job_id, "round": 1}]
+
+
+def test_a_secure_job_resumes_under_new_masks_with_the_same_model(
+    federation: tuple[Federation, Orchestrator], tmp_path: Path
+) -> None:
+    fed, orchestrator = federation
+    secure = "{secure_aggregation: {}}"
+    reference = _submit(fed, tmp_path / "reference", privacy=secure)
+    assert _wait(fed, reference).state is JobState.SUCCEEDED
+    job_id = _submit(fed, tmp_path / "cut", privacy=secure)
+    _at_round(fed, job_id, 2)
+    orchestrator.kill()
+    orchestrator.start()
+    info = _wait(fed, job_id)
+    assert info.state is JobState.SUCCEEDED, info.error
+    assert _model(fed, job_id, tmp_path) == _model(fed, reference, tmp_path)
+    assert [r.round for r in info.history if r.train] == [1, 2, 3]
+    assert all(r.privacy["secure_aggregation_silos"] == 3 for r in info.history)
+    for silo in fed.workspace.silo_names:
+        entries = read_log(audit_path(fed.workspace.kit(silo).storage_path))
+        setups = [
+            e.data for e in entries if e.event == "secagg.setup" and e.data["job_id"] == job_id
+        ]
+        assert [s.get("again", False) for s in setups] == [False, True], silo
 
 
 def test_a_job_that_cannot_resume_fails_saying_why(

@@ -104,8 +104,18 @@ def test_the_party_is_built_from_what_the_silo_approved(agent: Agent) -> None:
     message = parse_message(text)
     assert isinstance(message, AdvertiseKeys) and message.sender == "silo-a"
     assert len(message.keys.s_public) == 5  # the approved rounds, not the task's
-    with pytest.raises(PolicyRejected, match="already set up"):
-        _dispatch(agent, _task("job-3", TaskKind.SECAGG))
+
+
+def test_a_second_setup_makes_new_keys_and_is_audited(agent: Agent) -> None:
+    """After an orchestrator restart the job's masks are set up again, from new keys."""
+    _clear(agent, "job-5", SECURE)
+    (first,) = _dispatch(agent, _task("job-5", TaskKind.SECAGG)).secagg
+    (second,) = _dispatch(agent, _task("job-5", TaskKind.SECAGG)).secagg
+    a, b = parse_message(first), parse_message(second)
+    assert isinstance(a, AdvertiseKeys) and isinstance(b, AdvertiseKeys)
+    assert a.keys.c_public != b.keys.c_public and a.keys.s_public != b.keys.s_public
+    setups = [e.data for e in read_log(audit_path(agent.storage)) if e.event == "secagg.setup"]
+    assert [s.get("again", False) for s in setups] == [False, True]
 
 
 def test_a_request_for_both_secrets_of_a_party_is_refused_and_audited(agent: Agent) -> None:
@@ -149,3 +159,31 @@ def test_a_request_for_both_secrets_of_a_party_is_refused_and_audited(agent: Age
     with pytest.raises(PolicyRejected, match="would expose its input"):
         _dispatch(agent, _task(job, TaskKind.SECAGG, secagg=greedy.model_dump_json()))
     assert _refusals(agent)[-1]["rule"] == "secure-aggregation"
+
+
+def test_a_round_it_helped_unmask_is_never_sent_again(agent: Agent, tmp_path: Path) -> None:
+    """A new setup (the orchestrator restarted, or claims it did) gets no second update of
+    a round whose sum the silo already helped unmask: with other silos missing, the two
+    sums would differ by their updates. The record outlives the agent."""
+    job = "job-6"
+    _clear(agent, job, SECURE)
+    _dispatch(agent, _task(job, TaskKind.SECAGG))
+    request = UnmaskRequest(job_id=job, recipient="silo-a", round=1, survivors=SILOS, dropped=())
+    with pytest.raises(PolicyRejected):  # the party has no round 1 input: refused, but
+        _dispatch(agent, _task(job, TaskKind.SECAGG, secagg=request.model_dump_json()))
+    # ... the silo recorded that it answered round 1's unmasking before anything left
+    _dispatch(agent, _task(job, TaskKind.SECAGG))  # set up again
+    fit = _task(job, TaskKind.FIT, round=1, params_digest="0" * 64)
+    with pytest.raises(FedsiloError, match="round 1 of job job-6 was already unmasked"):
+        _dispatch(agent, fit)
+    refused = [e.data for e in read_log(audit_path(agent.storage)) if e.event == "secagg.refused"]
+    assert refused[-1]["round"] == 1
+    again = Agent(open_workspace(tmp_path / "ws").kit("silo-a"))
+    try:
+        _clear(again, job, SECURE)
+        _dispatch(again, _task(job, TaskKind.SECAGG))
+        with pytest.raises(FedsiloError, match="already unmasked"):
+            _dispatch(again, _task(job, TaskKind.FIT, round=1, params_digest="0" * 64))
+        assert again.secure.party(again._sessions[job], 2) is not None  # round 2 goes on
+    finally:
+        again.close()

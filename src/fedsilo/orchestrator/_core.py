@@ -577,11 +577,6 @@ class Orchestrator:
             return "its stored spec no longer reads as a job spec of this version"
         if spec.pipeline is PipelineStyle.LITERAL:
             return "a literal pipeline's loop ran in its submitter's process; submit it again"
-        if spec.privacy.secure_aggregation is not None:
-            return (
-                "a job under secure aggregation cannot resume mid-job (the silos' masks are "
-                "gone with the round); submit it again"
-            )
         unknown = [s for s in spec.silos if s not in self.silos]
         if unknown:
             return f"the federation no longer has silo(s) {', '.join(unknown)}"

@@ -30,6 +30,7 @@ from fedsilo.privacy import strategy_for
 from fedsilo.privacy.secagg import SecAggProtocolError, load_masked, parse_message
 from fedsilo.rounds import (
     Answer,
+    EngineState,
     Left,
     Metric,
     Missed,
@@ -76,6 +77,7 @@ class _JobRun:
         self.metrics: list[Metric] = []
         self.strategy: Strategy | None = None  # set as the job starts (run)
         self.engine: RoundEngine
+        self.resumed: EngineState | None = None  # the engine's state at the checkpoint
         self.resume_from: CheckpointRow | None = None  # a restarted orchestrator's start
         # every parameter file of the job so far, by digest: its round, and what it was
         self.seen: dict[str, tuple[int, str]] = {}
@@ -278,10 +280,12 @@ class _JobRun:
         return self.orch.blobs.path(digest)
 
     async def checkpoint(self) -> tuple[str | None, str] | None:
-        """The strategy's state, to save with the round (its arrays as a blob)."""
+        """The strategy's and the round engine's state, to save with the round (the
+        strategy's arrays as a blob)."""
         if self.strategy is None:
             return None
         arrays, meta = strategy_state(self.strategy)
+        meta["engine"] = self.engine.state().as_dict()
         digest = None
         if arrays:
             digest = await asyncio.to_thread(self.orch.blobs.put_parameters, arrays)
@@ -482,6 +486,11 @@ class _JobRun:
         if saved.state_digest is not None:
             arrays = await asyncio.to_thread(load_parameters, orch.blobs.path(saved.state_digest))
         restore_strategy(self.strategy, arrays, saved.state_json)
+        engine = json.loads(saved.state_json).get("engine")
+        try:
+            self.resumed = None if engine is None else EngineState.from_dict(engine)
+        except ValueError as exc:
+            raise CannotResume(str(exc)) from None
         for row in orch.store.rounds(self.job_id):
             if row.global_digest is not None and row.round <= saved.round:
                 orch.publish_global(self.job_id, row.global_digest)
@@ -506,7 +515,7 @@ class _JobRun:
         if saved is None:
             engine.start(current)
         else:
-            engine.resume(current, saved.round)
+            engine.resume(current, saved.round, self.resumed)
         while True:
             step = await asyncio.to_thread(engine.next)
             if isinstance(step, Phase):

@@ -19,6 +19,7 @@ HTTP and ``fedsilo sim`` in one process, so both compute the same model.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,13 +203,30 @@ class Stage(enum.Enum):
 @dataclass
 class EngineState:
     """An engine's state between rounds, as data: what resuming a job needs besides the
-    global model and the strategy's own state."""
+    global model and the strategy's own state (:meth:`as_dict` is JSON-ready)."""
 
     round: int
     stage: str
     reported: dict[str, float]
     active: list[str]
     dropped: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineState:
+        """Read back :meth:`as_dict`; a ``ValueError`` says what does not read."""
+        try:
+            return cls(
+                round=int(data["round"]),
+                stage=str(data["stage"]),
+                reported={str(k): float(v) for k, v in dict(data["reported"]).items()},
+                active=[str(s) for s in data["active"]],
+                dropped={str(k): str(v) for k, v in dict(data["dropped"]).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"the round engine's saved state does not read ({exc!r})") from None
 
 
 # -- the engine ---------------------------------------------------------------------------------
@@ -260,17 +278,36 @@ class RoundEngine:
         """Go on after ``round_`` closed with ``current`` as its global model.
 
         The strategy's own state is restored by the caller before the engine is built.
+        Under secure aggregation the silos still in the job set it up again, with new
+        keys: the round that was in flight is redone under new masks, and each silo
+        refuses to send an update for a round whose sum it already helped unmask, so no
+        two sums of one round can be compared.
         """
-        if self._server is not None:
-            raise JobFailed(
-                "a job under secure aggregation cannot resume: its silos' masks were agreed "
-                "with the orchestrator that stopped"
-            )
         self.current = current
         self.round = round_
         if state is not None:
             self.reported = dict(state.reported)
-        self._stage = Stage.FIT if round_ < self.spec.rounds else Stage.EVALUATE
+            self.active = [s for s in self.silos if s in state.active]
+            self.dropped = dict(state.dropped)
+        self._stage = Stage.FIT
+        if self._server is None or round_ >= self.spec.rounds:
+            return  # only the final evaluation is left: it needs no masks
+        secure, threshold = self.secure, self._server.threshold
+        assert secure is not None
+        if len(self.active) < threshold:
+            dropped = "; ".join(f"{silo}: {why}" for silo, why in self.dropped.items())
+            raise JobFailed(
+                f"only {len(self.active)} silos are left in secure aggregation, fewer than "
+                f"its threshold of {threshold} (dropped: {dropped})"
+            )
+        self._server = SecAggServer(
+            self.active,
+            job_id=self.job_id,
+            rounds=self.spec.rounds,
+            threshold=threshold,
+            bits=secure.fixed_point_bits,
+        )
+        self._stage = Stage.KEYS
 
     def state(self) -> EngineState:
         """What :meth:`resume` takes back besides the model and the strategy."""

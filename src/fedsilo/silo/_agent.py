@@ -136,7 +136,7 @@ class Agent:
         self.client = OrchestratorClient(kit, timeout=POLL_SECONDS + 15)  # the long poll's
         self.work = OrchestratorClient(kit, timeout=60)  # every other call (thread-safe)
         self.approval = ApprovalClient(kit)
-        self.secure = SecureParty(self.silo, self.audit)
+        self.secure = SecureParty(self.silo, self.audit, self.storage / "jobs")
         self.approved = ApprovedCode(self.storage)
         self.errors = SiloErrors(
             self.silo,
@@ -979,7 +979,7 @@ class Agent:
         clearance = session.clearance
         secure = clearance is not None and clearance.privacy.secure_aggregation is not None
         if secure:
-            self.secure.party(session)  # no training, and no update, without the masks
+            self.secure.party(session, task.round)  # no training, nor update, without masks
         worker = self._worker(session)
         params = self._global(task)
         out = self._job_dir(task.job_id) / "params" / f"update-{task.round}.safetensors"

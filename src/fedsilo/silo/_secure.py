@@ -9,6 +9,7 @@ log) any message that would reveal too much.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -37,9 +38,10 @@ class SecureParty:
     ``refuse(task, rule, reason)`` is the agent's refusal (audited, then raised).
     """
 
-    def __init__(self, silo: str, audit: AuditLog) -> None:
+    def __init__(self, silo: str, audit: AuditLog, jobs: Path) -> None:
         self.silo = silo
         self.audit = audit
+        self.jobs = jobs  # each job's folder, where the rounds it helped unmask are kept
         self._masker: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -63,8 +65,13 @@ class SecureParty:
         if clearance is None or secure is None:
             raise SecAggProtocolError("this silo approved no secure aggregation for the job")
         if task.secagg is None:
-            if session.secagg is not None:
-                raise SecAggProtocolError("secure aggregation is already set up for the job")
+            again = session.secagg is not None
+            if again:  # the orchestrator restarted: new keys, and nothing of the old party
+                ahead, session.mask_ahead = session.mask_ahead, None
+                if ahead is not None:
+                    ahead[1].cancel()
+                session.masks_due.clear()
+                session.mask_words = None
             party = SecAggClient(
                 self.silo,
                 job_id=session.job_id,
@@ -74,7 +81,10 @@ class SecureParty:
                 clip_range=secure.clip_range,
             )
             session.secagg = party
-            self.audit.append("secagg.setup", job_id=session.job_id, rounds=clearance.rounds)
+            setup = {"again": True} if again else {}
+            self.audit.append(
+                "secagg.setup", job_id=session.job_id, rounds=clearance.rounds, **setup
+            )
             return TaskResult(ok=True, secagg=(party.advertise().model_dump_json(),))
         party = self.party(session)
         message = parse_message(task.secagg)
@@ -83,6 +93,7 @@ class SecureParty:
                 f"a silo takes no {type(message).__name__} from the orchestrator"
             )
         if isinstance(message, UnmaskRequest):
+            self._unmasking(session.job_id, message.round)
             self.audit.append(
                 "secagg.unmask",
                 job_id=session.job_id,
@@ -97,7 +108,13 @@ class SecureParty:
             session.masks_due.append(message.round + 1)
         return TaskResult(ok=True, secagg=tuple(r.model_dump_json() for r in replies))
 
-    def party(self, session: JobSession) -> SecAggClient:
+    def party(self, session: JobSession, round_: int | None = None) -> SecAggClient:
+        """The job's party, to mask an update of ``round_`` with.
+
+        A round whose sum this silo already helped unmask is refused (audited): were it
+        sent again, under the masks of a new setup and with other silos missing, the two
+        sums of that round would differ by the updates of the missing silos.
+        """
         party = session.secagg
         if party is None:
             raise FedsiloError(
@@ -105,7 +122,46 @@ class SecureParty:
                 f"'{self.silo}' (its agent may have restarted); the silo sends no update in "
                 "the clear"
             )
+        if round_ is not None and round_ in self.unmasked(session.job_id):
+            reason = (
+                f"round {round_} of job {session.job_id} was already unmasked with silo "
+                f"'{self.silo}''s help; the silo sends no second update for it"
+            )
+            self.audit.append("secagg.refused", job_id=session.job_id, round=round_, reason=reason)
+            raise FedsiloError(reason)
         return party
+
+    def _unmasked_file(self, job_id: str) -> Path:
+        return self.jobs / job_id / "secagg-unmasked.json"
+
+    def unmasked(self, job_id: str) -> set[int]:
+        """The rounds of ``job_id`` whose unmasking this silo answered (kept on disk, so
+        that neither an agent's nor the orchestrator's restart forgets them)."""
+        path = self._unmasked_file(job_id)
+        try:
+            rounds = json.loads(path.read_text())
+        except FileNotFoundError:
+            return set()
+        except (OSError, ValueError) as exc:
+            raise FedsiloError(
+                f"{path} does not read ({exc}); the silo sends no secure-aggregation update "
+                "until it does (remove it only if the job is over)"
+            ) from None
+        return {int(r) for r in rounds}
+
+    def _unmasking(self, job_id: str, round_: int) -> None:
+        """Record, before any secret leaves, that this silo helps unmask ``round_``."""
+        rounds = self.unmasked(job_id)
+        if round_ in rounds:
+            return
+        path = self._unmasked_file(job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        with partial.open("w") as fh:
+            json.dump(sorted(rounds | {round_}), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, path)
 
     def start_masks_ahead(self, session: JobSession) -> None:
         """Start computing the masks of the rounds the job waits for, once it answered.
