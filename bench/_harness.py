@@ -13,9 +13,10 @@ from pathlib import Path
 from sqlalchemy import select
 
 from fedsilo.api import JobState, OrchestratorClient
-from fedsilo.config import Workspace, open_workspace, provision
+from fedsilo.config import Workspace, open_workspace
 from fedsilo.jobs import load_job, load_private_key
 from fedsilo.orchestrator._db import RoundRow, Store, TaskRow
+from fedsilo.provisioning import provision
 from fedsilo.runtime import free_port_block
 
 __all__ = ["JobRecord", "free_port", "job_record", "provision_bench", "run_job", "write_task"]

@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 from _harness import free_port, job_record, run_job
 
-from fedsilo.config import open_workspace, provision
+from fedsilo.config import open_workspace
+from fedsilo.provisioning import provision
 from fedsilo.runtime import down, up
 
 

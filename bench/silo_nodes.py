@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 from _harness import free_port, job_record
 
-from fedsilo.config import Classification, open_workspace, provision
+from fedsilo.config import Classification, open_workspace
+from fedsilo.provisioning import provision
 from fedsilo.storage import add_dataset
 
 TASK = """

@@ -19,6 +19,7 @@ PACKAGES = [
     "fedsilo.pipelines",
     "fedsilo.privacy",
     "fedsilo.privacy.secagg",
+    "fedsilo.provisioning",
     "fedsilo.quickstart",
     "fedsilo.runtime",
     "fedsilo.silo",

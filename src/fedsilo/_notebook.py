@@ -33,9 +33,9 @@ from fedsilo.config import (
     Workspace,
     open_workspace,
 )
-from fedsilo.config import provision as provision_workspace
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import JobSpec, load_job, load_private_key
+from fedsilo.provisioning import provision as provision_workspace
 
 __all__ = ["Federation", "Job"]
 

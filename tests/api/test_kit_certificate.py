@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedsilo.api import OrchestratorClient
-from fedsilo.config import load_kit, provision
+from fedsilo.config import load_kit
 from fedsilo.errors import ConfigError
+from fedsilo.provisioning import provision
 
 SPEC = """name: {name}
 orchestrator: {{host: 127.0.0.1, port: 7443, storage: {{root: s/o}}, compute: {{name: o}}}}

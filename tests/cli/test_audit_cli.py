@@ -12,8 +12,9 @@ from typer.testing import CliRunner, Result
 
 from fedsilo.audit import AuditLog, audit_path
 from fedsilo.cli import _audit
-from fedsilo.config import Workspace, provision
+from fedsilo.config import Workspace
 from fedsilo.errors import ConfigError
+from fedsilo.provisioning import provision
 
 SPEC = """\
 name: demo

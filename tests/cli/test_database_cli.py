@@ -9,9 +9,10 @@ from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from fedsilo.cli._app import _register, app
-from fedsilo.config import open_workspace, provision
+from fedsilo.config import open_workspace
 from fedsilo.errors import ConfigError
 from fedsilo.orchestrator._migrations import VERSION_TABLE, revisions
+from fedsilo.provisioning import provision
 from tests.integration.conftest import write_federation
 from tests.orchestrator.test_migrations import _previous_release
 

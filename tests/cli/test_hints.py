@@ -43,7 +43,7 @@ MENTIONS = {
     "jobs/_layout.py": ["run the job with `fedsilo sim`"],
     "silo/_agent.py": ["submit it with `fedsilo submit`"],
     "silo/_declared.py": ["job again with `fedsilo submit`"],
-    "config/_provision.py": ["fedsilo provision federation.yaml --out DIR"],
+    "config/_workspace.py": ["fedsilo provision federation.yaml --out DIR"],
     "audit/_log.py": ["(see: fedsilo audit verify)"],
     "errors.py": ["fedsilo data add --silo "],
     "api/_client.py": ["(fedsilo provision)?"],
@@ -52,7 +52,7 @@ MENTIONS = {
     # a command for the machine that holds the federation's CA
     "orchestrator/_members.py": ["(fedsilo ca sign)"],
     # a command's name in a sentence that names the kit and the reply to give it
-    "config/_renew.py": ["(fedsilo certs install)"],
+    "provisioning/_renew.py": ["(fedsilo certs install)"],
     "config/_kit.py": ["finish it by running fedsilo certs install again"],
     "silo/_errors.py": [
         "the silo's machine: fedsilo silo errors ",

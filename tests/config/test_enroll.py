@@ -20,17 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from fedsilo.approval import load_policy
-from fedsilo.config import Kit, Role, cert_fingerprint, load_kit, open_workspace, provision
-from fedsilo.config import _enroll as enroll_module
-from fedsilo.config._casign import issued, review_request, sign_request
-from fedsilo.config._certs import subject_name
-from fedsilo.config._enroll import (
-    finish_enrollment,
-    load_request,
-    make_request,
-    reply_member,
-    set_storage,
-)
+from fedsilo.config import Kit, Role, cert_fingerprint, load_kit, open_workspace
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import (
     SigningStatus,
@@ -40,6 +30,17 @@ from fedsilo.jobs import (
     pack_bundle,
     parse_public_key,
     unpack_bundle,
+)
+from fedsilo.provisioning import _enroll as enroll_module
+from fedsilo.provisioning import provision
+from fedsilo.provisioning._casign import issued, review_request, sign_request
+from fedsilo.provisioning._certs import subject_name
+from fedsilo.provisioning._enroll import (
+    finish_enrollment,
+    load_request,
+    make_request,
+    reply_member,
+    set_storage,
 )
 
 FEDERATION = "demo"

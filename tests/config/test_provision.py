@@ -12,9 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedsilo.config import Role, cert_fingerprint, load_kit, open_workspace, provision
-from fedsilo.config import _provision as provision_module
+from fedsilo.config import Role, cert_fingerprint, load_kit, open_workspace
 from fedsilo.errors import ConfigError, ProvisioningError, WorkspaceError
+from fedsilo.provisioning import _provision as provision_module
+from fedsilo.provisioning import provision
 
 PARTICIPANTS = {
     "orchestrator": Role.ORCHESTRATOR,

@@ -19,14 +19,15 @@ from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
 from fedsilo.api import client_ssl_context
-from fedsilo.config import Kit, Role, cert_fingerprint, load_kit, open_workspace, provision
-from fedsilo.config import _renew as renew_module
-from fedsilo.config._casign import issued, sign_request
-from fedsilo.config._certs import key_fingerprint
-from fedsilo.config._enroll import load_request
+from fedsilo.config import Kit, Role, cert_fingerprint, load_kit, open_workspace
 from fedsilo.config._kit import write_atomic
-from fedsilo.config._renew import install_renewal, make_renewal, stage_reply
 from fedsilo.errors import ConfigError, ProvisioningError
+from fedsilo.provisioning import _renew as renew_module
+from fedsilo.provisioning import provision
+from fedsilo.provisioning._casign import issued, sign_request
+from fedsilo.provisioning._certs import key_fingerprint
+from fedsilo.provisioning._enroll import load_request
+from fedsilo.provisioning._renew import install_renewal, make_renewal, stage_reply
 
 KIT_FILES = ("key.pem", "cert.pem", "approval.key", "approval.crt", "admin.key", "admin.crt")
 

@@ -11,9 +11,10 @@ import typer
 from typer.testing import CliRunner
 
 from fedsilo.cli import _data, _examples
-from fedsilo.config import Classification, open_workspace, provision
+from fedsilo.config import Classification, open_workspace
 from fedsilo.datasets import Scheme, prepare_example
 from fedsilo.errors import ConfigError
+from fedsilo.provisioning import provision
 from fedsilo.storage import open_catalog
 from tests.datasets.real_data import real_data
 

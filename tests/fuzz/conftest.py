@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 import requests
 
-from fedsilo.config import Kit, Workspace, open_workspace, provision
+from fedsilo.config import Kit, Workspace, open_workspace
+from fedsilo.provisioning import provision
 from tests.integration.conftest import free_port
 
 EXAMPLES = int(os.environ.get("FEDSILO_FUZZ_EXAMPLES", "8"))

@@ -15,9 +15,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsilo.api import OrchestratorClient
-from fedsilo.config import Classification, Kit, Workspace, open_workspace, provision
+from fedsilo.config import Classification, Kit, Workspace, open_workspace
 from fedsilo.errors import FedsiloError
 from fedsilo.jobs import load_private_key
+from fedsilo.provisioning import provision
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.runtime import down, free_port_block, up
 from fedsilo.storage import add_dataset

@@ -22,9 +22,10 @@ import pytest
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, client_ssl_context
 from fedsilo.audit import audit_path, read_log
-from fedsilo.config import Classification, Kit, Workspace, open_workspace, provision
+from fedsilo.config import Classification, Kit, Workspace, open_workspace
 from fedsilo.jobs import load_job, load_private_key
 from fedsilo.orchestrator._access import ROUTES
+from fedsilo.provisioning import provision
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.runtime import down, up
 from fedsilo.storage import add_dataset

@@ -9,8 +9,9 @@ import pytest
 
 from fedsilo.api import JobState, OrchestratorClient
 from fedsilo.audit import audit_path, read_log
-from fedsilo.config import Classification, open_workspace, provision
+from fedsilo.config import Classification, open_workspace
 from fedsilo.jobs import load_job, load_private_key
+from fedsilo.provisioning import provision
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.runtime import down, up
 from fedsilo.storage import add_dataset

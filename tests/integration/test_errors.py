@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from fedsilo.audit import audit_path, read_log
-from fedsilo.config import Classification, Workspace, open_workspace, provision
+from fedsilo.config import Classification, Workspace, open_workspace
+from fedsilo.provisioning import provision
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.runtime import down, up
 from fedsilo.storage import Catalog, add_dataset

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient
-from fedsilo.config import open_workspace, provision
+from fedsilo.config import open_workspace
 from fedsilo.jobs import JobSpec, load_job, load_private_key
 from fedsilo.pipelines import override_spec
+from fedsilo.provisioning import provision
 from fedsilo.runtime import down, up
 from tests.datasets.real_data import real_data
 from tests.integration.conftest import write_federation

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedsilo.api import JobState, OrchestratorClient
-from fedsilo.config import load_kit, provision
+from fedsilo.config import load_kit
 from fedsilo.errors import (
     CertificateRefused,
     OrchestratorUnavailable,
@@ -22,6 +22,7 @@ from fedsilo.errors import (
 )
 from fedsilo.jobs import load_job
 from fedsilo.pipelines import simulate, workspace_inputs
+from fedsilo.provisioning import provision
 from fedsilo.runtime import processes, up
 from fedsilo.silo._errors import ErrorStore
 from fedsilo.tensors import load_parameters

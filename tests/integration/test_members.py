@@ -27,9 +27,9 @@ from pydantic import JsonValue
 from fedsilo.api import JobState, OrchestratorClient
 from fedsilo.audit import audit_path, read_log
 from fedsilo.config import load_kit
-from fedsilo.config._provision import _make_cert
 from fedsilo.errors import CertificateRefused, Conflict, InvalidRequest, NotFound
 from fedsilo.jobs import load_job
+from fedsilo.provisioning._provision import _make_cert
 from fedsilo.runtime import down, processes, up
 from tests.integration.conftest import Federation, make_federation, write_job
 

@@ -51,7 +51,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from fedsilo.config import Classification, Workspace, provision
+from fedsilo.config import Classification, Workspace
+from fedsilo.provisioning import provision
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.storage import add_dataset
 from tests import netns, postgres

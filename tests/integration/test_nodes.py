@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsilo.config import Classification, open_workspace, provision
+from fedsilo.config import Classification, open_workspace
 from fedsilo.jobs import load_job
 from fedsilo.pipelines import simulate, workspace_inputs
+from fedsilo.provisioning import provision
 from fedsilo.quickstart._quickstart import _split_digits
 from fedsilo.storage import add_dataset
 from fedsilo.tensors import load_parameters

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from fedsilo.api import JobState, OrchestratorClient
-from fedsilo.config import open_workspace, provision
+from fedsilo.config import open_workspace
 from fedsilo.errors import ConfigError
 from fedsilo.jobs import load_job
+from fedsilo.provisioning import provision
 from fedsilo.runtime._units import write_units
 from tests.integration.conftest import (
     SILOS,

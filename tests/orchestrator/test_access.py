@@ -6,9 +6,10 @@ from pathlib import Path
 
 from fastapi.routing import APIRoute
 
-from fedsilo.config import Role, open_workspace, provision
+from fedsilo.config import Role, open_workspace
 from fedsilo.orchestrator._access import ROUTES, Caller, Grant, JobAccess, View, decide
 from fedsilo.orchestrator._server import build
+from fedsilo.provisioning import provision
 
 ALICE = Caller("alice", frozenset({Role.SUBMITTER}))
 BOB = Caller("bob", frozenset({Role.SUBMITTER}))

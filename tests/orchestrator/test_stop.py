@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fedsilo.config import open_workspace, provision
+from fedsilo.config import open_workspace
 from fedsilo.orchestrator import _server
 from fedsilo.orchestrator._server import build
+from fedsilo.provisioning import provision
 
 
 def test_the_app_closes_tracking_as_it_shuts_down(

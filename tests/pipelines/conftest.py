@@ -77,7 +77,8 @@ def workspace(
     tmp_path_factory: pytest.TempPathFactory, silo_inputs: dict[str, dict[str, Path]]
 ) -> Path:
     """A provisioned 3-silo workspace whose catalogs hold the digits shards."""
-    from fedsilo.config import Classification, open_workspace, provision
+    from fedsilo.config import Classification, open_workspace
+    from fedsilo.provisioning import provision
     from fedsilo.storage import add_dataset
 
     base = tmp_path_factory.mktemp("ws")

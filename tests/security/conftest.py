@@ -15,8 +15,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedsilo.api import JobInfo, OrchestratorClient
-from fedsilo.config import Classification, Kit, Workspace, open_workspace, provision
+from fedsilo.config import Classification, Kit, Workspace, open_workspace
 from fedsilo.jobs import load_job, load_private_key
+from fedsilo.provisioning import provision
 from fedsilo.runtime import down, up
 from fedsilo.silo._sandbox import bwrap_path
 from fedsilo.storage import add_dataset

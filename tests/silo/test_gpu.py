@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsilo.config import open_workspace, provision
+from fedsilo.config import open_workspace
 from fedsilo.errors import ConfigError
+from fedsilo.provisioning import provision
 from fedsilo.silo._agent import Agent
 from fedsilo.silo._gpu import check_gpus, gpu_binds
 from fedsilo.silo._sandbox import SandboxSpec, sandbox_argv

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsilo.config import NodeSpec, load_kit, provision
+from fedsilo.config import NodeSpec, load_kit
 from fedsilo.errors import FedsiloError
+from fedsilo.provisioning import provision
 from fedsilo.silo._node import RemoteStep, StartRanks
 
 SPEC = """name: pin

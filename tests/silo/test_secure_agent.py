@@ -17,7 +17,7 @@ import pytest
 
 from fedsilo.api import TaskKind, TaskMessage, TaskResult
 from fedsilo.audit import audit_path, read_log
-from fedsilo.config import Classification, open_workspace, provision
+from fedsilo.config import Classification, open_workspace
 from fedsilo.errors import FedsiloError, PolicyRejected
 from fedsilo.privacy import PrivacySpec
 from fedsilo.privacy.secagg import (
@@ -27,6 +27,7 @@ from fedsilo.privacy.secagg import (
     UnmaskRequest,
     parse_message,
 )
+from fedsilo.provisioning import provision
 from fedsilo.silo._agent import Agent
 from fedsilo.silo._governance import Clearance
 from fedsilo.silo._session import JobSession

@@ -10,8 +10,8 @@ import typer
 from fedsilo.cli import _hints as hints
 from fedsilo.cli._common import console
 from fedsilo.config import Kit, Role, workspace_of
-from fedsilo.config._renew import Staged, install_renewal, make_renewal, stage_reply
 from fedsilo.errors import ConfigError
+from fedsilo.provisioning._renew import Staged, install_renewal, make_renewal, stage_reply
 
 certs_app = typer.Typer(
     name="certs",

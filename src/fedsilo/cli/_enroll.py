@@ -14,9 +14,9 @@ from rich.table import Table
 from fedsilo.cli import _hints as hints
 from fedsilo.cli._common import WorkspaceOption, console
 from fedsilo.config import Role, open_workspace
-from fedsilo.config._casign import issued, review_request, sign_request
-from fedsilo.config._enroll import finish_enrollment, make_request, set_storage
 from fedsilo.errors import ConfigError
+from fedsilo.provisioning._casign import issued, review_request, sign_request
+from fedsilo.provisioning._enroll import finish_enrollment, make_request, set_storage
 
 enroll_app = typer.Typer(
     name="enroll",

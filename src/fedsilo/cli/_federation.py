@@ -9,8 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from fedsilo.config import ORCHESTRATOR_NAME, Role, load_federation, provision
+from fedsilo.config import ORCHESTRATOR_NAME, Role, load_federation
 from fedsilo.errors import ConfigError
+from fedsilo.provisioning import provision
 
 
 def validate(

@@ -63,7 +63,7 @@ def _certificate(path: Path) -> tuple[str, str | None]:
         raise ConfigError(f"cannot read the certificate: {exc}", file=str(path)) from None
     if text.lstrip().startswith("-----BEGIN CERTIFICATE-----"):
         return text, None
-    from fedsilo.config._enroll import reply_member
+    from fedsilo.provisioning._enroll import reply_member
 
     return reply_member(path)
 

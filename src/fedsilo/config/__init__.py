@@ -1,8 +1,8 @@
-"""Federation specs, kits and provisioning: what a federation is and who may know what.
+"""Federation specs, kits and workspaces, read: what a federation is and who may know what.
 
-``load_federation`` reads and checks a federation spec; ``provision`` turns it into a
-workspace with a CA and one kit per participant; ``load_kit`` and ``open_workspace`` read
-them back.
+``load_federation`` reads and checks a federation spec; ``load_kit`` reads a participant's
+kit and ``open_workspace`` a provisioned workspace (:func:`fedsilo.provisioning.provision`
+writes both).
 """
 
 from fedsilo.config._federation import (
@@ -20,7 +20,6 @@ from fedsilo.config._federation import (
     load_federation,
 )
 from fedsilo.config._kit import Kit, ParticipantInfo, Role, SiloInfo, cert_fingerprint, load_kit
-from fedsilo.config._provision import Workspace, open_workspace, provision, workspace_of
 from fedsilo.config._resources import (
     ByteSize,
     Duration,
@@ -34,6 +33,7 @@ from fedsilo.config._resources import (
     parse_bytes,
     parse_seconds,
 )
+from fedsilo.config._workspace import Workspace, open_workspace, workspace_of
 
 __all__ = [
     "ORCHESTRATOR_NAME",
@@ -67,6 +67,5 @@ __all__ = [
     "open_workspace",
     "parse_bytes",
     "parse_seconds",
-    "provision",
     "workspace_of",
 ]

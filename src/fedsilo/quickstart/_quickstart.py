@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient
-from fedsilo.config import Classification, open_workspace, provision
+from fedsilo.config import Classification, open_workspace
 from fedsilo.errors import JobFailed, SandboxUnavailable
 from fedsilo.jobs import load_job, load_private_key
 from fedsilo.pipelines import train_centralized
+from fedsilo.provisioning import provision
 from fedsilo.runtime import down, free_port_block, processes, up
 from fedsilo.silo._sandbox import check_sandbox
 from fedsilo.storage import add_dataset

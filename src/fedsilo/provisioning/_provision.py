@@ -21,7 +21,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedsilo._suggest import did_you_mean, listing
-from fedsilo.config._certs import issue_certificate, make_ca, write_private_key
+from fedsilo.approval import default_policy_yaml, load_policy
 from fedsilo.config._federation import (
     ORCHESTRATOR_NAME,
     FederationSpec,
@@ -52,94 +50,17 @@ from fedsilo.config._kit import (
     Role,
     SiloInfo,
     cert_fingerprint,
-    load_kit,
     write_kit,
 )
+from fedsilo.config._workspace import FEDERATION_FILE, Workspace
 from fedsilo.config._yamlio import FieldIssue, issue_error, load_yaml_mapping
-from fedsilo.errors import ConfigError, ProvisioningError, WorkspaceError
+from fedsilo.errors import ConfigError, ProvisioningError
+from fedsilo.jobs import new_signing_key
+from fedsilo.provisioning._certs import issue_certificate, make_ca, write_private_key
 
-__all__ = ["Workspace", "open_workspace", "provision"]
+__all__ = ["provision"]
 
-FEDERATION_FILE = "federation.yaml"
 _PLACED = (FEDERATION_FILE, "ca", "kits")
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """A provisioned workspace: the spec, the CA and every participant's kit, under ``root``."""
-
-    root: Path
-    federation: FederationSpec
-
-    @property
-    def participant_names(self) -> tuple[str, ...]:
-        """Every participant: the orchestrator, the silos, the submitters, then the
-        administrators who are not submitters."""
-        spec = self.federation
-        return (ORCHESTRATOR_NAME, *self.silo_names, *spec.submitters, *spec.admin_only)
-
-    @property
-    def silo_names(self) -> tuple[str, ...]:
-        """The silos' names, in the order of the spec."""
-        return self.federation.silo_names
-
-    @property
-    def submitter_name(self) -> str:
-        """The first submitter, the one the CLI acts as by default."""
-        return self.federation.submitters[0]
-
-    @property
-    def logs_dir(self) -> Path:
-        """Where the local processes of ``fedsilo up`` write their logs."""
-        return self.root / "logs"
-
-    @property
-    def run_dir(self) -> Path:
-        """Where the local processes of ``fedsilo up`` keep pid files and sockets."""
-        return self.root / "run"
-
-    @property
-    def ca_file(self) -> Path:
-        """The federation CA certificate."""
-        return self.root / "ca" / "ca.crt"
-
-    def kit_dir(self, name: str) -> Path:
-        """The kit folder of participant ``name`` (:class:`ConfigError` if unknown)."""
-        if name not in self.participant_names:
-            raise ConfigError(
-                f"federation '{self.federation.name}' has no participant '{name}'"
-                f"{did_you_mean(name, self.participant_names)}; "
-                f"its participants: {listing(self.participant_names)}"
-            )
-        return self.root / "kits" / name
-
-    def kit(self, name: str) -> Kit:
-        """The loaded kit of participant ``name`` (:class:`ConfigError` if unknown)."""
-        return load_kit(self.kit_dir(name))
-
-
-def open_workspace(root: Path) -> Workspace:
-    """Open the workspace provisioned at ``root``; :class:`WorkspaceError` if there is none."""
-    folder = Path(root).expanduser().resolve()
-    if not (folder / FEDERATION_FILE).is_file() or not (folder / "kits").is_dir():
-        raise WorkspaceError(
-            f"{folder} is not a provisioned workspace; create one with: "
-            "fedsilo provision federation.yaml --out DIR"
-        )
-    return Workspace(root=folder, federation=load_federation(folder / FEDERATION_FILE))
-
-
-def workspace_of(kit: Kit) -> Path | None:
-    """The workspace ``kit`` was loaded from (``WORKSPACE/kits/NAME``), or ``None`` for a
-    kit on its own: where a message may tell a person to run ``fedsilo up WORKSPACE``."""
-    try:
-        folder = kit.kit_dir
-    except ConfigError:
-        return None
-    root = folder.parent.parent
-    if folder.parent.name != "kits" or not (root / FEDERATION_FILE).is_file():
-        return None
-    return root
 
 
 def provision(spec_path: Path, out: Path, *, force: bool = False) -> Workspace:
@@ -338,8 +259,6 @@ def _remove(path: Path) -> None:
 
 def _signing_key(kit_dir: Path) -> str:
     """Create a submitter's code-signing key in its kit; return the public key line."""
-    from fedsilo.jobs._signing import new_signing_key  # fedsilo.jobs imports fedsilo.config
-
     return new_signing_key(kit_dir / SIGNING_KEY_FILE, comment=kit_dir.name)
 
 
@@ -347,8 +266,6 @@ def _write_policy(
     silo: SiloSpec, spec_path: Path, target: Path, signing_keys: dict[str, str]
 ) -> None:
     """The silo's own policy file, checked; else the default trusting the submitters' keys."""
-    from fedsilo.approval import default_policy_yaml, load_policy  # they import fedsilo.config
-
     if silo.policy is None:
         target.write_text(default_policy_yaml(signing_keys))
     else:

@@ -27,17 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import BaseModel, ConfigDict
 
-from fedsilo.config._certs import issue_certificate, key_fingerprint, server_san, subject_name
-from fedsilo.config._enroll import (
-    REPLY_FORMAT,
-    EnrollmentReply,
-    EnrollmentRequest,
-    KitPart,
-    kit_parts,
-    load_request,
-    renewal_payload,
-    write_document,
-)
 from fedsilo.config._federation import ORCHESTRATOR_NAME
 from fedsilo.config._kit import (
     SIGNING_KEY_FILE,
@@ -47,9 +36,20 @@ from fedsilo.config._kit import (
     cert_fingerprint,
     write_atomic,
 )
-from fedsilo.config._provision import Workspace, open_workspace
+from fedsilo.config._workspace import Workspace, open_workspace
 from fedsilo.config._yamlio import load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError, ProvisioningError, WorkspaceError
+from fedsilo.provisioning._certs import issue_certificate, key_fingerprint, server_san, subject_name
+from fedsilo.provisioning._enroll import (
+    REPLY_FORMAT,
+    EnrollmentReply,
+    EnrollmentRequest,
+    KitPart,
+    kit_parts,
+    load_request,
+    renewal_payload,
+    write_document,
+)
 
 __all__ = [
     "ISSUED_FILE",

@@ -5,7 +5,7 @@
    renewal request: an enrollment request whose facts come from the kit itself, marked as
    renewing the kit's current certificates and signed by the current key (the CA checks
    that the sender holds the certificate it renews).
-2. The CA signs it (:func:`fedsilo.config._casign.sign_request`), the federation's
+2. The CA signs it (:func:`fedsilo.provisioning._casign.sign_request`), the federation's
    administrator gives the member its new certificate at the orchestrator.
 3. :func:`stage_reply` checks the reply as ``enroll finish`` does (each certificate for its
    staged key, from the kit's own CA, valid now, naming this participant) and puts the
@@ -32,19 +32,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedsilo.config._enroll import (
-    REQUEST_FORMAT,
-    EnrollmentRequest,
-    Renewal,
-    RequestMade,
-    checked_cert,
-    kit_parts,
-    load_reply,
-    new_keys,
-    renewal_payload,
-    reply_ca,
-    write_document,
-)
 from fedsilo.config._kit import (
     CA_FILE,
     INSTALLING_FILE,
@@ -57,6 +44,20 @@ from fedsilo.config._kit import (
 )
 from fedsilo.config._yamlio import validate_model
 from fedsilo.errors import ConfigError, ProvisioningError
+from fedsilo.jobs import load_private_key, public_key_line
+from fedsilo.provisioning._enroll import (
+    REQUEST_FORMAT,
+    EnrollmentRequest,
+    Renewal,
+    RequestMade,
+    checked_cert,
+    kit_parts,
+    load_reply,
+    new_keys,
+    renewal_payload,
+    reply_ca,
+    write_document,
+)
 
 __all__ = [
     "PREVIOUS_SUFFIX",
@@ -160,8 +161,6 @@ def _kit_facts(kit: Kit) -> dict[str, Any]:
             "approval_port": kit.approval_port,
         }
     if kit.role is Role.SUBMITTER:
-        from fedsilo.jobs._signing import load_private_key, public_key_line
-
         signing = load_private_key(kit.signing_key_file)
         facts["signing_key"] = public_key_line(signing.public_key(), kit.name)
     return facts

@@ -7,7 +7,7 @@ Three steps, on two machines, and no private key crosses between them:
    certificate signing request per key, each signed by that key (proof of possession),
    and public facts (a silo's computes and approval address, the orchestrator's host, a
    submitter's code-signing public key).
-2. :func:`fedsilo.config._casign.sign_request`, on the machine that holds the federation's
+2. :func:`fedsilo.provisioning._casign.sign_request`, on the machine that holds the federation's
    CA, checks the request and answers with a reply file: the certificates, the CA
    certificate and what the participant's kit needs to know of the federation.
 3. :func:`finish_enrollment`, back on the participant's machine, checks that every
@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedsilo.config._certs import key_fingerprint, server_san, subject_name, write_private_key
+from fedsilo.approval import default_policy_yaml, load_policy
 from fedsilo.config._federation import (
     DATASET_PATTERN,
     ORCHESTRATOR_NAME,
@@ -67,6 +67,8 @@ from fedsilo.config._kit import (
 )
 from fedsilo.config._yamlio import FieldIssue, load_yaml_mapping, validate_model
 from fedsilo.errors import ConfigError, ProvisioningError
+from fedsilo.jobs import new_signing_key
+from fedsilo.provisioning._certs import key_fingerprint, server_san, subject_name, write_private_key
 
 __all__ = [
     "DEFAULT_APPROVAL_PORT",
@@ -383,8 +385,6 @@ def make_request(
         csrs, fingerprints = new_keys(stage, federation, name, role, approval=approval, host=host)
         signing = None
         if role is Role.SUBMITTER:
-            from fedsilo.jobs._signing import new_signing_key  # fedsilo.jobs imports config
-
             signing = new_signing_key(stage / SIGNING_KEY_FILE, comment=name)
         request = validate_model(
             EnrollmentRequest,
@@ -745,8 +745,6 @@ def _policy_text(
     reply: EnrollmentReply, silo: SiloSpec | None, kit_dir: Path, policy: Path | None
 ) -> str | None:
     """What the silo's ``policy.yaml`` becomes (``None``: keep the one it has)."""
-    from fedsilo.approval import default_policy_yaml, load_policy  # they import fedsilo.config
-
     if reply.role is not Role.SILO:
         if policy is not None:
             raise ConfigError(f"'{reply.name}' is a {reply.role}: only a silo has a policy")
