@@ -271,8 +271,35 @@ def test_a_silo_dropped_under_secure_aggregation_gets_no_more_tasks() -> None:
     assert {s for _, s, k, _ in finished.metrics if k == "evaluate"} == {"a", "b"}
 
 
-def test_a_secure_job_does_not_resume_mid_job() -> None:
+def test_a_secure_job_resumes_with_a_new_setup_of_the_silos_left() -> None:
+    spec = _spec(rounds=4, privacy={"secure_aggregation": {"fixed_point_bits": 24}})
+    whole, _, _ = _secure_drive(_engine(spec))
+    first = _engine(spec)
+    closed, _, _ = _secure_drive(first, silent={2: {"c"}})
+    state = first.state()
+    assert state.active == ["a", "b"] and set(state.dropped) == {"c"}
+    saved = type(state).from_dict(state.as_dict())
+
+    def resumed() -> RoundEngine:
+        engine = RoundEngine(spec, strategy_for(spec.strategy, spec.privacy), job_id="job-1")
+        engine.resume(closed[1].parameters, 2, saved)
+        return engine
+
+    keys = resumed().next()
+    assert isinstance(keys, Phase) and keys.kind is TaskKind.SECAGG
+    assert [t.silo for t in keys.tasks] == ["a", "b"] and keys.tasks[0].secagg is None
+    rest, _, _ = _secure_drive(resumed())
+    assert [c.round for c in rest] == [3, 4]
+    assert rest[0].privacy["secure_aggregation_silos"] == 2.0
+    # without a crash, the same silos left give the same model
+    np.testing.assert_array_equal(rest[-1].parameters["w"], closed[-1].parameters["w"])
+    assert whole[-1].round == 4
+
+
+def test_a_secure_job_with_fewer_silos_left_than_its_threshold_does_not_resume() -> None:
     spec = _spec(privacy={"secure_aggregation": {"fixed_point_bits": 24}})
     engine = RoundEngine(spec, strategy_for(spec.strategy, spec.privacy), job_id="job-1")
-    with pytest.raises(JobFailed, match="cannot resume"):
-        engine.resume(dict(INITIAL), 1)
+    state = engine.state()
+    state.active, state.dropped = ["a"], {"b": "gone", "c": "gone"}
+    with pytest.raises(JobFailed, match="fewer than its threshold of 2"):
+        engine.resume(dict(INITIAL), 1, state)

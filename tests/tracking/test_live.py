@@ -76,11 +76,11 @@ class Federation:
         self.code.mkdir()
         (self.code / "task.py").write_text("def model(ctx): ...\n")
 
-    def submit(self) -> str:
+    async def submit(self) -> str:
         data, manifest = pack_bundle(self.code)
         digest = self.orch.blobs.put_bytes(data)
         request = SubmitRequest(spec=_spec(), bundle_digest=digest, manifest_digest=manifest.digest)
-        return self.orch.submit("alice", request)
+        return await self.orch.submit("alice", request)
 
     async def agent(self, silo: str) -> None:
         orch = self.orch
@@ -119,7 +119,7 @@ class Federation:
     async def run(self, steps: Callable[[str], Awaitable[None]]) -> JobInfo:
         """Start the agents, submit the job, run ``steps(job_id)``, open every gate, wait."""
         agents = [asyncio.create_task(self.agent(s)) for s in SILOS]
-        job_id = self.submit()
+        job_id = await self.submit()
         await steps(job_id)
         for gate in self.gates.values():
             gate.set()
@@ -358,7 +358,7 @@ def test_stopping_the_orchestrator_waits_until_the_ended_job_is_logged(tmp_path:
 
     async def run_to_the_end() -> JobInfo:
         agents = [asyncio.create_task(federation.agent(s)) for s in SILOS]
-        job_id = federation.submit()
+        job_id = await federation.submit()
         for gate in federation.gates.values():
             gate.set()
         info = await federation._finished(job_id)

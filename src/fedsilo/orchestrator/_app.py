@@ -38,10 +38,10 @@ from fedsilo.jobs import SHARE_WITH_ALL
 from fedsilo.orchestrator._access import Caller, View, decide, summary, view
 from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
 from fedsilo.orchestrator._core import Orchestrator
-from fedsilo.orchestrator._http import StrictJSONRoute, error_response, invalid_request
 from fedsilo.orchestrator._literal import LiteralRun
 from fedsilo.orchestrator._members import Participant, Roster
-from fedsilo.orchestrator._tls import peer_certificate, peer_fingerprint
+from fedsilo.transport._http import StrictJSONRoute, error_response, invalid_request
+from fedsilo.transport._tls import peer_certificate, peer_fingerprint
 
 __all__ = ["Caller", "create_app"]
 
@@ -278,7 +278,7 @@ def create_app(
                     f"submitters: {listing(sorted(submitters))})",
                     fields=[{"field": f"spec.share_with.{position}", "problem": "not a submitter"}],
                 )
-        return {"id": orchestrator.submit(name, body)}
+        return {"id": await orchestrator.submit(name, body)}
 
     @app.get("/v1/jobs")
     async def jobs(who: Who) -> list[JobInfo]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -14,6 +15,7 @@ from fedsilo.tensors import Parameters, save_parameters
 __all__ = ["BlobStore", "DigestMismatch", "TooLarge", "valid_digest"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_BATCH = 1 << 20  # bytes of an upload hashed and written in one go, off the event loop
 
 
 def valid_digest(digest: str) -> bool:
@@ -49,19 +51,33 @@ class BlobStore:
 
         Nothing lands under ``digest`` unless the bytes hash to it: a corrupted upload is
         refused (:class:`DigestMismatch`) and can be retried. An existing blob is kept.
+        The bytes are hashed and written on a worker thread, a batch of about
+        ``_BATCH`` bytes at a time, so a large upload holds up no other request.
         """
         target = self.path(digest)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".up-")
         hasher = hashlib.sha256()
         size = 0
+        batch: list[bytes] = []
+        batched = 0
+
+        def write(parts: list[bytes]) -> None:
+            for part in parts:
+                hasher.update(part)
+                fh.write(part)
+
         try:
             with os.fdopen(fd, "wb") as fh:
                 async for chunk in chunks:
                     size += len(chunk)
                     if size > limit:
                         raise TooLarge(f"upload exceeds the {limit} byte limit")
-                    hasher.update(chunk)
-                    fh.write(chunk)
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if batched >= _BATCH:
+                        await asyncio.to_thread(write, batch)
+                        batch, batched = [], 0
+                await asyncio.to_thread(write, batch)
             if hasher.hexdigest() != digest:
                 raise DigestMismatch(
                     f"received {size} bytes with sha256 {hasher.hexdigest()}, not {digest}"

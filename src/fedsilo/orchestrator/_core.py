@@ -39,7 +39,7 @@ from fedsilo.api._messages import (
 )
 from fedsilo.audit import AuditLog
 from fedsilo.errors import FedsiloError, SiloUnavailable, StepRefused
-from fedsilo.jobs import JobSpec, PipelineStyle, unpack_bundle
+from fedsilo.jobs import JobSpec, Manifest, PipelineStyle, unpack_bundle
 from fedsilo.orchestrator._access import JobAccess, View, summary
 from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._db import JobRow, Store, TaskRow
@@ -446,8 +446,20 @@ class Orchestrator:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def submit(self, submitter: str, request: SubmitRequest) -> str:
-        """Validate a submission and start its job; return the job id."""
+    def _unpacked(self, bundle_digest: str) -> Manifest:
+        """The manifest of an uploaded bundle, unpacked (and checked) in a scratch folder."""
+        check_dir = self.blobs.root / f".check-{uuid.uuid4().hex}"
+        try:
+            return unpack_bundle(self.blobs.path(bundle_digest).read_bytes(), check_dir)
+        finally:
+            shutil.rmtree(check_dir, ignore_errors=True)
+
+    async def submit(self, submitter: str, request: SubmitRequest) -> str:
+        """Validate a submission and start its job; return the job id.
+
+        The bundle is unpacked and its manifest checked on a worker thread: a large bundle
+        holds up no silo's long-poll.
+        """
         from fedsilo.orchestrator._loop import run_job
 
         spec = request.spec
@@ -460,11 +472,7 @@ class Orchestrator:
             )
         if not self.blobs.has(request.bundle_digest):
             raise FedsiloError("the job's code bundle was not uploaded; submit again")
-        check_dir = self.blobs.root / f".check-{uuid.uuid4().hex}"
-        try:
-            manifest = unpack_bundle(self.blobs.path(request.bundle_digest).read_bytes(), check_dir)
-        finally:
-            shutil.rmtree(check_dir, ignore_errors=True)
+        manifest = await asyncio.to_thread(self._unpacked, request.bundle_digest)
         if manifest.digest != request.manifest_digest:
             raise FedsiloError("the bundle's manifest does not match the submitted digest")
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"

@@ -291,13 +291,20 @@ class _JobRun:
             digest = await asyncio.to_thread(self.orch.blobs.put_parameters, arrays)
         return digest, json.dumps(meta)
 
-    def close_round(
+    async def close_round(
         self, round_: int, digest: str | None, checkpoint: tuple[str | None, str] | None = None
     ) -> None:
+        """Record a closed round (its global model, metrics and checkpoint, in one
+        transaction on a worker thread) and publish its model."""
         if digest is not None:
             self.seen.setdefault(digest, (round_, f"the global model of round {round_}"))
-        self.orch.store.finish_round(
-            self.job_id, round_, digest, self.metrics, checkpoint=checkpoint
+        await asyncio.to_thread(
+            self.orch.store.finish_round,
+            self.job_id,
+            round_,
+            digest,
+            self.metrics,
+            checkpoint=checkpoint,
         )
         self.orch.track_round(self.job_id, self.metrics)
         self.metrics = []
@@ -471,7 +478,7 @@ class _JobRun:
                 ) from None
         del model
         global_digest = initial[first]
-        self.close_round(0, global_digest, await self.checkpoint())
+        await self.close_round(0, global_digest, await self.checkpoint())
         return global_digest
 
     async def resume(self, saved: CheckpointRow) -> str:
@@ -530,10 +537,12 @@ class _JobRun:
             elif isinstance(step, RoundClosed):
                 digest = await asyncio.to_thread(orch.blobs.put_parameters, step.parameters)
                 self.metrics += step.metrics
-                self.close_round(step.round, digest, await self.checkpoint())
+                await self.close_round(step.round, digest, await self.checkpoint())
             else:
                 self.metrics += step.metrics
-                orch.store.finish_round(job_id, spec.rounds, digest, self.metrics)
+                await asyncio.to_thread(
+                    orch.store.finish_round, job_id, spec.rounds, digest, self.metrics
+                )
                 return digest
 
 
