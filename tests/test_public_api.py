@@ -82,9 +82,9 @@ def test_agents_import_neither_numpy_nor_the_server() -> None:
 
 
 def test_each_process_loads_only_what_it_runs() -> None:
-    # A silo's approval endpoint shares only the TLS layer with the orchestrator: loading
-    # the orchestrator (and Opacus, torch and SciPy with it) cost it 250 MB.
-    server = ("numpy", "torch", "opacus", "scipy", "sqlalchemy", "mlflow")
+    # A silo's approval endpoint shares only fedsilo.transport with the orchestrator:
+    # loading the orchestrator (and Opacus, torch and SciPy with it) cost it 250 MB.
+    server = ("fedsilo.orchestrator", "numpy", "torch", "opacus", "scipy", "sqlalchemy", "mlflow")
     assert _imported("fedsilo.approval._server", server) == []
     # The orchestrator loads torch and Opacus only for a job with central DP.
     assert _imported("fedsilo.orchestrator._server", ("torch", "opacus", "scipy")) == []

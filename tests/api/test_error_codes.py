@@ -19,7 +19,7 @@ from fedsilo.errors import (
     UploadCorrupted,
     error_class,
 )
-from fedsilo.orchestrator._http import error_response
+from fedsilo.transport._http import error_response
 
 
 def test_the_table_and_the_classes_agree_both_ways() -> None:

@@ -9,7 +9,6 @@ another CA never completes the handshake. The policy decides first; only what it
 
 import asyncio
 import logging
-import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -32,8 +31,8 @@ from fedsilo.approval._queue import POLICY, ApprovalQueue, QueueEntry, QueueStat
 from fedsilo.audit import AuditLog, audit_path
 from fedsilo.config import Kit, Role, cert_fingerprint, load_kit
 from fedsilo.errors import HTTP_STATUS, ConfigError, FedsiloError
-from fedsilo.orchestrator._http import StrictJSONRoute, error_response, invalid_request
-from fedsilo.orchestrator._tls import MutualTLSProtocol, peer_fingerprint, server_ssl_context
+from fedsilo.transport._http import StrictJSONRoute, error_response, invalid_request
+from fedsilo.transport._tls import https_config, peer_fingerprint
 
 __all__ = ["AuditSink", "DecisionBody", "build_app", "queue_path", "serve", "server_config"]
 
@@ -315,29 +314,18 @@ def build_app(
 
 def server_config(kit: Kit, app: Any, *, log_level: str = "info") -> uvicorn.Config:
     """uvicorn's configuration for ``app``: the kit's approval address, mutual TLS."""
-    context = server_ssl_context(
-        cert_file=str(kit.approval_cert_file),
-        key_file=str(kit.approval_key_file),
-        ca_file=str(kit.ca_file),
-    )
-
-    def ssl_factory(_config: uvicorn.Config, _default: Any) -> ssl.SSLContext:
-        return context
-
     host, port = kit.approval_host, kit.approval_port
     if host is None or port is None:
         raise ConfigError(f"kit '{kit.name}' gives no approval address", file=str(kit.kit_dir))
-    return uvicorn.Config(
+    return https_config(
         app,
         host=host,
         port=port,
-        http=MutualTLSProtocol,
-        ws="none",
-        lifespan="off",
-        ssl_context_factory=ssl_factory,
+        cert_file=str(kit.approval_cert_file),
+        key_file=str(kit.approval_key_file),
+        ca_file=str(kit.ca_file),
         log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=3,
+        lifespan="off",
     )
 
 

@@ -1,8 +1,10 @@
 """The orchestrator: REST API over mutual TLS, scheduling, aggregation, persistence.
 
 ``Orchestrator``, ``build`` and ``serve`` load the server (FastAPI, SQLAlchemy, the
-strategies) when first used, so that a silo's approval endpoint, which shares only the
-TLS layer in :mod:`fedsilo.orchestrator._tls`, does not load the whole orchestrator.
+strategies) when first used, so that importing one of the package's modules (the CLI's
+database commands read its schema revisions) does not load the whole orchestrator. Mutual
+TLS and the strict JSON of its routes are :mod:`fedsilo.transport`, shared with each
+silo's approval endpoint.
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from fedsilo.orchestrator._blobs import BlobStore
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._db import Store, redacted
 from fedsilo.orchestrator._members import Roster
-from fedsilo.orchestrator._tls import MutualTLSProtocol, server_ssl_context
 from fedsilo.tracking import Tracker
+from fedsilo.transport._tls import https_config
 
 __all__ = ["build", "serve"]
 
@@ -85,25 +84,16 @@ def serve(kit_dir: Path, *, database_url: str | None = None, log_level: str = "i
     """Serve the orchestrator of ``kit_dir`` until interrupted (SIGINT or SIGTERM)."""
     kit = load_kit(kit_dir)
     app, _engine = build(kit, database_url=database_url)
-    context = server_ssl_context(
-        cert_file=str(kit.cert_file), key_file=str(kit.key_file), ca_file=str(kit.ca_file)
-    )
-
-    def ssl_factory(_config: uvicorn.Config, _default: Any) -> ssl.SSLContext:
-        return context
-
-    config = uvicorn.Config(
+    config = https_config(
         app,
         host=kit.orchestrator_host,
         port=kit.orchestrator_port,
-        http=MutualTLSProtocol,
-        ws="none",
-        lifespan="on",
-        ssl_context_factory=ssl_factory,
+        cert_file=str(kit.cert_file),
+        key_file=str(kit.key_file),
+        ca_file=str(kit.ca_file),
         log_level=log_level,
-        access_log=False,
+        lifespan="on",
         timeout_keep_alive=60,
-        timeout_graceful_shutdown=3,
     )
     log.info("orchestrator of federation '%s' on %s", kit.federation, kit.orchestrator_url)
     asyncio.run(uvicorn.Server(config).serve())
