@@ -16,6 +16,7 @@ from fedsilo.config import Role, cert_fingerprint, load_kit, open_workspace
 from fedsilo.errors import ConfigError, ProvisioningError, WorkspaceError
 from fedsilo.provisioning import _provision as provision_module
 from fedsilo.provisioning import provision
+from tests.config.conftest import DEMO_SPEC
 
 PARTICIPANTS = {
     "orchestrator": Role.ORCHESTRATOR,
@@ -130,7 +131,7 @@ def test_certificates_chain_to_the_ca_with_name_role_and_usage(workspace_dir: Pa
 
 def test_orchestrator_certificate_names_its_host(tmp_path: Path) -> None:
     spec = tmp_path / "fed.yaml"
-    text = (Path(__file__).parent / "demo_federation.yaml").read_text(encoding="utf-8")
+    text = DEMO_SPEC
     spec.write_text(text.replace("host: 127.0.0.1", "host: orchestrator.example.org"))
     workspace = provision(spec, tmp_path / "ws")
     cert = _cert(workspace.kit("orchestrator").cert_file)
@@ -284,7 +285,7 @@ def test_a_failed_force_keeps_the_old_kits(
 
 def test_absolute_storage_root_outside_the_workspace(tmp_path: Path) -> None:
     outside = tmp_path / "elsewhere" / "silo-b-data"
-    text = (Path(__file__).parent / "demo_federation.yaml").read_text(encoding="utf-8")
+    text = DEMO_SPEC
     spec = tmp_path / "fed.yaml"
     spec.write_text(text.replace("{root: storage/silo-b}", f"{{root: {outside}}}"))
     workspace = provision(spec, tmp_path / "ws")
@@ -293,7 +294,7 @@ def test_absolute_storage_root_outside_the_workspace(tmp_path: Path) -> None:
 
 
 def test_storage_root_must_not_overlap_the_workspace_files(tmp_path: Path) -> None:
-    text = (Path(__file__).parent / "demo_federation.yaml").read_text(encoding="utf-8")
+    text = DEMO_SPEC
     spec = tmp_path / "fed.yaml"
     spec.write_text(text.replace("{root: storage/silo-b}", "{root: kits/silo-b-data}"))
     with pytest.raises(ConfigError, match="overlaps the workspace") as caught:
@@ -306,7 +307,7 @@ def test_storage_roots_that_meet_through_a_symlink(tmp_path: Path) -> None:
     real = tmp_path / "real"
     real.mkdir()
     (tmp_path / "link").symlink_to(real)
-    text = (Path(__file__).parent / "demo_federation.yaml").read_text(encoding="utf-8")
+    text = DEMO_SPEC
     text = text.replace("{root: storage/silo-a}", f"{{root: {real}}}")
     text = text.replace("{root: storage/silo-b}", f"{{root: {tmp_path / 'link'}}}  #!")
     spec = tmp_path / "fed.yaml"
@@ -340,7 +341,7 @@ def test_a_failure_while_moving_into_place_restores_the_old_workspace(
 
 def test_administrators_get_a_kit_of_their_own_or_share_a_submitter_s(tmp_path: Path) -> None:
     spec = tmp_path / "fed.yaml"
-    text = (Path(__file__).parent / "demo_federation.yaml").read_text(encoding="utf-8")
+    text = DEMO_SPEC
     spec.write_text(text + "admins: [carol, submitter]\n")
     workspace = provision(spec, tmp_path / "ws")
     carol = workspace.kit("carol")
@@ -371,7 +372,7 @@ def test_a_bad_administrator_is_refused_naming_the_field(
     tmp_path: Path, admins: str, problem: str
 ) -> None:
     spec = tmp_path / "fed.yaml"
-    text = (Path(__file__).parent / "demo_federation.yaml").read_text(encoding="utf-8")
+    text = DEMO_SPEC
     spec.write_text(text + f"admins: {admins}\n")
     with pytest.raises(ConfigError, match=problem):
         provision(spec, tmp_path / "ws")
