@@ -35,6 +35,7 @@ ORCHESTRATOR = [
     ("alice", "POST", f"/v1/jobs/{NO_JOB}/aggregate", {"steps": ["step-1"], "round": 1}),
     ("alice", "POST", f"/v1/jobs/{NO_JOB}/finish", {"model": MODEL}),
     ("silo-a", "GET", f"/v1/agent/jobs/{NO_JOB}/bundle", None),
+    ("silo-a", "GET", f"/v1/agent/jobs/{NO_JOB}/context", None),
     ("silo-a", "GET", f"/v1/agent/jobs/{NO_JOB}/params/{MODEL}", None),
 ]
 

@@ -24,7 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from fedsilo.api import JobInfo, JobState, OrchestratorClient, TaskKind, TaskMessage, TaskResult
+from fedsilo.api import JobInfo, JobState, OrchestratorClient, Outcome, TaskResult
+from fedsilo.api._messages import FitTask, JobTask, PingTask, PrepareTask
 from fedsilo.audit import audit_path, read_log
 from fedsilo.jobs import load_job, unpack_bundle
 from fedsilo.runtime import processes, up
@@ -64,21 +65,20 @@ class Impostor:
                 client.heartbeat(busy=False, sandbox="bubblewrap")
                 self.stop.wait(1.0)
 
-    def _answer(self, client: OrchestratorClient, task: TaskMessage) -> TaskResult:
-        if task.kind is TaskKind.PREPARE:  # the model, built from the job's own code and seed
-            assert task.job_id is not None and task.entrypoint is not None
+    def _answer(self, client: OrchestratorClient, task: PingTask | JobTask) -> TaskResult:
+        if isinstance(task, PrepareTask):  # the model, built from the job's own code and seed
             code = self.scratch / task.job_id / "code"
             unpack_bundle(client.download_bundle(task.job_id), code)
             runner = SiloRunner(
-                load_task(code, task.entrypoint),
+                load_task(code, task.context.entrypoint),
                 silo="silo-b",
                 inputs={},
                 work_dir=self.scratch / task.job_id / "work",
                 hyperparameters=_hyperparameters(task),
             )
-            return TaskResult(ok=True, params_digest=self._upload(client, runner.build()))
-        if task.kind is TaskKind.FIT:
-            assert task.job_id is not None and task.params_digest is not None
+            built = self._upload(client, runner.build())
+            return TaskResult(outcome=Outcome.DONE, params_digest=built)
+        if isinstance(task, FitTask):
             path = self.scratch / f"global-{task.params_digest}"
             client.download_params(task.job_id, task.params_digest, path)
             current = load_parameters(path)
@@ -86,11 +86,12 @@ class Impostor:
             update = self.forge(task.round, current, self)
             self.sent.setdefault(task.round, update)
             return TaskResult(
-                ok=True,
+                outcome=Outcome.DONE,
                 params_digest=self._upload(client, update),
+                num_samples=100,
                 train_metrics={"num_samples": 100.0},
             )
-        return TaskResult(ok=True)
+        return TaskResult(outcome=Outcome.DONE)
 
     def _upload(self, client: OrchestratorClient, params: Params) -> str:
         path = self.scratch / f"up-{time.monotonic_ns()}.safetensors"
@@ -98,10 +99,10 @@ class Impostor:
         return client.upload_params(path)
 
 
-def _hyperparameters(task: TaskMessage) -> object:
+def _hyperparameters(task: PrepareTask) -> object:
     from fedsilo.jobs import Hyperparameters
 
-    return Hyperparameters.model_validate(task.hyperparameters)
+    return Hyperparameters.model_validate(task.context.hyperparameters)
 
 
 def _first_float(params: Params) -> str:

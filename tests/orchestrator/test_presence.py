@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsilo.api import TaskKind, TaskMessage, TaskResult
+from fedsilo.api import Outcome, TaskResult
+from fedsilo.api._messages import PingTask
 from fedsilo.audit import AuditLog
 from fedsilo.orchestrator import _core
 from fedsilo.orchestrator._blobs import BlobStore
@@ -57,12 +58,12 @@ def test_the_result_of_a_task_nobody_waits_for_is_taken(tmp_path: Path) -> None:
 
     async def scenario() -> bool:
         # sent as a finished job's release is (no job in this store: only delivery is tested)
-        message = TaskMessage(task_id=uuid.uuid4().hex, kind=TaskKind.RELEASE)
+        message = PingTask(task_id=uuid.uuid4().hex)
         (task_id,) = orch.offer([("silo-a", message)], wait=False)
         raw = await orch.next_task("silo-a", 0.1)
         assert raw is not None and task_id in raw
-        taken = orch.deliver("silo-a", task_id, TaskResult(ok=True))
-        again = orch.deliver("silo-a", task_id, TaskResult(ok=True))
+        taken = orch.deliver("silo-a", task_id, TaskResult(outcome=Outcome.DONE))
+        again = orch.deliver("silo-a", task_id, TaskResult(outcome=Outcome.DONE))
         return taken and not again
 
     assert asyncio.run(scenario())

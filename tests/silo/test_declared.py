@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedsilo.api import TaskKind, TaskMessage
+from fedsilo.api._messages import FitTask, JobContext, JobTask, PrepareTask
 from fedsilo.audit import AuditLog
 from fedsilo.errors import PolicyRejected, SignatureError
 from fedsilo.jobs import MODEL_NAME, ModelLayout
@@ -30,9 +30,20 @@ def _file(tmp_path: Path, params: dict[str, Any], **kwargs: Any) -> Path:
     return path
 
 
-def _task(round_: int = 2) -> TaskMessage:
-    return TaskMessage.model_validate(
-        {"task_id": "a" * 32, "kind": TaskKind.FIT, "job_id": "job-1", "round": round_}
+CONTEXT = JobContext(
+    job_name="job", bundle_digest="b" * 64, entrypoint="task", author="alice", rounds=2
+)
+
+
+def _task(round_: int = 2) -> JobTask:
+    if round_ == 0:  # the initial model, built in preparation
+        return PrepareTask(task_id="a" * 32, job_id="job-1", context=CONTEXT)
+    return FitTask(
+        task_id="a" * 32,
+        job_id="job-1",
+        round=round_,
+        bundle_digest="b" * 64,
+        params_digest="c" * 64,
     )
 
 

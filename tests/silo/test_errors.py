@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -11,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsilo.api import TaskKind, TaskMessage, TaskResult
+from fedsilo.api import Outcome, TaskKind, TaskResult
+from fedsilo.api._messages import JobTask, PingTask, parse_task
 from fedsilo.audit import AuditLog, read_log
 from fedsilo.errors import ConfigError, FedsiloError
 from fedsilo.silo._errors import (
@@ -138,8 +140,13 @@ def test_an_unknown_or_malformed_id_is_an_error_naming_it(tmp_path: Path, asked:
 # -- what a failed task sends -------------------------------------------------------------------
 
 
-def _task(kind: TaskKind = TaskKind.FIT) -> TaskMessage:
-    return TaskMessage(task_id=uuid.uuid4().hex, kind=kind, job_id="j1", job_name="digits", round=3)
+def _task(kind: TaskKind = TaskKind.FIT) -> JobTask:
+    fields: dict[str, object] = {"task_id": uuid.uuid4().hex, "kind": kind.value, "job_id": "j1"}
+    if kind in (TaskKind.FIT, TaskKind.EVALUATE):
+        fields.update(round=3, bundle_digest="a" * 64, params_digest="b" * 64)
+    task = parse_task(json.dumps(fields))
+    assert not isinstance(task, PingTask)
+    return task
 
 
 def _errors(tmp_path: Path, *, share: bool = False) -> SiloErrors:
@@ -238,4 +245,4 @@ def test_what_a_silo_shares_is_bounded_and_fits_a_result(tmp_path: Path) -> None
     assert len(result.error) <= SENTENCE_MAX + 1 + SHARED_MAX == ERROR_MAX
     TaskResult.model_validate(result.model_dump())
     with pytest.raises(ValueError):
-        TaskResult(ok=False, error_id="../etc")
+        TaskResult(outcome=Outcome.FAILED, error_id="../etc")

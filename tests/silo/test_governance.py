@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from fedsilo.api import TaskKind, TaskMessage
 from fedsilo.config import Classification
 from fedsilo.silo._governance import missing_inputs, resolve_inputs
 from fedsilo.storage import Catalog
@@ -24,10 +22,8 @@ def catalog(tmp_path: Path) -> Iterator[Catalog]:
         yield opened
 
 
-def _task(**inputs: str) -> TaskMessage:
-    return TaskMessage(
-        task_id=uuid.uuid4().hex, kind=TaskKind.CHECK, job_id="digits-1", inputs=inputs
-    )
+def _task(**inputs: str) -> dict[str, str]:
+    return inputs
 
 
 def test_inputs_in_the_catalog_are_found(catalog: Catalog) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from fedsilo.errors import TaskFailed
 from fedsilo.jobs import Hyperparameters
+from fedsilo.silo._protocol import Evaluate, Fit, Init, Prepare
 from fedsilo.silo._sandbox import SandboxSpec, bwrap_path
 from fedsilo.silo._workerproc import WorkerProcess
 from fedsilo.task import SiloRunner, load_task
@@ -106,21 +107,22 @@ def test_two_ranks_train_the_model_one_process_would(tmp_path: Path) -> None:
     worker, init = _worker(tmp_path, {})
     params = tmp_path / "params"
     try:
-        worker.request("init", **init)
-        worker.request("prepare", out=str(params / "initial.safetensors"))
+        worker.request(Init(**init))
+        worker.request(Prepare(out=str(params / "initial.safetensors")))
         reply = worker.request(
-            "fit",
-            round=1,
-            params=str(params / "initial.safetensors"),
-            out=str(params / "update.safetensors"),
-            evaluate_first=False,
-            config={},
+            Fit(
+                round=1,
+                params=str(params / "initial.safetensors"),
+                out=str(params / "update.safetensors"),
+                evaluate_first=False,
+                config={},
+            )
         )
-        evaluated = worker.request("evaluate", round=1, params=str(params / "update.safetensors"))
+        evaluated = worker.request(Evaluate(round=1, params=str(params / "update.safetensors")))
     finally:
         worker.stop()
-    assert reply["train_metrics"] == {"num_samples": 90.0, "world": 2.0}
-    assert evaluated["eval_metrics"]["num_samples"] == 90
+    assert reply.train_metrics == {"num_samples": 90.0, "world": 2.0}
+    assert evaluated.eval_metrics["num_samples"] == 90
     task = load_task(tmp_path / "code", "task")
     alone = SiloRunner(
         task,
@@ -144,16 +146,17 @@ def test_a_failing_rank_takes_the_step_down_and_leaves_no_process(tmp_path: Path
     worker, init = _worker(tmp_path, {"fail_rank": 1})
     params = tmp_path / "params"
     try:
-        worker.request("init", **init)
-        worker.request("prepare", out=str(params / "initial.safetensors"))
+        worker.request(Init(**init))
+        worker.request(Prepare(out=str(params / "initial.safetensors")))
         with pytest.raises(TaskFailed, match="rank 1 failed: RuntimeError: rank 1 gives up"):
             worker.request(
-                "fit",
-                round=1,
-                params=str(params / "initial.safetensors"),
-                out=str(params / "update.safetensors"),
-                evaluate_first=False,
-                config={},
+                Fit(
+                    round=1,
+                    params=str(params / "initial.safetensors"),
+                    out=str(params / "update.safetensors"),
+                    evaluate_first=False,
+                    config={},
+                )
             )
         deadline = time.monotonic() + 10
         while worker.alive() and time.monotonic() < deadline:
@@ -210,19 +213,20 @@ def test_dp_sgd_on_two_ranks_spends_what_one_process_would(tmp_path: Path) -> No
     params = tmp_path / "params"
     epsilons = []
     try:
-        worker.request("init", **{**init, "rounds": 2, "privacy": PRIVACY})
-        worker.request("prepare", out=str(params / "initial.safetensors"))
+        worker.request(Init(**{**init, "rounds": 2, "privacy": PRIVACY}))
+        worker.request(Prepare(out=str(params / "initial.safetensors")))
         current = params / "initial.safetensors"
         for round_ in (1, 2):
             reply = worker.request(
-                "fit",
-                round=round_,
-                params=str(current),
-                out=str(params / f"update-{round_}.safetensors"),
-                evaluate_first=False,
-                config={},
+                Fit(
+                    round=round_,
+                    params=str(current),
+                    out=str(params / f"update-{round_}.safetensors"),
+                    evaluate_first=False,
+                    config={},
+                )
             )
-            epsilons.append(reply["train_metrics"]["epsilon"])
+            epsilons.append(reply.train_metrics["epsilon"])
             current = params / f"update-{round_}.safetensors"
     finally:
         worker.stop()

@@ -28,6 +28,7 @@ import pytest
 
 from fedsilo.errors import SandboxUnavailable, TaskFailed
 from fedsilo.silo import _sandbox
+from fedsilo.silo._protocol import Fit, Init, Noop, Prepare
 from fedsilo.silo._sandbox import SandboxSpec, bwrap_path, check_sandbox, sandbox_argv
 from fedsilo.silo._workerproc import WorkerProcess
 from fedsilo.tensors import load_parameters
@@ -183,13 +184,14 @@ def _start(silo: Silo, *, sandboxed: bool, hyperparameters: dict[str, Any]) -> W
     )
     try:
         worker.request(
-            "init",
-            code_dir=str(silo.code),
-            entrypoint="task",
-            silo="silo-a",
-            inputs={"train": str(silo.train)},
-            work_dir=str(silo.work),
-            hyperparameters=hyperparameters,
+            Init(
+                code_dir=str(silo.code),
+                entrypoint="task",
+                silo="silo-a",
+                inputs={"train": str(silo.train)},
+                work_dir=str(silo.work),
+                hyperparameters=hyperparameters,
+            )
         )
     except BaseException:
         worker.stop()
@@ -205,7 +207,7 @@ def attempt(silo: Silo, attack: str, target: str = "", *, sandboxed: bool) -> di
         silo, sandboxed=sandboxed, hyperparameters={"extra": {"attack": attack, "target": target}}
     )
     try:
-        worker.request("prepare", out=str(silo.params / "initial.safetensors"))
+        worker.request(Prepare(out=str(silo.params / "initial.safetensors")))
     finally:
         worker.stop()
     result: dict[str, Any] = json.loads(outcome.read_text())
@@ -406,6 +408,7 @@ def test_job_code_cannot_make_new_user_namespaces(silo: Silo) -> None:
 HELPER = """\
 import json, sys, time
 from pathlib import Path
+from fedsilo.silo._protocol import Noop
 from fedsilo.silo._sandbox import SandboxSpec
 from fedsilo.silo._workerproc import WorkerProcess
 
@@ -414,7 +417,7 @@ worker = WorkerProcess(
     silo="silo-a", cwd=work, log_file=work.parent / "worker.log",
     sandbox=SandboxSpec(code_dir=work, writable=(work,)),
 )
-worker.request("noop")
+worker.request(Noop())
 print(json.dumps({"bwrap": worker.pid}), flush=True)
 time.sleep(120)
 """
@@ -488,14 +491,14 @@ def test_the_sandboxed_worker_dies_with_the_agent(tmp_path: Path) -> None:
 def test_a_job_trains_inside_the_sandbox(silo: Silo) -> None:
     worker = _start(silo, sandboxed=True, hyperparameters={"lr": 0.1, "epochs": 3})
     try:
-        assert worker.request("noop")["pid"] != worker.pid  # its own pid namespace
+        assert worker.request(Noop()).pid != worker.pid  # its own pid namespace
         initial = silo.params / "initial.safetensors"
-        worker.request("prepare", out=str(initial))
+        worker.request(Prepare(out=str(initial)))
         trained = silo.params / "round-1.safetensors"
-        reply = worker.request("fit", round=1, params=str(initial), out=str(trained))
+        reply = worker.request(Fit(round=1, params=str(initial), out=str(trained)))
     finally:
         worker.stop()
-    assert reply["train_metrics"]["num_samples"] == 4
+    assert reply.train_metrics["num_samples"] == 4
     before, after = load_parameters(initial), load_parameters(trained)
     assert set(before) == set(after) == {"weight", "bias"}
     assert not np.allclose(before["weight"], after["weight"])

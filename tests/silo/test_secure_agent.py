@@ -7,15 +7,16 @@ never take its masking settings from the task, and never reveal both secrets of 
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from fedsilo.api import TaskKind, TaskMessage, TaskResult
+from fedsilo.api import TaskKind, TaskResult
+from fedsilo.api._messages import JobTask, PingTask, parse_task
 from fedsilo.audit import audit_path, read_log
 from fedsilo.config import Classification, open_workspace
 from fedsilo.errors import FedsiloError, PolicyRejected
@@ -27,35 +28,12 @@ from fedsilo.privacy.secagg import (
     UnmaskRequest,
     parse_message,
 )
-from fedsilo.provisioning import provision
 from fedsilo.silo._agent import Agent
 from fedsilo.silo._governance import Clearance
 from fedsilo.silo._session import JobSession
 
-FEDERATION = """\
-name: secure
-orchestrator:
-  storage: {root: storage/orchestrator}
-  compute: {name: orchestrator-cpu}
-silos:
-  - {name: silo-a, storage: {root: storage/silo-a}, compute: {name: a-cpu}}
-  - {name: silo-b, storage: {root: storage/silo-b}, compute: {name: b-cpu}}
-  - {name: silo-c, storage: {root: storage/silo-c}, compute: {name: c-cpu}}
-submitters: [alice]
-"""
 SILOS = ("silo-a", "silo-b", "silo-c")
 SECURE = PrivacySpec.model_validate({"secure_aggregation": {}})
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[Agent]:
-    (tmp_path / "federation.yaml").write_text(FEDERATION)
-    ws = provision(tmp_path / "federation.yaml", tmp_path / "ws")
-    agent = Agent(open_workspace(ws.root).kit("silo-a"))
-    try:
-        yield agent
-    finally:
-        agent.close()
 
 
 def _clear(agent: Agent, job_id: str, privacy: PrivacySpec, rounds: int = 2) -> None:
@@ -68,13 +46,18 @@ def _clear(agent: Agent, job_id: str, privacy: PrivacySpec, rounds: int = 2) -> 
     )
 
 
-def _dispatch(agent: Agent, task: TaskMessage) -> TaskResult:
-    assert task.job_id is not None
+def _dispatch(agent: Agent, task: JobTask) -> TaskResult:
     return agent._dispatch(task, agent._sessions[task.job_id])
 
 
-def _task(job_id: str, kind: TaskKind, **fields: Any) -> TaskMessage:
-    return TaskMessage(task_id=uuid.uuid4().hex, kind=kind, job_id=job_id, **fields)
+def _task(job_id: str, kind: TaskKind, **fields: Any) -> JobTask:
+    if kind is TaskKind.FIT:
+        fields = {"bundle_digest": "a" * 64, **fields}
+    task = parse_task(
+        json.dumps({"task_id": uuid.uuid4().hex, "kind": kind.value, "job_id": job_id, **fields})
+    )
+    assert not isinstance(task, PingTask)
+    return task
 
 
 def _refusals(agent: Agent) -> list[dict[str, object]]:
@@ -84,7 +67,7 @@ def _refusals(agent: Agent) -> list[dict[str, object]]:
 def test_no_update_leaves_a_secure_job_before_its_masks_are_set_up(agent: Agent) -> None:
     _clear(agent, "job-1", SECURE)
     # the orchestrator skips the setup and asks for a round, even claiming no privacy
-    fit = _task("job-1", TaskKind.FIT, round=1, params_digest="0" * 64, privacy=PrivacySpec())
+    fit = _task("job-1", TaskKind.FIT, round=1, params_digest="0" * 64)
     with pytest.raises(FedsiloError, match="sends no update in the clear"):
         _dispatch(agent, fit)
 
@@ -100,7 +83,7 @@ def test_a_silo_sets_up_secure_aggregation_only_for_a_job_it_approved_with_it(
 
 def test_the_party_is_built_from_what_the_silo_approved(agent: Agent) -> None:
     _clear(agent, "job-3", SECURE, rounds=5)
-    result = _dispatch(agent, _task("job-3", TaskKind.SECAGG, rounds=1))
+    result = _dispatch(agent, _task("job-3", TaskKind.SECAGG))
     (text,) = result.secagg
     message = parse_message(text)
     assert isinstance(message, AdvertiseKeys) and message.sender == "silo-a"

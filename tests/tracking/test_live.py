@@ -19,7 +19,8 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from fedsilo.api import JobInfo, JobState, SubmitRequest, TaskKind, TaskMessage, TaskResult
+from fedsilo.api import JobInfo, JobState, Outcome, SubmitRequest, TaskResult, parse_task
+from fedsilo.api._messages import FitTask, PrepareTask, ReleaseTask
 from fedsilo.audit import AuditLog
 from fedsilo.jobs import JobSpec, pack_bundle
 from fedsilo.orchestrator._blobs import BlobStore
@@ -88,29 +89,30 @@ class Federation:
             raw = await orch.next_task(silo, 0.2)
             if raw is None:
                 continue
-            task = TaskMessage.model_validate_json(raw)
-            if task.kind is TaskKind.RELEASE:
+            task = parse_task(raw)
+            if isinstance(task, ReleaseTask):
                 return
             result: TaskResult
-            if task.kind is TaskKind.PREPARE:
+            if isinstance(task, PrepareTask):
                 params = {"w": np.zeros(4, np.float32)}
-                result = TaskResult(ok=True, params_digest=self._put(params))
-            elif task.kind is TaskKind.FIT:
+                result = TaskResult(outcome=Outcome.DONE, params_digest=self._put(params))
+            elif isinstance(task, FitTask):
                 gate = self.gates[task.round]
                 while not gate.is_set():  # a silo training for a while: heartbeats only
                     orch.seen(silo)
                     await asyncio.sleep(0.05)
-                assert task.params_digest is not None
                 current = load_parameters(orch.blobs.path(task.params_digest))
                 params = {"w": current["w"] + np.float32(SILOS.index(silo) + 1)}
+                train = _train(silo, task.round)
                 result = TaskResult(
-                    ok=True,
+                    outcome=Outcome.DONE,
                     params_digest=self._put(params),
-                    train_metrics=_train(silo, task.round),
+                    num_samples=int(train["num_samples"]),
+                    train_metrics=train,
                     eval_metrics=_evaluate(silo, task.round - 1) if task.evaluate_first else None,
                 )
             else:
-                result = TaskResult(ok=True, eval_metrics=_evaluate(silo, task.round))
+                result = TaskResult(outcome=Outcome.DONE, eval_metrics=_evaluate(silo, task.round))
             assert orch.deliver(silo, task.task_id, result)
 
     def _put(self, params: dict[str, np.ndarray]) -> str:

@@ -29,10 +29,13 @@ from fedsilo.api._messages import (
     AggregateRequest,
     CheckReport,
     FinishRequest,
+    JobContext,
     JobInfo,
+    JobTask,
     LiteralState,
     MemberInfo,
     ModelRef,
+    PingTask,
     RenewRequest,
     RevokeRequest,
     SiloReport,
@@ -40,8 +43,8 @@ from fedsilo.api._messages import (
     StepInfo,
     StepRequest,
     SubmitRequest,
-    TaskMessage,
     TaskResult,
+    parse_task,
 )
 from fedsilo.config import Kit, workspace_of
 from fedsilo.config._kit import CA_FILE, KIT_FILE
@@ -431,7 +434,7 @@ class OrchestratorClient:
 
     # -- silo agents ------------------------------------------------------------------------
 
-    def next_task(self, wait: float, *, instance: str | None = None) -> TaskMessage | None:
+    def next_task(self, wait: float, *, instance: str | None = None) -> PingTask | JobTask | None:
         """Long-poll for this silo's next task (``instance``: the agent process asking)."""
         params: dict[str, str | float] = {"wait": wait}
         if instance is not None:
@@ -440,7 +443,7 @@ class OrchestratorClient:
         if response.status_code == 204:
             return None
         try:
-            return TaskMessage.model_validate_json(response.content)
+            return parse_task(response.content)
         except ValueError as exc:
             raise MalformedTask(_task_id_of(response.content), str(exc)) from exc
 
@@ -484,6 +487,12 @@ class OrchestratorClient:
     def upload_bytes(self, parts: Sequence[bytes | memoryview]) -> str:
         """:meth:`upload_params` for a file held in memory, in parts (never joined)."""
         return self._upload("/v1/agent/uploads", parts)
+
+    def job_context(self, job_id: str) -> JobContext:
+        """The context of a running job this silo takes part in (to take it up again)."""
+        return JobContext.model_validate_json(
+            self._request("GET", f"/v1/agent/jobs/{job_id}/context").content
+        )
 
     def download_bundle(self, job_id: str) -> bytes:
         return self._request("GET", f"/v1/agent/jobs/{job_id}/bundle").content

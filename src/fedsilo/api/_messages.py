@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, TypeAdapter
 
 from fedsilo.config import ResourceRequest
 from fedsilo.jobs import JobSpec
@@ -17,18 +17,28 @@ __all__ = [
     "AggregateRequest",
     "CertificateInfo",
     "CheckReport",
+    "CheckTask",
     "ComputeReport",
+    "EvaluateTask",
     "FinishRequest",
+    "FitTask",
+    "JobContext",
     "JobInfo",
     "JobState",
+    "JobTask",
     "LiteralState",
     "Member",
     "MemberInfo",
     "ModelRef",
+    "Outcome",
+    "PingTask",
+    "PrepareTask",
+    "ReleaseTask",
     "RenewRequest",
     "RevokeRequest",
     "RoundInfo",
     "RoundNote",
+    "SecAggTask",
     "SiloCheck",
     "SiloReport",
     "SiloStatus",
@@ -38,9 +48,10 @@ __all__ = [
     "StepRequest",
     "StepState",
     "SubmitRequest",
+    "Task",
     "TaskKind",
-    "TaskMessage",
     "TaskResult",
+    "parse_task",
 ]
 
 
@@ -85,34 +96,25 @@ _METRIC = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 _ERROR_MAX = 10 * 1024
 
 
-class TaskMessage(_Msg):
-    """One task offered to one silo's agent.
+class JobContext(_Msg):
+    """What a silo needs to take part in a job: its code, inputs and settings.
 
-    A silo trusts nothing in it blindly: identifiers that become paths are checked
-    against strict patterns here, and everything else is checked by the agent.
+    Sent once, with the job's ``check`` and ``prepare`` tasks, and to an agent that takes
+    the job up again after a restart (``GET /v1/agent/jobs/{id}/context``); the tasks of
+    the rounds carry only what changes from one to the next.
     """
 
-    task_id: str = Field(pattern=r"^[0-9a-f]{32}$")
-    kind: TaskKind
-    job_id: str | None = Field(default=None, pattern=_SAFE_ID)
-    job_name: str | None = None
-    round: int = Field(default=0, ge=0)
-    bundle_digest: str | None = Field(default=None, pattern=_HEX64)
-    entrypoint: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    job_name: str
+    bundle_digest: str = Field(pattern=_HEX64)
+    entrypoint: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     inputs: dict[str, str] = Field(default_factory=dict)
     hyperparameters: dict[str, object] = Field(default_factory=dict)
-    params_digest: str | None = Field(default=None, pattern=_HEX64)
-    evaluate_first: bool = False
-    config: dict[str, FiniteFloat] = Field(default_factory=dict)
-    author: str | None = None
-    outputs: dict[str, str | None] = Field(default_factory=dict)
-    rounds: int = Field(default=0, ge=0)
+    author: str
+    rounds: int = Field(ge=1)
     privacy: PrivacySpec = PrivacySpec()
-    secagg: str | None = Field(default=None, max_length=_SECAGG_MAX)
-    mask_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
-    mask_plan: MaskPlan | None = None
     computes: dict[str, str] = Field(default_factory=dict)
     resources: dict[str, ResourceRequest] = Field(default_factory=dict)
+    outputs: dict[str, str | None] = Field(default_factory=dict)
     # the metric names the job declares: the only ones, with fedsilo's own, that leave
     metrics: tuple[Annotated[str, Field(pattern=_METRIC)], ...] | None = Field(
         default=None, max_length=64
@@ -121,16 +123,106 @@ class TaskMessage(_Msg):
     share_with: tuple[Annotated[str, Field(max_length=64)], ...] = Field(default=(), max_length=256)
 
 
+class _Task(_Msg):
+    """What every task has. A silo trusts nothing in a task blindly: identifiers that
+    become paths are checked against strict patterns here, everything else by the agent."""
+
+    task_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
+class PingTask(_Task):
+    """Start a worker that does nothing: the connectivity check (``fedsilo check``)."""
+
+    kind: Literal[TaskKind.PING] = TaskKind.PING
+    job_id: None = None
+    round: Literal[0] = 0
+
+
+class _JobTask(_Task):
+    job_id: str = Field(pattern=_SAFE_ID)
+    round: int = Field(default=0, ge=0)
+
+
+class CheckTask(_JobTask):
+    """Before anything of the job runs anywhere: refuse what this silo cannot run."""
+
+    kind: Literal[TaskKind.CHECK] = TaskKind.CHECK
+    context: JobContext
+
+
+class PrepareTask(_JobTask):
+    """Fetch and verify the bundle, ask for approval, preprocess, build the model."""
+
+    kind: Literal[TaskKind.PREPARE] = TaskKind.PREPARE
+    context: JobContext
+
+
+class FitTask(_JobTask):
+    """Train one round from the global model ``params_digest`` (evaluating it first from
+    round 2 on). ``bundle_digest`` is the job's: an agent that takes the job up again
+    refuses a task of another bundle. Under secure aggregation ``mask_weight`` and
+    ``mask_plan`` are the round's encoding of the masked update."""
+
+    kind: Literal[TaskKind.FIT] = TaskKind.FIT
+    round: int = Field(ge=1)
+    bundle_digest: str = Field(pattern=_HEX64)
+    params_digest: str = Field(pattern=_HEX64)
+    evaluate_first: bool = False
+    config: dict[str, FiniteFloat] = Field(default_factory=dict)
+    mask_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    mask_plan: MaskPlan | None = None
+
+
+class EvaluateTask(_JobTask):
+    """Evaluate the global model ``params_digest`` on this silo's data."""
+
+    kind: Literal[TaskKind.EVALUATE] = TaskKind.EVALUATE
+    bundle_digest: str = Field(pattern=_HEX64)
+    params_digest: str = Field(pattern=_HEX64)
+
+
+class SecAggTask(_JobTask):
+    """One message of secure aggregation for this silo's party (``None``: set the party
+    up, with new keys, and advertise them)."""
+
+    kind: Literal[TaskKind.SECAGG] = TaskKind.SECAGG
+    secagg: str | None = Field(default=None, max_length=_SECAGG_MAX)
+
+
+class ReleaseTask(_JobTask):
+    """The job is over: stop its workers and give its compute back."""
+
+    kind: Literal[TaskKind.RELEASE] = TaskKind.RELEASE
+
+
+JobTask = CheckTask | PrepareTask | FitTask | EvaluateTask | SecAggTask | ReleaseTask
+Task = Annotated[PingTask | JobTask, Field(discriminator="kind")]
+_TASK: TypeAdapter[PingTask | JobTask] = TypeAdapter(Task)
+
+
+def parse_task(data: str | bytes) -> PingTask | JobTask:
+    """A task from its JSON; a ``ValidationError`` says which field of which kind."""
+    return _TASK.validate_json(data)
+
+
+class Outcome(StrEnum):
+    """How a task ended in the silo."""
+
+    DONE = "done"
+    FAILED = "failed"  # task code or the silo failed (``error`` says which, in fedsilo's words)
+    REFUSED = "refused"  # the silo refused it: policy, signature, classification
+    STOPPED = "stopped"  # the silo stopped the step at one of its limits (``limit``)
+
+
 class TaskResult(_Msg):
     """An agent's answer to a task.
 
-    ``refused`` marks a silo's refusal (policy, signature, classification) rather than a
-    failure of task code. ``seconds`` is the agent's whole handling of the task (downloads
-    and uploads included);
-    ``compute_seconds`` the part spent in the job worker running task code. ``secagg``
-    holds the silo's secure-aggregation messages (JSON) for the orchestrator to relay.
-    ``limit`` is set when the silo stopped the step at one of its limits (``memory limit
-    2 GiB``, ``time limit 8 h a step``): its whole process tree was killed.
+    ``num_samples`` is what a fit trained on: the weight of its update by default.
+    ``seconds`` is the agent's whole handling of the task (downloads and uploads
+    included); ``compute_seconds`` the part spent in the job worker running task code.
+    ``secagg`` holds the silo's secure-aggregation messages (JSON) for the orchestrator to
+    relay. ``limit`` names the limit a stopped step reached (``memory limit 2 GiB``,
+    ``time limit 8 h a step``): its whole process tree was killed.
 
     ``error`` is the silo's own sentence, never text of task code; where the silo keeps the
     whole of a failure, ``error_id`` names it (the sentence says it too) and the silo's
@@ -139,17 +231,30 @@ class TaskResult(_Msg):
     their own after the sentence.
     """
 
-    ok: bool
+    outcome: Outcome
     error: str | None = Field(default=None, max_length=_ERROR_MAX)
     error_id: str | None = Field(default=None, pattern=r"^e-[0-9a-f]{12}$")
-    refused: bool = False
     limit: str | None = Field(default=None, max_length=200)
     params_digest: str | None = Field(default=None, pattern=_HEX64)
+    num_samples: int | None = Field(default=None, ge=0)
     train_metrics: dict[str, FiniteFloat] | None = None
     eval_metrics: dict[str, FiniteFloat] | None = None
     seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     compute_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     secagg: tuple[Annotated[str, Field(max_length=_SECAGG_MAX)], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.DONE
+
+    @property
+    def refused(self) -> bool:
+        return self.outcome is Outcome.REFUSED
+
+    @classmethod
+    def failed(cls, error: str) -> TaskResult:
+        """A task that failed in the silo, with fedsilo's sentence ``error``."""
+        return cls(outcome=Outcome.FAILED, error=error)
 
 
 class SubmitRequest(_Msg):

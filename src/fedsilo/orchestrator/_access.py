@@ -67,6 +67,7 @@ ROUTES: dict[str, frozenset[Grant]] = {
     "POST /v1/agent/tasks/{task_id}/result": frozenset({S}),
     "PUT /v1/agent/uploads/{digest}": frozenset({S}),
     "GET /v1/agent/jobs/{job_id}/bundle": frozenset({RUNS}),
+    "GET /v1/agent/jobs/{job_id}/context": frozenset({RUNS}),
     "GET /v1/agent/jobs/{job_id}/params/{digest}": frozenset({RUNS}),
     # submitting
     "PUT /v1/uploads/{digest}": frozenset({U}),

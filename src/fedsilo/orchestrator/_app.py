@@ -1,5 +1,6 @@
 """The orchestrator's REST API (FastAPI). Identity comes from the client certificate only."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from fedsilo.api._messages import (
     CertificateInfo,
     CheckReport,
     FinishRequest,
+    JobContext,
     JobInfo,
     LiteralState,
     Member,
@@ -253,6 +255,13 @@ def create_app(
         if digest is None:
             raise HTTPException(404, f"silo '{name}' takes no part in a running job {job_id}")
         return FileResponse(orchestrator.blobs.path(digest))
+
+    @app.get("/v1/agent/jobs/{job_id}/context")
+    async def job_context(job_id: str, name: Name) -> JobContext:
+        context = await asyncio.to_thread(orchestrator.context_for, name, job_id)
+        if context is None:
+            raise HTTPException(404, f"silo '{name}' takes no part in a running job {job_id}")
+        return context
 
     @app.get("/v1/agent/jobs/{job_id}/params/{digest}")
     async def job_params(job_id: str, digest: str, name: Name) -> FileResponse:

@@ -16,6 +16,7 @@ __all__ = ["BlobStore", "DigestMismatch", "TooLarge", "valid_digest"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _BATCH = 1 << 20  # bytes of an upload hashed and written in one go, off the event loop
+_INLINE = 1 << 16  # fewer bytes than this are hashed and written on the loop itself
 
 
 def valid_digest(digest: str) -> bool:
@@ -52,7 +53,8 @@ class BlobStore:
         Nothing lands under ``digest`` unless the bytes hash to it: a corrupted upload is
         refused (:class:`DigestMismatch`) and can be retried. An existing blob is kept.
         The bytes are hashed and written on a worker thread, a batch of about
-        ``_BATCH`` bytes at a time, so a large upload holds up no other request.
+        ``_BATCH`` bytes at a time, so a large upload holds up no other request (the last
+        few kilobytes of one, on the loop).
         """
         target = self.path(digest)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".up-")
@@ -77,7 +79,10 @@ class BlobStore:
                     if batched >= _BATCH:
                         await asyncio.to_thread(write, batch)
                         batch, batched = [], 0
-                await asyncio.to_thread(write, batch)
+                if batched >= _INLINE:
+                    await asyncio.to_thread(write, batch)
+                else:  # a small upload's last bytes: quicker here than a thread away
+                    write(batch)
             if hasher.hexdigest() != digest:
                 raise DigestMismatch(
                     f"received {size} bytes with sha256 {hasher.hexdigest()}, not {digest}"

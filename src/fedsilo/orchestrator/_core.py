@@ -24,8 +24,12 @@ from typing import Any
 from fedsilo._suggest import did_you_mean, listing
 from fedsilo.api._messages import (
     CheckReport,
+    JobContext,
     JobInfo,
     JobState,
+    JobTask,
+    PingTask,
+    ReleaseTask,
     RoundInfo,
     RoundNote,
     SiloCheck,
@@ -33,9 +37,8 @@ from fedsilo.api._messages import (
     SiloStatus,
     StatusReport,
     SubmitRequest,
-    TaskKind,
-    TaskMessage,
     TaskResult,
+    parse_task,
 )
 from fedsilo.audit import AuditLog
 from fedsilo.errors import FedsiloError, SiloUnavailable, StepRefused
@@ -223,7 +226,7 @@ class Orchestrator:
         Returns the ids of the tasks that failed."""
         failed = [task_id for task_id, owner in self._open.items() if owner == silo]
         for task_id in failed:
-            self.deliver(silo, task_id, TaskResult(ok=False, error=reason))
+            self.deliver(silo, task_id, TaskResult.failed(reason))
         queue = self._queues.get(silo)
         if queue is not None:
             queue.clear()  # a poll that waits holds it: nothing left to hand out
@@ -247,7 +250,7 @@ class Orchestrator:
 
     def _note_rejoin(self, silo: str, message_json: str) -> None:
         """Note in a job's history that ``silo`` takes its task up again after a restart."""
-        message = TaskMessage.model_validate_json(message_json)
+        message = parse_task(message_json)
         if message.job_id is None:
             return
         self.store.add_note(
@@ -305,7 +308,9 @@ class Orchestrator:
 
     # -- tasks ------------------------------------------------------------------------------
 
-    def offer(self, tasks: list[tuple[str, TaskMessage]], *, wait: bool = True) -> list[str]:
+    def offer(
+        self, tasks: Sequence[tuple[str, PingTask | JobTask]], *, wait: bool = True
+    ) -> list[str]:
         """Queue ``(silo, message)`` pairs in one transaction; return their task ids."""
         now = time.time()
         self.store.add_tasks(
@@ -333,9 +338,7 @@ class Orchestrator:
             if silo not in self._queues:  # removed from the federation while its job ran
                 error = f"silo '{silo}' is no longer a member of federation '{self.federation}'"
                 # answered once the caller holds the task's waiter
-                loop.call_soon(
-                    self.deliver, silo, message.task_id, TaskResult(ok=False, error=error)
-                )
+                loop.call_soon(self.deliver, silo, message.task_id, TaskResult.failed(error))
                 continue
             self._queues[silo].append((message.task_id, message.model_dump_json()))
             self._wakeup[silo].set()
@@ -360,7 +363,7 @@ class Orchestrator:
                 self.store.finish_task(
                     task_id,
                     ok=False,
-                    result_json='{"ok":false,"error":"withdrawn"}',
+                    result_json=TaskResult.failed("withdrawn").model_dump_json(),
                     assigned_at=assigned_at,
                 )
 
@@ -438,6 +441,17 @@ class Orchestrator:
         """The bundle digest of a running job ``silo`` takes part in."""
         live = self._live.get(job_id)
         return live.bundle_digest if live is not None and silo in live.silos else None
+
+    def context_for(self, silo: str, job_id: str) -> JobContext | None:
+        """The context of a running job ``silo`` takes part in, for an agent that takes the
+        job up again (it restarted, and holds nothing of the job)."""
+        from fedsilo.orchestrator._loop import job_context
+
+        bundle = self.bundle_for(silo, job_id)
+        row = self.store.job(job_id) if bundle is not None else None
+        if bundle is None or row is None:
+            return None
+        return job_context(JobSpec.model_validate_json(row.spec_json), row.submitter, bundle, silo)
 
     def may_read_params(self, silo: str, job_id: str, digest: str) -> bool:
         """Whether ``digest`` is a global model of a running job ``silo`` takes part in."""
@@ -546,9 +560,7 @@ class Orchestrator:
                         [
                             (
                                 silo,
-                                TaskMessage(
-                                    task_id=uuid.uuid4().hex, kind=TaskKind.RELEASE, job_id=row.id
-                                ),
+                                ReleaseTask(task_id=uuid.uuid4().hex, job_id=row.id),
                             )
                             for silo in spec.silos
                             if silo in self.silos
@@ -800,12 +812,7 @@ class Orchestrator:
         ids = dict(
             zip(
                 self.silos,
-                self.offer(
-                    [
-                        (s, TaskMessage(task_id=uuid.uuid4().hex, kind=TaskKind.PING))
-                        for s in self.silos
-                    ]
-                ),
+                self.offer([(s, PingTask(task_id=uuid.uuid4().hex)) for s in self.silos]),
                 strict=True,
             )
         )

@@ -226,7 +226,7 @@ class LiteralRun(_JobRun):
                 self._fail(exc)
                 raise
             result = out.result
-            samples = int((result.train_metrics or {}).get("num_samples", 0))
+            samples = result.num_samples or 0
             answers.append(
                 Answer(step.silo, result.train_metrics, update=path, num_samples=samples)
             )

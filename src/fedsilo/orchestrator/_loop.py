@@ -20,7 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsilo.api._messages import JobState, TaskKind, TaskMessage, TaskResult
+from fedsilo.api._messages import (
+    CheckTask,
+    EvaluateTask,
+    FitTask,
+    JobContext,
+    JobState,
+    JobTask,
+    PrepareTask,
+    ReleaseTask,
+    SecAggTask,
+    TaskKind,
+    TaskResult,
+)
 from fedsilo.errors import FedsiloError, JobFailed, SiloUnavailable, TaskFailed
 from fedsilo.jobs import JobSpec
 from fedsilo.orchestrator._db import CheckpointRow
@@ -68,6 +80,28 @@ class _Outcome:
     result: TaskResult
 
 
+def job_context(spec: JobSpec, author: str, bundle_digest: str, silo: str) -> JobContext:
+    """What ``silo`` needs to take part in the job of ``spec``: its code, inputs, settings."""
+    return JobContext(
+        job_name=spec.name,
+        bundle_digest=bundle_digest,
+        entrypoint=spec.entrypoint,
+        inputs=spec.inputs_for(silo),
+        hyperparameters=spec.hyperparameters.model_dump(),
+        author=author,
+        rounds=spec.rounds,
+        privacy=spec.privacy,
+        computes={step.value: kind for step, kind in spec.computes.items()},
+        resources={step.value: request for step, request in spec.resources.items()},
+        outputs={
+            name: (out.classification.value if out.classification else None)
+            for name, out in spec.outputs.items()
+        },
+        metrics=spec.metrics,
+        share_with=spec.share_with,
+    )
+
+
 class _JobRun:
     def __init__(self, orch: Orchestrator, job_id: str, spec: JobSpec, author: str) -> None:
         self.orch = orch
@@ -82,38 +116,36 @@ class _JobRun:
         # every parameter file of the job so far, by digest: its round, and what it was
         self.seen: dict[str, tuple[int, str]] = {}
 
+    def context(self, silo: str) -> JobContext:
+        """What ``silo`` needs to take part in the job (sent with check and prepare, and to
+        an agent that takes the job up again)."""
+        bundle = self.orch.bundle_for(silo, self.job_id)
+        assert bundle is not None
+        return job_context(self.spec, self.author, bundle, silo)
+
     def task_message(
         self, silo: str, kind: TaskKind, config: Mapping[str, float], **fields: Any
-    ) -> TaskMessage:
-        """A task of this job for ``silo``: the job's code, inputs and settings, and ``fields``.
+    ) -> JobTask:
+        """A task of ``kind`` of this job for ``silo``, with ``fields``.
 
-        Every task carries what preprocessing needs (the bundle's digest too), so that a
-        silo whose agent restarted can take the job up again from any task (it rejoins).
+        Check and prepare carry the job's context; a fit or an evaluation, the bundle's
+        digest, which an agent taking the job up again holds its context to.
         """
-        spec = self.spec
-        fields.setdefault("bundle_digest", self.orch.bundle_for(silo, self.job_id))
-        return TaskMessage(
-            task_id=uuid.uuid4().hex,
-            kind=kind,
-            job_id=self.job_id,
-            job_name=spec.name,
-            entrypoint=spec.entrypoint,
-            inputs=spec.inputs_for(silo),
-            hyperparameters=spec.hyperparameters.model_dump(),
-            config=dict(config),
-            author=self.author,
-            rounds=spec.rounds,
-            privacy=spec.privacy,
-            computes={step.value: kind for step, kind in spec.computes.items()},
-            resources={step.value: request for step, request in spec.resources.items()},
-            outputs={
-                name: (out.classification.value if out.classification else None)
-                for name, out in spec.outputs.items()
-            },
-            metrics=spec.metrics,
-            share_with=spec.share_with,
-            **fields,
-        )
+        task_id = uuid.uuid4().hex
+        common = {"task_id": task_id, "job_id": self.job_id, **fields}
+        if kind is TaskKind.CHECK:
+            return CheckTask(context=self.context(silo), **common)
+        if kind is TaskKind.PREPARE:
+            return PrepareTask(context=self.context(silo), **common)
+        bundle = self.orch.bundle_for(silo, self.job_id)
+        assert bundle is not None  # the job is running
+        if kind is TaskKind.FIT:
+            return FitTask(bundle_digest=bundle, config=dict(config), **common)
+        if kind is TaskKind.EVALUATE:
+            return EvaluateTask(bundle_digest=bundle, **common)
+        if kind is TaskKind.SECAGG:
+            return SecAggTask(**common)
+        raise ValueError(f"no {kind.value} task is sent in a job's phase")
 
     async def fan_out(
         self,
@@ -191,7 +223,7 @@ class _JobRun:
                     del pending[task_id]
                     futures = {f: t for f, t in futures.items() if t != task_id}
                     self.orch.withdraw([task_id])
-                    yield _Outcome(silo, TaskResult(ok=False, error=why))
+                    yield _Outcome(silo, TaskResult.failed(why))
         finally:
             self.orch.withdraw(pending)
 
@@ -339,7 +371,7 @@ class _JobRun:
         result, silo = out.result, out.silo
         if not result.ok:
             return Missed(silo, result.error or "no answer")
-        samples = int((result.train_metrics or {}).get("num_samples", 0))
+        samples = result.num_samples or 0
         if phase.kind is TaskKind.EVALUATE:
             return Answer(silo, eval_metrics=result.eval_metrics)
         secure = self.spec.privacy.secure_aggregation is not None
@@ -410,8 +442,13 @@ class _JobRun:
         async with aclosing(outcomes) as answers:
             async for out in answers:
                 event = await self.answer(phase, out, digest)
+                # folding an update or adding a masked one is work for a thread; the rest
+                # (a miss, an evaluation, a protocol message) is quicker fed here
+                heavy = phase.kind is TaskKind.FIT and isinstance(event, Answer)
                 try:
-                    self.left(await asyncio.to_thread(engine.feed, event))
+                    self.left(
+                        await asyncio.to_thread(engine.feed, event) if heavy else engine.feed(event)
+                    )
                 except QuorumLost as exc:
                     self.left(exc.left)
                     raise
@@ -444,7 +481,6 @@ class _JobRun:
         prepare = self.fan_out(
             TaskKind.PREPARE,
             "preprocessing",
-            bundle_digest=orch.bundle_for(spec.silos[0], job_id),
             grace=RECONNECT_SECONDS,
         )
         paths: dict[str, Path] = {}
@@ -598,10 +634,7 @@ async def run_job(
     if info is not None:
         orch.track(info, spec, outcome.get("model_digest"))
     orch.offer(
-        [
-            (silo, TaskMessage(task_id=uuid.uuid4().hex, kind=TaskKind.RELEASE, job_id=job_id))
-            for silo in spec.silos
-        ],
+        [(silo, ReleaseTask(task_id=uuid.uuid4().hex, job_id=job_id)) for silo in spec.silos],
         wait=False,
     )
     orch.job_finished(job_id)

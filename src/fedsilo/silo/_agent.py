@@ -34,10 +34,21 @@ from fedsilo._suggest import did_you_mean, listing
 from fedsilo.api import (
     MalformedTask,
     OrchestratorClient,
+    Outcome,
+    PingTask,
     SiloReport,
     TaskKind,
-    TaskMessage,
     TaskResult,
+)
+from fedsilo.api._messages import (
+    CheckTask,
+    EvaluateTask,
+    FitTask,
+    JobContext,
+    JobTask,
+    PrepareTask,
+    ReleaseTask,
+    SecAggTask,
 )
 from fedsilo.approval import ApprovalClient, Decision, load_policy
 from fedsilo.audit import AuditLog, audit_path
@@ -89,6 +100,15 @@ from fedsilo.silo._limits import JobGroup, Limits
 from fedsilo.silo._metrics import gate_metrics
 from fedsilo.silo._network import JobNetwork
 from fedsilo.silo._node import RemoteStep, StartRanks
+from fedsilo.silo._protocol import (
+    Build,
+    Evaluate,
+    Fit,
+    Init,
+    Noop,
+    Prepare,
+    Preprocess,
+)
 from fedsilo.silo._sandbox import SandboxSpec, check_sandbox
 from fedsilo.silo._secure import SecureParty, masked_words
 from fedsilo.silo._session import JobSession, Step
@@ -193,14 +213,14 @@ class Agent:
         finally:
             self.close()
 
-    def _route(self, task: TaskMessage) -> None:
+    def _route(self, task: PingTask | JobTask) -> None:
         """Hand ``task`` to its job's lane; checks and releases run beside the lanes."""
-        if task.kind is TaskKind.RELEASE or task.job_id is None:
+        if isinstance(task, PingTask | ReleaseTask):
             self._side.submit(self._handle, task, None)
             return
         with self._lock:
             session = self._sessions.get(task.job_id)
-            if session is None and (task.kind is TaskKind.PREPARE or _rejoins(task)):
+            if session is None and isinstance(task, PrepareTask | FitTask | EvaluateTask):
                 session = self._sessions[task.job_id] = JobSession(task.job_id)
         if session is None:  # a job this agent cannot take up again: fails by name
             self._side.submit(self._handle, task, None)
@@ -218,7 +238,9 @@ class Agent:
         if exc.task_id is not None:
             reason = self.errors.scrub(f"silo '{self.silo}' refused the task: {exc}")
             with contextlib.suppress(FedsiloError):
-                self.work.send_result(exc.task_id, TaskResult(ok=False, refused=True, error=reason))
+                self.work.send_result(
+                    exc.task_id, TaskResult(outcome=Outcome.REFUSED, error=reason)
+                )
 
     def _stop_idle_workers(self) -> None:
         """Stop workers of jobs that ended without a release (e.g. the orchestrator restarted)."""
@@ -285,7 +307,7 @@ class Agent:
         finally:
             client.close()
 
-    def _handle(self, task: TaskMessage, session: JobSession | None) -> None:
+    def _handle(self, task: PingTask | JobTask, session: JobSession | None) -> None:
         started = time.monotonic()
         if session is not None:
             session.running += 1
@@ -305,15 +327,15 @@ class Agent:
             if remote is not None:  # another machine stopped its ranks at a limit
                 result = self._stopped(task, session, LimitReached(self.silo, remote))
             else:  # the worker's words stay here; fedsilo's leave (fedsilo.silo._errors)
-                result = self.errors.failed(task, exc)
+                result = self.errors.failed(task, exc, _job_name(session))
         except (PolicyRejected, ClassificationError, SignatureError) as exc:
             log.warning("task %s refused: %s", task.task_id[:8], exc)
-            result = TaskResult(ok=False, error=self.errors.scrub(str(exc)), refused=True)
+            result = TaskResult(outcome=Outcome.REFUSED, error=self.errors.scrub(str(exc)))
         except FedsiloError as exc:
-            result = self.errors.failed(task, exc)
+            result = self.errors.failed(task, exc, _job_name(session))
         except Exception as exc:
             log.exception("task %s failed inside the agent", task.task_id[:8])
-            result = self.errors.failed(task, exc)
+            result = self.errors.failed(task, exc, _job_name(session))
         finally:
             if session is not None:
                 session.running -= 1
@@ -345,7 +367,7 @@ class Agent:
         return step.remote_limit() if step is not None and step.remotes else None
 
     def _stopped(
-        self, task: TaskMessage, session: JobSession | None, exc: LimitReached
+        self, task: PingTask | JobTask, session: JobSession | None, exc: LimitReached
     ) -> TaskResult:
         """A step hit a limit: its tree is dead; free the job's compute, say where it was."""
         if session is not None:
@@ -360,9 +382,9 @@ class Agent:
         self.audit.append(
             "job.stopped", job_id=task.job_id, limit=exc.limit, step=where, round=task.round
         )
-        return TaskResult(ok=False, error=sentence, limit=exc.limit)
+        return TaskResult(outcome=Outcome.STOPPED, error=sentence, limit=exc.limit)
 
-    def _send_result(self, task: TaskMessage, result: TaskResult) -> None:
+    def _send_result(self, task: PingTask | JobTask, result: TaskResult) -> None:
         result = self.errors.outgoing(result)
         for attempt in range(5):
             try:
@@ -380,38 +402,51 @@ class Agent:
 
     # -- tasks ------------------------------------------------------------------------------
 
-    def _dispatch(self, task: TaskMessage, session: JobSession | None) -> TaskResult:
-        if task.kind is TaskKind.PING:
+    def _dispatch(self, task: PingTask | JobTask, session: JobSession | None) -> TaskResult:
+        if isinstance(task, PingTask):
             return self._ping()
-        if task.job_id is None:
-            raise FedsiloError(f"a {task.kind.value} task without a job")
-        if task.kind is TaskKind.RELEASE:
+        if isinstance(task, ReleaseTask):
             self._release(task.job_id)
-            return TaskResult(ok=True)
-        if task.kind is TaskKind.CHECK:
-            return self._check(task)
+            return TaskResult(outcome=Outcome.DONE)
+        if isinstance(task, CheckTask):
+            return self._check(task, task.context)
         if session is None or session.closed.is_set():
             raise FedsiloError(f"the job worker of {task.job_id} is not running in this silo")
-        if task.kind is TaskKind.PREPARE:
+        if isinstance(task, PrepareTask):
+            session.context = task.context
             return self._prepare(task, session)
-        if session.clearance is None and _rejoins(task):
+        if session.clearance is None and isinstance(task, FitTask | EvaluateTask):
             self._rejoin(task, session)
-        if task.kind is TaskKind.FIT:
+        if isinstance(task, FitTask):
             return self._fit(task, session)
-        if task.kind is TaskKind.EVALUATE:
+        if isinstance(task, EvaluateTask):
             return self._evaluate(task, session)
-        if task.kind is TaskKind.SECAGG:
-            return self._secure_aggregation(task, session)
-        raise FedsiloError(f"unknown task kind {task.kind}")
+        return self._secure_aggregation(task, session)
 
-    def _rejoin(self, task: TaskMessage, session: JobSession) -> None:
-        """Take up a job this agent does not hold (it restarted during the job): check and
-        approve it again, preprocess and start its worker, as a preparation would, without
-        sending the initial model. The job's work folder is the one the earlier agent used,
-        so a local DP accountant goes on from what it had spent."""
-        assert task.job_id is not None
+    def _rejoin(self, task: FitTask | EvaluateTask, session: JobSession) -> None:
+        """Take up a job this agent does not hold (it restarted during the job): fetch its
+        context from the orchestrator, check and approve it again, preprocess and start its
+        worker, as a preparation would, without sending the initial model. The job's work
+        folder is the one the earlier agent used, so a local DP accountant goes on from
+        what it had spent. The context must name the bundle the task does."""
+        context = self.work.job_context(task.job_id)
+        if context.bundle_digest != task.bundle_digest:
+            raise self._refuse(
+                task,
+                "bundle-digest",
+                f"the job's context names bundle {context.bundle_digest[:12]}, its task "
+                f"bundle {task.bundle_digest[:12]}",
+                context,
+            )
+        if context.privacy.secure_aggregation is not None:
+            raise FedsiloError(
+                f"secure aggregation of job {task.job_id} is not set up in silo "
+                f"'{self.silo}' (its agent restarted and lost its masks); the silo sends no "
+                "update in the clear"
+            )
         log.info("silo '%s' takes job %s up again at round %d", self.silo, task.job_id, task.round)
         self.audit.append("job.rejoined", job_id=task.job_id, round=task.round)
+        session.context = context
         self._prepare(task, session, send_model=False)
 
     def _release(self, job_id: str, *, graceful: bool = True) -> None:
@@ -443,53 +478,61 @@ class Agent:
             limits=StepLimits(max_step_seconds=60),
         )
         try:
-            worker.request("noop")
+            worker.request(Noop())
         finally:
             worker.stop()
-        return TaskResult(ok=True)
+        return TaskResult(outcome=Outcome.DONE)
 
-    def _refuse(self, task: TaskMessage, rule: str, reason: str) -> PolicyRejected:
+    def _refuse(
+        self, task: JobTask, rule: str, reason: str, context: JobContext | None = None
+    ) -> PolicyRejected:
+        """Refuse ``task`` as the silo, in its audit log (naming the job, if known)."""
+        if context is None:
+            session = self._sessions.get(task.job_id)
+            context = session.context if session is not None else None
         self.audit.append(
             "job.refused",
             job_id=task.job_id,
-            job_name=task.job_name,
-            author=task.author,
+            job_name=context.job_name if context is not None else None,
+            author=context.author if context is not None else None,
             rule=rule,
             reason=reason,
         )
         return PolicyRejected(self.silo, rule, reason)
 
-    def _check(self, task: TaskMessage) -> TaskResult:
+    def _check(self, task: JobTask, context: JobContext) -> TaskResult:
         """Refuse, before anything of the job runs in any silo, what this silo can tell now
         it will not run: an input its catalog lacks, a compute kind it has none of,
         resources its computes cannot grant. Preparation checks them all again."""
-        self._inputs(task)
-        self._grants(task, self._computes(task))
-        return TaskResult(ok=True)
+        self._inputs(task, context)
+        self._grants(task, context, self._computes(task, context))
+        return TaskResult(outcome=Outcome.DONE)
 
-    def _inputs(self, task: TaskMessage) -> list[ResolvedInput]:
+    def _inputs(self, task: JobTask, context: JobContext) -> list[ResolvedInput]:
         """The job's inputs in this silo's catalog; a refusal if it lacks one of them."""
-        inputs = resolve_inputs(task, self.catalog, self.silo)
+        inputs = resolve_inputs(context.inputs, self.catalog, self.silo)
         if not all(i.found for i in inputs):
             reason = missing_inputs(inputs, self.catalog.names())
-            raise self._refuse(task, INPUTS_IN_CATALOG, reason)
+            raise self._refuse(task, INPUTS_IN_CATALOG, reason, context)
         return inputs
 
     def _prepare(
-        self, task: TaskMessage, session: JobSession, *, send_model: bool = True
+        self, task: JobTask, session: JobSession, *, send_model: bool = True
     ) -> TaskResult:
-        assert task.job_id is not None
+        """Check, approve and preprocess the job of ``session.context``; start its worker."""
+        context = session.context
+        assert context is not None
         job_id = task.job_id
         self.audit.append(
             "job.offered",
             job_id=job_id,
-            job_name=task.job_name,
-            author=task.author,
-            bundle_digest=task.bundle_digest,
+            job_name=context.job_name,
+            author=context.author,
+            bundle_digest=context.bundle_digest,
         )
         job_dir = self._job_dir(job_id)
         bundle = self.work.download_bundle(job_id)
-        if hashlib.sha256(bundle).hexdigest() != task.bundle_digest:
+        if hashlib.sha256(bundle).hexdigest() != context.bundle_digest:
             raise self._refuse(
                 task, "bundle-digest", "the bundle received differs from the one the job names"
             )
@@ -499,15 +542,16 @@ class Agent:
             declared = read_declared(code_dir)
         except SignatureError as exc:
             raise self._refuse(task, "bundle-manifest", str(exc)) from exc
-        name = task.job_name or job_id
+        name = context.job_name
         files, unlisted = code_files(code_dir, manifest)
         signature = check_signature(manifest.digest, bundle_signature(code_dir), self.trusted)
-        inputs = self._inputs(task)
-        outputs, declassifications = classify_outputs(task.outputs, inputs)
-        computes = self._computes(task)
-        grants = self._grants(task, computes)
+        inputs = self._inputs(task, context)
+        outputs, declassifications = classify_outputs(context.outputs, inputs)
+        computes = self._computes(task, context)
+        grants = self._grants(task, context, computes)
         request = approval_request(
-            task,
+            job_id,
+            context,
             silo=self.silo,
             compute=computes[SiloStep.TRAIN].name,
             computes={step.value: c.name for step, c in computes.items()},
@@ -518,7 +562,7 @@ class Agent:
             outputs=outputs,
             declassifications=declassifications,
             model=declared,
-            metric_names=task.metrics or (),
+            metric_names=context.metrics or (),
             files=files,
             files_not_listed=unlisted,
             code_change=self.approved.review(name, code_dir, manifest),
@@ -577,20 +621,20 @@ class Agent:
             answer.rule,
             answer.decided_by,
             outputs,
-            privacy=task.privacy,
-            rounds=task.rounds,
+            privacy=context.privacy,
+            rounds=context.rounds,
             model=declared,
         )
-        session.metric_names = task.metrics
+        session.metric_names = context.metrics
         return self._start_worker(
             task, session, code_dir, inputs, computes, grants, send_model=send_model
         )
 
-    def _computes(self, task: TaskMessage) -> dict[SiloStep, ComputeSpec]:
+    def _computes(self, task: JobTask, context: JobContext) -> dict[SiloStep, ComputeSpec]:
         """The compute of this silo each step of the job runs on, picked by kind."""
         chosen = {}
         for step in SiloStep:
-            kind = task.computes.get(step.value)
+            kind = context.computes.get(step.value)
             compute = self.spec.compute_of_kind(kind)
             if compute is None:
                 kinds = [c.kind for c in self.spec.all_computes()]
@@ -600,12 +644,13 @@ class Agent:
                     f"the job runs its {step.value} step on a compute of kind '{kind}'"
                     f"{did_you_mean(str(kind), kinds)}; silo '{self.silo}' has none (its "
                     f"computes are of kind: {listing(kinds)})",
+                    context,
                 )
             chosen[step] = compute
         return chosen
 
     def _grants(
-        self, task: TaskMessage, computes: dict[SiloStep, ComputeSpec]
+        self, task: JobTask, context: JobContext, computes: dict[SiloStep, ComputeSpec]
     ) -> dict[SiloStep, ResourceGrant]:
         """What this silo grants each step; a request it cannot meet is refused now."""
         from fedsilo.config import ResourceRequest
@@ -613,18 +658,18 @@ class Agent:
         grants = {}
         # the train step first: a request for every step is refused by its main step
         for step, compute in sorted(computes.items(), key=lambda sc: sc[0] != SiloStep.TRAIN):
-            request = task.resources.get(step.value) or ResourceRequest()
+            request = context.resources.get(step.value) or ResourceRequest()
             try:
                 grants[step] = self.computes.grant(compute, request, step.value)
             except ResourceRefused as exc:
                 raise self._refuse(
-                    task, "resources", f"{exc.message} (job spec field '{exc.field}')"
+                    task, "resources", f"{exc.message} (job spec field '{exc.field}')", context
                 ) from exc
         return grants
 
     def _start_worker(
         self,
-        task: TaskMessage,
+        task: JobTask,
         session: JobSession,
         code_dir: Path,
         inputs: list[ResolvedInput],
@@ -633,7 +678,8 @@ class Agent:
         *,
         send_model: bool = True,
     ) -> TaskResult:
-        assert task.job_id is not None
+        context = session.context
+        assert context is not None
         job_dir = self._job_dir(task.job_id)
         work, params = job_dir / "work", job_dir / "params"
         work.mkdir(parents=True, exist_ok=True)
@@ -661,13 +707,13 @@ class Agent:
             )
         init = {
             "code_dir": str(code_dir),
-            "entrypoint": task.entrypoint,
+            "entrypoint": context.entrypoint,
             "silo": self.silo,
             "inputs": {i.role: str(path) for i, path in resolved},
             "work_dir": str(work),
-            "hyperparameters": task.hyperparameters,
-            "rounds": task.rounds,
-            "privacy": task.privacy.model_dump(mode="json"),
+            "hyperparameters": context.hyperparameters,
+            "rounds": context.rounds,
+            "privacy": context.privacy.model_dump(mode="json"),
         }
         started = time.perf_counter()
         out = params / "initial.safetensors"
@@ -675,26 +721,28 @@ class Agent:
         if first.name != train.name:  # the silo subgraph spans two of the silo's computes
             pre = self._spawn(task, session, SiloStep.PREPROCESS, first, grants, sandbox, init)
             try:
-                pre.worker.request("preprocess")
+                pre.worker.request(Preprocess())
             finally:
                 session.end_step(pre)
         step = self._spawn(task, session, SiloStep.TRAIN, train, grants, sandbox, init)
-        step.worker.request("prepare" if first.name == train.name else "build", out=str(out))
+        step.worker.request(
+            Prepare(out=str(out)) if first.name == train.name else Build(out=str(out))
+        )
         compute = time.perf_counter() - started
-        if task.privacy.secure_aggregation is not None:
+        if context.privacy.secure_aggregation is not None:
             session.mask_words = (masked_words(out), 64)
         if not send_model:
             out.unlink(missing_ok=True)
-            return TaskResult(ok=True, compute_seconds=compute)
+            return TaskResult(outcome=Outcome.DONE, compute_seconds=compute)
         return TaskResult(
-            ok=True,
+            outcome=Outcome.DONE,
             params_digest=self._upload(task, session, out, "model"),
             compute_seconds=compute,
         )
 
     def _spawn(
         self,
-        task: TaskMessage,
+        task: JobTask,
         session: JobSession,
         step: SiloStep,
         compute: ComputeSpec,
@@ -803,18 +851,19 @@ class Agent:
             nodes=[node.name for node, _ in machines if node is not None],
         )
         worker.request(
-            "init",
-            **init,
-            threads=granted.threads,
-            device="cuda" if devices else "cpu",
-            workers=granted.workers,
-            machines=spread,
+            Init(
+                **init,
+                threads=granted.threads,
+                device="cuda" if devices else "cpu",
+                workers=granted.workers,
+                machines=spread,
+            )
         )
         return held
 
     def _spread(
         self,
-        task: TaskMessage,
+        task: JobTask,
         parts: _Parts,
         machines: list[tuple[NodeSpec | None, ComputePool]],
         allocations: list[Allocation],
@@ -877,7 +926,7 @@ class Agent:
 
     def _upload(
         self,
-        task: TaskMessage,
+        task: JobTask,
         session: JobSession,
         path: Path,
         output: str,
@@ -923,7 +972,7 @@ class Agent:
         return digest
 
     def _metrics(
-        self, task: TaskMessage, session: JobSession, metrics: dict[str, float] | None
+        self, task: JobTask, session: JobSession, metrics: dict[str, float] | None
     ) -> dict[str, float] | None:
         """Let metrics leave only under their clearance, as a bounded set of numbers."""
         if metrics is None:
@@ -967,15 +1016,13 @@ class Agent:
             raise FedsiloError(f"the job worker of {session.job_id} is not running in this silo")
         return step.worker
 
-    def _global(self, task: TaskMessage) -> Path:
-        assert task.job_id is not None and task.params_digest is not None
+    def _global(self, task: FitTask | EvaluateTask) -> Path:
         path = self._job_dir(task.job_id) / "params" / f"global-{task.params_digest}.safetensors"
         if not path.exists():
             self.work.download_params(task.job_id, task.params_digest, path)
         return path
 
-    def _fit(self, task: TaskMessage, session: JobSession) -> TaskResult:
-        assert task.job_id is not None
+    def _fit(self, task: FitTask, session: JobSession) -> TaskResult:
         clearance = session.clearance
         secure = clearance is not None and clearance.privacy.secure_aggregation is not None
         if secure:
@@ -985,33 +1032,38 @@ class Agent:
         out = self._job_dir(task.job_id) / "params" / f"update-{task.round}.safetensors"
         started = time.perf_counter()
         reply = worker.request(
-            "fit",
-            round=task.round,
-            params=str(params),
-            out=str(out),
-            evaluate_first=task.evaluate_first,
-            config=task.config,
+            Fit(
+                round=task.round,
+                params=str(params),
+                out=str(out),
+                evaluate_first=task.evaluate_first,
+                config=task.config,
+            )
         )
         compute = time.perf_counter() - started
-        train = self._metrics(task, session, reply["train_metrics"])
-        evaluation = self._metrics(task, session, reply.get("eval_metrics"))
+        trained = reply.train_metrics
+        if trained is None:
+            raise FedsiloError("the job worker's fit reported no training metrics")
+        train = self._metrics(task, session, trained)
+        evaluation = self._metrics(task, session, reply.eval_metrics)
+        samples = _samples(trained)
         if secure:
-            samples = float(reply["train_metrics"].get("num_samples", 0))
-            masked = self.secure.mask(session, task, out, params, samples)
+            masked = self.secure.mask(session, task, out, params, float(samples))
             digest = self._upload(task, session, out, "model", data=masked, masked=True)
             out.unlink(missing_ok=True)  # the plain update never leaves, nor stays around
         else:
             digest = self._upload(task, session, out, "model")
         params.unlink(missing_ok=True)
         return TaskResult(
-            ok=True,
+            outcome=Outcome.DONE,
             params_digest=digest,
+            num_samples=samples,
             train_metrics=train,
             eval_metrics=evaluation,
             compute_seconds=compute,
         )
 
-    def _secure_aggregation(self, task: TaskMessage, session: JobSession) -> TaskResult:
+    def _secure_aggregation(self, task: SecAggTask, session: JobSession) -> TaskResult:
         """One secure-aggregation message for the job's party; a protocol error is refused."""
         from fedsilo.privacy.secagg import SecAggProtocolError
 
@@ -1020,29 +1072,27 @@ class Agent:
         except SecAggProtocolError as exc:
             raise self._refuse(task, "secure-aggregation", str(exc)) from exc
 
-    def _evaluate(self, task: TaskMessage, session: JobSession) -> TaskResult:
-        assert task.job_id is not None
+    def _evaluate(self, task: EvaluateTask, session: JobSession) -> TaskResult:
         worker = self._worker(session)
         params = self._global(task)
         started = time.perf_counter()
-        reply = worker.request("evaluate", round=task.round, params=str(params))
+        reply = worker.request(Evaluate(round=task.round, params=str(params)))
         compute = time.perf_counter() - started
         return TaskResult(
-            ok=True,
-            eval_metrics=self._metrics(task, session, reply["eval_metrics"]),
+            outcome=Outcome.DONE,
+            eval_metrics=self._metrics(task, session, reply.eval_metrics),
             compute_seconds=compute,
         )
 
 
-def _rejoins(task: TaskMessage) -> bool:
-    """Whether ``task`` lets an agent that does not hold its job take it up again: a
-    training round or an evaluation that carries the job's bundle (secure aggregation's
-    masks cannot be rebuilt mid-job: such a silo stays out, as a dropped one)."""
-    return (
-        task.kind in (TaskKind.FIT, TaskKind.EVALUATE)
-        and task.bundle_digest is not None
-        and task.privacy.secure_aggregation is None
-    )
+def _job_name(session: JobSession | None) -> str | None:
+    context = session.context if session is not None else None
+    return context.job_name if context is not None else None
+
+
+def _samples(metrics: dict[str, float]) -> int:
+    """What a fit trained on, as its task reported it (``num_samples``, a whole number)."""
+    return max(0, int(metrics.get("num_samples", 0)))
 
 
 @dataclasses.dataclass

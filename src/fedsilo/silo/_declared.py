@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from fedsilo.api import TaskMessage
+from fedsilo.api._messages import JobTask
 from fedsilo.audit import AuditLog
 from fedsilo.errors import PolicyRejected, SignatureError
 from fedsilo.jobs import MODEL_NAME, ModelLayout
@@ -128,7 +128,7 @@ def check_parameters(declared: ModelLayout, path: Path) -> tuple[str | None, str
 
 
 def gate_parameters(
-    audit: AuditLog, silo: str, task: TaskMessage, declared: ModelLayout | None, path: Path
+    audit: AuditLog, silo: str, task: JobTask, declared: ModelLayout | None, path: Path
 ) -> None:
     """Let the parameters at ``path`` leave only if they are exactly the declared model.
 

@@ -30,7 +30,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedsilo import errors as _fedsilo_errors
-from fedsilo.api import TaskKind, TaskMessage, TaskResult
+from fedsilo.api import Outcome, PingTask, TaskKind, TaskResult
+from fedsilo.api._messages import JobTask
 from fedsilo.audit import AuditLog
 from fedsilo.errors import ConfigError, FedsiloError, TaskFailed
 from fedsilo.silo._workerproc import WorkerFailed
@@ -346,7 +347,9 @@ class SiloErrors:
             return result
         return result.model_copy(update={"error": self.scrub(result.error, ERROR_MAX)})
 
-    def failed(self, task: TaskMessage, exc: BaseException) -> TaskResult:
+    def failed(
+        self, task: PingTask | JobTask, exc: BaseException, job_name: str | None = None
+    ) -> TaskResult:
         """Keep ``exc`` whole under a new error id; the result says only fedsilo's words."""
         failure = _describe(exc)
         error_id = self.store.new_id()
@@ -362,7 +365,7 @@ class SiloErrors:
             time=time.time(),
             silo=self.silo,
             job_id=task.job_id,
-            job_name=task.job_name,
+            job_name=job_name,
             task_id=task.task_id,
             kind=task.kind.value,
             round=task.round,
@@ -393,7 +396,7 @@ class SiloErrors:
             **where,
         )
         if shared is None:
-            return TaskResult(ok=False, error=sentence, error_id=error_id)
+            return TaskResult(outcome=Outcome.FAILED, error=sentence, error_id=error_id)
         data = shared.encode()
         self.audit.append(
             "error.shared",
@@ -402,7 +405,7 @@ class SiloErrors:
             size=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
         )
-        return TaskResult(ok=False, error=f"{sentence}\n{shared}", error_id=error_id)
+        return TaskResult(outcome=Outcome.FAILED, error=f"{sentence}\n{shared}", error_id=error_id)
 
 
 def _describe(exc: BaseException) -> _Failure:

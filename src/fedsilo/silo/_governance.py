@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedsilo._suggest import closest, listing
-from fedsilo.api import TaskMessage
+from fedsilo.api import JobContext
 from fedsilo.approval import (
     ApprovalRequest,
     CodeChange,
@@ -90,7 +90,7 @@ class Clearance:
     model: ModelLayout | None = None
 
 
-def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[ResolvedInput]:
+def resolve_inputs(inputs: Mapping[str, str], catalog: Catalog, silo: str) -> list[ResolvedInput]:
     """Look each input up in this silo's catalog; ``STORAGE:NAME`` names another storage.
 
     An input of another storage is returned without a path: the silo has none to give,
@@ -98,7 +98,7 @@ def resolve_inputs(task: TaskMessage, catalog: Catalog, silo: str) -> list[Resol
     false), which the agent refuses with :func:`missing_inputs`.
     """
     resolved = []
-    for role, ref in sorted(task.inputs.items()):
+    for role, ref in sorted(inputs.items()):
         storage, _, name = ref.rpartition(":")
         storage = storage or silo
         if storage != silo:
@@ -165,7 +165,8 @@ def classify_outputs(
 
 
 def approval_request(
-    task: TaskMessage,
+    job_id: str,
+    context: JobContext,
     *,
     silo: str,
     compute: str,
@@ -187,18 +188,17 @@ def approval_request(
 
     ``metric_names`` are the metric names the job declares (``None``: it declares none).
     """
-    assert task.job_id is not None
     names = None if metric_names is None else tuple(metric_names)
     return ApprovalRequest(
-        job_id=task.job_id,
-        job_name=task.job_name or task.job_id,
+        job_id=job_id,
+        job_name=context.job_name,
         silo=silo,
         compute=compute,
         computes=dict(computes or {}),
         resources=dict(resources or {}),
-        bundle_digest=task.bundle_digest or "",
+        bundle_digest=context.bundle_digest,
         manifest_digest=manifest_digest,
-        author=task.author or "unknown",
+        author=context.author,
         signing=signature.status,
         signing_key=signature.key_name or signature.key_id,
         inputs=tuple(
@@ -212,12 +212,12 @@ def approval_request(
         ),
         outputs=tuple(_output(name, c, model, names) for name, c in outputs.items()),
         declassifications=tuple(declassifications),
-        privacy=privacy_settings(task.privacy),
-        rounds=task.rounds,
+        privacy=privacy_settings(context.privacy),
+        rounds=context.rounds,
         files=files,
         files_not_listed=files_not_listed,
         code_change=code_change or CodeChange(),
-        readers=tuple(task.share_with),
+        readers=tuple(context.share_with),
     )
 
 

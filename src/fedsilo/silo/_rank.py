@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if command.get("op") == "shutdown":
             break
         try:
-            reply = {"ok": True, **worker.handle(command)}
+            reply = worker.handle(command).model_dump(exclude_none=True)
         except Exception as exc:
             _record(rank, exc)
             os._exit(1)  # torch's launcher stops the other ranks

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedsilo.api import TaskMessage, TaskResult
+from fedsilo.api import Outcome, TaskResult
+from fedsilo.api._messages import FitTask, SecAggTask
 from fedsilo.audit import AuditLog
 from fedsilo.errors import FedsiloError
 from fedsilo.silo._protocol import NICENESS
@@ -45,7 +46,7 @@ class SecureParty:
         self._masker: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def handle(self, session: JobSession, task: TaskMessage) -> TaskResult:
+    def handle(self, session: JobSession, task: SecAggTask) -> TaskResult:
         """Hand one secure-aggregation message to the job's party; return its answers.
 
         :class:`SecAggProtocolError` (from :mod:`fedsilo.privacy.secagg`) is left to the
@@ -85,7 +86,7 @@ class SecureParty:
             self.audit.append(
                 "secagg.setup", job_id=session.job_id, rounds=clearance.rounds, **setup
             )
-            return TaskResult(ok=True, secagg=(party.advertise().model_dump_json(),))
+            return TaskResult(outcome=Outcome.DONE, secagg=(party.advertise().model_dump_json(),))
         party = self.party(session)
         message = parse_message(task.secagg)
         if not isinstance(message, KeyRoster | ShareDelivery | UnmaskRequest):
@@ -106,7 +107,7 @@ class SecureParty:
             session.masks_due.append(1)
         elif isinstance(message, UnmaskRequest):
             session.masks_due.append(message.round + 1)
-        return TaskResult(ok=True, secagg=tuple(r.model_dump_json() for r in replies))
+        return TaskResult(outcome=Outcome.DONE, secagg=tuple(r.model_dump_json() for r in replies))
 
     def party(self, session: JobSession, round_: int | None = None) -> SecAggClient:
         """The job's party, to mask an update of ``round_`` with.
@@ -203,7 +204,7 @@ class SecureParty:
         return mask if fits else None
 
     def mask(
-        self, session: JobSession, task: TaskMessage, update: Path, current: Path, samples: float
+        self, session: JobSession, task: FitTask, update: Path, current: Path, samples: float
     ) -> tuple[bytes, memoryview]:
         """Mask this silo's update (clipped under central DP); return the file to upload."""
         from fedsilo.privacy import MaskPlan

@@ -24,6 +24,7 @@ from fedsilo.silo._node import RemoteStep
 from fedsilo.silo._workerproc import WorkerProcess
 
 if TYPE_CHECKING:
+    from fedsilo.api import JobContext
     from fedsilo.privacy.secagg import RoundMask, SecAggClient
 
 __all__ = ["JobSession", "Step"]
@@ -76,6 +77,7 @@ class JobSession:
     lane: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
     )
+    context: JobContext | None = None  # the job's code, inputs and settings
     clearance: Clearance | None = None
     metric_names: tuple[str, ...] | None = None  # the metric names the approved job declares
     train: Step | None = None  # the worker that builds, trains and evaluates the model

@@ -16,7 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from fedsilo._distributed import Distributed
-from fedsilo.silo._protocol import NICENESS, read_message, write_message
+from fedsilo.silo._protocol import (
+    NICENESS,
+    Build,
+    Evaluate,
+    Failure,
+    Fit,
+    Init,
+    Noop,
+    Prepare,
+    Preprocess,
+    Reply,
+    parse_command,
+    read_message,
+    write_message,
+)
 
 __all__ = ["NICENESS", "Worker", "die_with_parent", "failure", "main"]
 
@@ -33,71 +47,71 @@ class Worker:
         self.runner: Any = None
         self.ranks = ranks or Distributed()
 
-    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
-        op = msg.get("op")
-        if op == "noop":
-            return {"pid": os.getpid()}
-        if op == "init":
-            return self._init(msg)
+    def handle(self, message: dict[str, Any]) -> Reply:
+        """Run one command (checked against :data:`~fedsilo.silo._protocol.Command`)."""
+        command = parse_command(message)
+        if isinstance(command, Noop):
+            return Reply(pid=os.getpid())
+        if isinstance(command, Init):
+            return self._init(command)
         if self.runner is None:
-            raise RuntimeError(f"'{op}' before 'init'")
+            raise RuntimeError(f"'{command.op}' before 'init'")
         from fedsilo.tensors import load_parameters, save_parameters
 
         main = self.ranks.is_main
-        if op == "prepare":  # preprocess (rank 0), then build the model (every rank)
+        if isinstance(command, Prepare):  # preprocess (rank 0), then build (every rank)
             if main:
                 self.runner.preprocess()
             self.ranks.all_reduce(0.0)  # the others wait for what preprocess wrote
             params = self.runner.build()
-            return {"digest": save_parameters(params, Path(msg["out"]))} if main else {}
-        if op == "preprocess":  # preprocessing alone, on a compute of its own
+            return Reply(digest=save_parameters(params, Path(command.out)) if main else None)
+        if isinstance(command, Preprocess):  # preprocessing alone, on a compute of its own
             self.runner.preprocess()
-            return {}
-        if op == "build":  # the model alone, on the compute that trains it
+            return Reply()
+        if isinstance(command, Build):  # the model alone, on the compute that trains it
             params = self.runner.build()
-            return {"digest": save_parameters(params, Path(msg["out"]))} if main else {}
-        if op == "fit":
-            global_params = load_parameters(Path(msg["params"]))
-            reply: dict[str, Any] = {}
-            if msg.get("evaluate_first") and main:
-                reply["eval_metrics"] = self.runner.evaluate(msg["round"] - 1, global_params)
-            params, metrics = self.runner.fit(msg["round"], global_params, msg.get("config"))
+            return Reply(digest=save_parameters(params, Path(command.out)) if main else None)
+        if isinstance(command, Fit):
+            global_params = load_parameters(Path(command.params))
+            evaluated = None
+            if command.evaluate_first and main:
+                evaluated = self.runner.evaluate(command.round - 1, global_params)
+            params, metrics = self.runner.fit(command.round, global_params, command.config)
             if not main:
-                return {}
-            reply["train_metrics"] = metrics
-            reply["digest"] = save_parameters(params, Path(msg["out"]))
-            return reply
-        if op == "evaluate":
+                return Reply()
+            digest = save_parameters(params, Path(command.out))
+            return Reply(digest=digest, train_metrics=metrics, eval_metrics=evaluated)
+        if isinstance(command, Evaluate):
             if not main:
-                return {}
-            global_params = load_parameters(Path(msg["params"]))
-            return {"eval_metrics": self.runner.evaluate(msg["round"], global_params)}
-        raise RuntimeError(f"unknown operation '{op}'")
+                return Reply()
+            global_params = load_parameters(Path(command.params))
+            return Reply(eval_metrics=self.runner.evaluate(command.round, global_params))
+        raise RuntimeError(f"'{command.op}' is not a command a worker runs")
 
-    def _init(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def _init(self, msg: Init) -> Reply:
         from fedsilo.jobs import Hyperparameters
         from fedsilo.privacy import PrivacySpec
         from fedsilo.task import SiloRunner, load_task
 
-        task = load_task(Path(msg["code_dir"]), msg["entrypoint"])
-        device = str(msg.get("device", "cpu"))
+        task = load_task(Path(msg.code_dir), msg.entrypoint)
+        device: str = msg.device
         if device == "cuda":  # this rank's first GPU (the launcher set it), 0 in one process
             import torch
 
             device = f"cuda:{torch.cuda.current_device()}"
         self.runner = SiloRunner(
             task,
-            silo=msg["silo"],
-            inputs={role: Path(p) for role, p in msg["inputs"].items()},
-            work_dir=Path(msg["work_dir"]),
-            hyperparameters=Hyperparameters.model_validate(msg["hyperparameters"]),
-            rounds=int(msg.get("rounds", 1)),
-            privacy=PrivacySpec.model_validate(msg.get("privacy") or {}),
-            threads=int(msg.get("threads", 1)),
+            silo=msg.silo,
+            inputs={role: Path(p) for role, p in msg.inputs.items()},
+            work_dir=Path(msg.work_dir),
+            hyperparameters=Hyperparameters.model_validate(msg.hyperparameters),
+            rounds=msg.rounds,
+            privacy=PrivacySpec.model_validate(msg.privacy),
+            threads=msg.threads,
             device=device,
             distributed=self.ranks,
         )
-        return {}
+        return Reply()
 
 
 def failure(exc: BaseException) -> dict[str, Any]:
@@ -109,12 +123,9 @@ def failure(exc: BaseException) -> dict[str, Any]:
     """
     tb = traceback.format_exc(limit=-8)
     print(tb, file=sys.stderr, flush=True)
-    return {
-        "ok": False,
-        "error": f"{type(exc).__name__}: {exc}",
-        "error_class": type(exc).__name__,
-        "traceback": tb,
-    }
+    return Failure(
+        error=f"{type(exc).__name__}: {exc}", error_class=type(exc).__name__, traceback=tb
+    ).model_dump()
 
 
 def die_with_parent() -> None:
@@ -161,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve_ranks(msg, inp, out)  # this process now relays to the ranks
         try:
-            reply = {"ok": True, **worker.handle(msg)}
+            reply = worker.handle(msg).model_dump(exclude_none=True)
         except Exception as exc:
             reply = failure(exc)
         write_message(out, reply)

@@ -21,12 +21,21 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+from pydantic import ValidationError
 
 from fedsilo.config import format_bytes, format_seconds
 from fedsilo.errors import TaskFailed
 from fedsilo.silo._limits import Breach, JobGroup
-from fedsilo.silo._protocol import read_message, write_message
+from fedsilo.silo._protocol import (
+    Command,
+    Failure,
+    Reply,
+    parse_reply,
+    read_message,
+    write_message,
+)
 from fedsilo.silo._sandbox import SandboxSpec, sandbox_argv
 
 __all__ = ["LimitReached", "StepLimits", "WorkerFailed", "WorkerProcess", "folder_size"]
@@ -95,11 +104,6 @@ class WorkerFailed(TaskFailed):
         self.exited = exited
         detail = f"{message}\n{output}" if exited else f"{message}\n{traceback}"
         super().__init__(silo, detail.strip())
-
-
-def _text(value: object) -> str:
-    """A field of a worker's reply as text, whatever JSON value the worker put there."""
-    return value if isinstance(value, str) else "" if value is None else repr(value)
 
 
 class LimitReached(TaskFailed):
@@ -212,7 +216,7 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
-    def request(self, op: str, **fields: Any) -> dict[str, Any]:
+    def request(self, command: Command) -> Reply:
         """Send one command and wait for its answer; a dead or failing worker raises.
 
         The step runs under the worker's limits: past its deadline, at its memory or
@@ -226,7 +230,7 @@ class WorkerProcess:
         watchdog.start()
         try:
             try:
-                write_message(self._to, {"op": op, **fields})
+                write_message(self._to, command.model_dump(mode="json"))
                 reply = read_message(self._from)
             except (BrokenPipeError, ValueError, OSError) as exc:
                 reply = None
@@ -248,16 +252,24 @@ class WorkerProcess:
                 output=_tail(self.log_file, OUTPUT_LINES),
                 exited=True,
             )
-        if reply.get("ok") is not True:
-            claimed = reply.get("error_class")
+        try:
+            answer = parse_reply(reply)
+        except ValidationError as exc:
             raise WorkerFailed(
                 self.silo,
-                message=_text(reply.get("error")),
-                traceback=_text(reply.get("traceback")),
-                claimed_class=claimed if isinstance(claimed, str) else None,
+                message=f"the job worker answered '{command.op}' with something that is not a "
+                f"reply ({exc.error_count()} fields do not fit)",
+                output=_tail(self.log_file, OUTPUT_LINES),
+            ) from None
+        if isinstance(answer, Failure):
+            raise WorkerFailed(
+                self.silo,
+                message=answer.error,
+                traceback=answer.traceback,
+                claimed_class=answer.error_class,
                 output=_tail(self.log_file, OUTPUT_LINES),
             )
-        return reply
+        return answer
 
     def _breach(self) -> str | None:
         """The limit this worker's tree reached, in words, if it reached one."""
