@@ -86,7 +86,7 @@ class Federation:
     async def agent(self, silo: str) -> None:
         orch = self.orch
         while True:
-            raw = await orch.next_task(silo, 0.2)
+            raw = await orch.dispatch.next_task(silo, 0.2)
             if raw is None:
                 continue
             task = parse_task(raw)
@@ -99,7 +99,7 @@ class Federation:
             elif isinstance(task, FitTask):
                 gate = self.gates[task.round]
                 while not gate.is_set():  # a silo training for a while: heartbeats only
-                    orch.seen(silo)
+                    orch.dispatch.seen(silo)
                     await asyncio.sleep(0.05)
                 current = load_parameters(orch.blobs.path(task.params_digest))
                 params = {"w": current["w"] + np.float32(SILOS.index(silo) + 1)}
@@ -113,7 +113,7 @@ class Federation:
                 )
             else:
                 result = TaskResult(outcome=Outcome.DONE, eval_metrics=_evaluate(silo, task.round))
-            assert orch.deliver(silo, task.task_id, result)
+            assert orch.dispatch.deliver(silo, task.task_id, result)
 
     def _put(self, params: dict[str, np.ndarray]) -> str:
         return self.orch.blobs.put_bytes(parameters_to_bytes(params))

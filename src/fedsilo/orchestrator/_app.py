@@ -216,8 +216,8 @@ def create_app(
         instance: Instance = None,
     ) -> Response:
         if instance is not None:
-            orchestrator.seen(name, instance=instance)
-        task = await orchestrator.next_task(name, wait, gone=request.is_disconnected)
+            orchestrator.dispatch.seen(name, instance=instance)
+        task = await orchestrator.dispatch.next_task(name, wait, gone=request.is_disconnected)
         if task is None:
             return Response(status_code=204)
         return Response(task, media_type="application/json")
@@ -230,23 +230,25 @@ def create_app(
         report: SiloReport | None = None,
         instance: Instance = None,
     ) -> None:
-        orchestrator.seen(name, busy=busy, sandbox=sandbox, report=report, instance=instance)
+        orchestrator.dispatch.seen(
+            name, busy=busy, sandbox=sandbox, report=report, instance=instance
+        )
 
     @app.post("/v1/agent/tasks/{task_id}/progress", status_code=204)
     async def task_progress(task_id: str, body: dict[str, str], name: Name) -> None:
-        orchestrator.seen(name)
-        if not orchestrator.progress(name, task_id, str(body.get("detail", ""))[:500]):
+        orchestrator.dispatch.seen(name)
+        if not orchestrator.dispatch.progress(name, task_id, str(body.get("detail", ""))[:500]):
             raise HTTPException(409, f"task {task_id} is no longer open for silo '{name}'")
 
     @app.post("/v1/agent/tasks/{task_id}/result", status_code=204)
     async def task_result(task_id: str, result: TaskResult, name: Name) -> None:
-        orchestrator.seen(name)
-        if not orchestrator.deliver(name, task_id, result):
+        orchestrator.dispatch.seen(name)
+        if not orchestrator.dispatch.deliver(name, task_id, result):
             raise HTTPException(409, f"task {task_id} is not open for silo '{name}'")
 
     @app.put("/v1/agent/uploads/{digest}")
     async def agent_upload(digest: str, request: Request, name: Name) -> Response:
-        orchestrator.seen(name)
+        orchestrator.dispatch.seen(name)
         return await receive_blob(request, digest, name, MAX_PARAMS_UPLOAD)
 
     @app.get("/v1/agent/jobs/{job_id}/bundle")
@@ -427,7 +429,7 @@ def create_app(
     def shut_out(p: Participant, why: str) -> None:
         """A member that may no longer connect: a silo's open tasks fail naming it."""
         if p.role is Role.SILO and not roster.connected_as(p.name):
-            orchestrator.expel_silo(p.name, f"silo '{p.name}' {why}", removed=not p.active)
+            orchestrator.dispatch.expel_silo(p.name, f"silo '{p.name}' {why}", removed=not p.active)
 
     @app.get("/v1/members")
     async def members_list(_: Name, removed: bool = False) -> list[MemberInfo]:
@@ -438,7 +440,7 @@ def create_app(
     async def members_add(body: AddMemberRequest, name: Name) -> MemberInfo:
         added = roster.add(body.certificate, compute=body.compute, by=name)
         if added.role is Role.SILO:
-            orchestrator.admit_silo(added.name)
+            orchestrator.dispatch.admit_silo(added.name)
         return member_info(added)
 
     @app.post("/v1/members/{member}/certificates", status_code=201)

@@ -99,7 +99,7 @@ class LiteralRun(_JobRun):
                     return await asyncio.wait_for(asyncio.shield(self._done), _CHECK_SECONDS)
                 self._watch()
         finally:
-            self.orch.withdraw([i for i, f in self._futures.items() if not f.done()])
+            self.orch.dispatch.withdraw([i for i, f in self._futures.items() if not f.done()])
 
     def _watch(self) -> None:
         """Fail the job on an idle submitter or a silo gone with a step open."""
@@ -112,7 +112,7 @@ class LiteralRun(_JobRun):
             )
         for step_id, future in self._futures.items():
             silo = self.ledger.steps[step_id].silo
-            if not future.done() and not self.orch.online(silo):
+            if not future.done() and not self.orch.dispatch.online(silo):
                 self._fail(SiloUnavailable(silo, f"disconnected during step {step_id}"))
 
     def _fail(self, exc: FedsiloError) -> None:
@@ -171,8 +171,8 @@ class LiteralRun(_JobRun):
                 silo, TaskKind.EVALUATE, {}, round=round_, params_digest=model
             )
         step = self.ledger.add_step(message.task_id, kind, silo, model, round_)
-        self.orch.offer([(silo, message)])
-        future = self._futures[step.id] = self.orch.waiter(step.id)
+        self.orch.dispatch.offer([(silo, message)])
+        future = self._futures[step.id] = self.orch.dispatch.waiter(step.id)
         future.add_done_callback(lambda _fut: self._finished(step, future))
         return _info(step, future)
 

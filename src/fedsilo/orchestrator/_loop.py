@@ -181,8 +181,8 @@ class _JobRun:
             )
             for silo in targets
         ]
-        pending = dict(zip(self.orch.offer(messages), targets, strict=True))
-        futures = {self.orch.waiter(t): t for t in pending}
+        pending = dict(zip(self.orch.dispatch.offer(messages), targets, strict=True))
+        futures = {self.orch.dispatch.waiter(t): t for t in pending}
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while pending:
@@ -201,18 +201,18 @@ class _JobRun:
                     yield _Outcome(silo, result)
                 late = deadline is not None and time.monotonic() > deadline
                 for task_id, silo in list(pending.items()):
-                    if late and not self.orch.online(silo):
+                    if late and not self.orch.dispatch.online(silo):
                         why = (
                             f"disconnected during {phase} and did not come back within "
                             f"{timeout:g} s"
                         )
                     elif late:
                         why = f"did not answer {phase} within {timeout:g} s"
-                    elif self.orch.online(silo):
+                    elif self.orch.dispatch.online(silo):
                         continue
                     elif deadline is not None and grace > 0:
                         continue  # the deadline decides
-                    elif self.orch.silent_for(silo) < grace:
+                    elif self.orch.dispatch.silent_for(silo) < grace:
                         continue
                     elif grace > 0:
                         why = f"disconnected during {phase} and did not come back in {grace:g} s"
@@ -222,10 +222,10 @@ class _JobRun:
                         raise SiloUnavailable(silo, why)
                     del pending[task_id]
                     futures = {f: t for f, t in futures.items() if t != task_id}
-                    self.orch.withdraw([task_id])
+                    self.orch.dispatch.withdraw([task_id])
                     yield _Outcome(silo, TaskResult.failed(why))
         finally:
-            self.orch.withdraw(pending)
+            self.orch.dispatch.withdraw(pending)
 
     def params_path(self, out: _Outcome) -> Path:
         digest = out.result.params_digest
@@ -473,7 +473,7 @@ class _JobRun:
         Every silo builds the model from the job's seed; the first silo's is the global one.
         """
         orch, spec, job_id = self.orch, self.spec, self.job_id
-        await orch.await_online(spec.silos)
+        await orch.dispatch.await_online(spec.silos)
         await self.check()
         orch.update_job(job_id, detail="preprocessing in every silo")
         orch.store.start_round(job_id, 0)
@@ -633,7 +633,7 @@ async def run_job(
     info = await orch.job_info(job_id)
     if info is not None:
         orch.track(info, spec, outcome.get("model_digest"))
-    orch.offer(
+    orch.dispatch.offer(
         [(silo, ReleaseTask(task_id=uuid.uuid4().hex, job_id=job_id)) for silo in spec.silos],
         wait=False,
     )
