@@ -41,7 +41,7 @@ HINT = re.compile(r"with: (fedsilo [^\n;,]+?)(?:,? then [^\n]*)?$", re.MULTILINE
 # name in a sentence, or a command for another participant's machine, with its KIT).
 MENTIONS = {
     "jobs/_layout.py": ["run the job with `fedsilo sim`"],
-    "silo/_agent.py": ["submit it with `fedsilo submit`"],
+    "silo/_preparation.py": ["submit it with `fedsilo submit`"],
     "silo/_declared.py": ["job again with `fedsilo submit`"],
     "config/_workspace.py": ["fedsilo provision federation.yaml --out DIR"],
     "audit/_log.py": ["(see: fedsilo audit verify)"],

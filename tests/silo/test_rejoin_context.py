@@ -49,7 +49,7 @@ def test_a_task_of_another_bundle_than_the_jobs_is_refused(
         return _context("a" * 64)
 
     monkeypatch.setattr(agent.work, "job_context", job_context)
-    agent._sessions["job-1"] = JobSession("job-1")
+    agent._sessions["job-1"] = JobSession("job-1", agent.storage / "jobs" / "job-1")
     with pytest.raises(PolicyRejected, match="bundle"):
         agent._dispatch(_fit("b" * 64), agent._sessions["job-1"])
     assert asked == ["job-1"]
@@ -60,6 +60,6 @@ def test_a_task_of_another_bundle_than_the_jobs_is_refused(
 def test_a_secure_job_is_not_taken_up_again(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
     secure = PrivacySpec.model_validate({"secure_aggregation": {}})
     monkeypatch.setattr(agent.work, "job_context", lambda _job: _context("a" * 64, secure))
-    agent._sessions["job-1"] = JobSession("job-1")
+    agent._sessions["job-1"] = JobSession("job-1", agent.storage / "jobs" / "job-1")
     with pytest.raises(FedsiloError, match="sends no update in the clear"):
         agent._dispatch(_fit("a" * 64), agent._sessions["job-1"])

@@ -40,6 +40,7 @@ def _clear(agent: Agent, job_id: str, privacy: PrivacySpec, rounds: int = 2) -> 
     outputs = {"model": Classification.INTERMEDIATE, "metrics": Classification.INTERMEDIATE}
     agent._sessions[job_id] = JobSession(
         job_id,
+        agent.storage / "jobs" / job_id,
         clearance=Clearance(
             job_id, "request", "rule", "policy", outputs, privacy=privacy, rounds=rounds
         ),

@@ -36,13 +36,12 @@ log = logging.getLogger("fedsilo.agent")
 class SecureParty:
     """Runs each job's secure-aggregation party for one silo.
 
-    ``refuse(task, rule, reason)`` is the agent's refusal (audited, then raised).
+    The rounds of a job whose unmasking the silo answered are kept in the job's folder.
     """
 
-    def __init__(self, silo: str, audit: AuditLog, jobs: Path) -> None:
+    def __init__(self, silo: str, audit: AuditLog) -> None:
         self.silo = silo
         self.audit = audit
-        self.jobs = jobs  # each job's folder, where the rounds it helped unmask are kept
         self._masker: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -68,11 +67,7 @@ class SecureParty:
         if task.secagg is None:
             again = session.secagg is not None
             if again:  # the orchestrator restarted: new keys, and nothing of the old party
-                ahead, session.mask_ahead = session.mask_ahead, None
-                if ahead is not None:
-                    ahead[1].cancel()
-                session.masks_due.clear()
-                session.mask_words = None
+                session.forget_party()
             party = SecAggClient(
                 self.silo,
                 job_id=session.job_id,
@@ -94,7 +89,7 @@ class SecureParty:
                 f"a silo takes no {type(message).__name__} from the orchestrator"
             )
         if isinstance(message, UnmaskRequest):
-            self._unmasking(session.job_id, message.round)
+            self._unmasking(session, message.round)
             self.audit.append(
                 "secagg.unmask",
                 job_id=session.job_id,
@@ -123,7 +118,7 @@ class SecureParty:
                 f"'{self.silo}' (its agent may have restarted); the silo sends no update in "
                 "the clear"
             )
-        if round_ is not None and round_ in self.unmasked(session.job_id):
+        if round_ is not None and round_ in self.unmasked(session):
             reason = (
                 f"round {round_} of job {session.job_id} was already unmasked with silo "
                 f"'{self.silo}''s help; the silo sends no second update for it"
@@ -132,13 +127,14 @@ class SecureParty:
             raise FedsiloError(reason)
         return party
 
-    def _unmasked_file(self, job_id: str) -> Path:
-        return self.jobs / job_id / "secagg-unmasked.json"
+    @staticmethod
+    def _unmasked_file(session: JobSession) -> Path:
+        return session.job_dir / "secagg-unmasked.json"
 
-    def unmasked(self, job_id: str) -> set[int]:
-        """The rounds of ``job_id`` whose unmasking this silo answered (kept on disk, so
-        that neither an agent's nor the orchestrator's restart forgets them)."""
-        path = self._unmasked_file(job_id)
+    def unmasked(self, session: JobSession) -> set[int]:
+        """The rounds of the job whose unmasking this silo answered (kept on disk, so that
+        neither an agent's nor the orchestrator's restart forgets them)."""
+        path = self._unmasked_file(session)
         try:
             rounds = json.loads(path.read_text())
         except FileNotFoundError:
@@ -150,12 +146,12 @@ class SecureParty:
             ) from None
         return {int(r) for r in rounds}
 
-    def _unmasking(self, job_id: str, round_: int) -> None:
+    def _unmasking(self, session: JobSession, round_: int) -> None:
         """Record, before any secret leaves, that this silo helps unmask ``round_``."""
-        rounds = self.unmasked(job_id)
+        rounds = self.unmasked(session)
         if round_ in rounds:
             return
-        path = self._unmasked_file(job_id)
+        path = self._unmasked_file(session)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         with partial.open("w") as fh:
