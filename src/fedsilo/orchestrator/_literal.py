@@ -234,7 +234,7 @@ class LiteralRun(_JobRun):
         digest = await asyncio.to_thread(self.orch.blobs.put_parameters, closed.parameters)
         self.ledger.aggregated(steps, round_, digest)
         self.metrics += closed.metrics
-        await self.close_round(round_, digest)
+        self.close_round(round_, digest)
         log.info("job %s: round %d aggregated from %d silos", self.job_id, round_, len(steps))
         return digest
 
