@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy.typing as npt
 from fedsilo.api._messages import TaskKind
 from fedsilo.errors import JobFailed
 from fedsilo.jobs import JobSpec
-from fedsilo.privacy import CentralDP, mask_weights, round_plan, secure_global
+from fedsilo.privacy import CentralDP, MaskPlan, mask_weights, round_plan, secure_global
 from fedsilo.privacy.secagg import (
     AdvertiseKeys,
     AggregateResult,
@@ -89,7 +90,7 @@ class Task:
     evaluate_first: bool = False
     secagg: ServerMessage | None = None
     mask_weight: float | None = None
-    mask_plan: Any = None
+    mask_plan: MaskPlan | None = None
 
 
 @dataclass(frozen=True)
@@ -438,7 +439,7 @@ class RoundEngine:
         relay, self._relay = self._relay, []
         return relay
 
-    def _secure(self, step: Any) -> Any:
+    def _secure(self, step: Callable[[], Any]) -> Any:
         """Run one step of the secure-aggregation server; an abort fails the job."""
         try:
             return step()
@@ -589,7 +590,7 @@ class RoundEngine:
             for message in messages:
                 if message.sender != silo:
                     raise SecAggProtocolError(f"silo '{silo}' sent a message as '{message.sender}'")
-                relay += self._secure(lambda m=message: server.feed(m))
+                relay += self._secure(functools.partial(server.feed, message))
         except SecAggProtocolError as exc:
             return self._left(phase, silo, str(exc))
         self._relay += relay
