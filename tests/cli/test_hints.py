@@ -49,6 +49,7 @@ MENTIONS = {
     "api/_client.py": ["(fedsilo provision)?"],
     "approval/_default.py": ["runs `fedsilo approval approve ID`"],
     "orchestrator/_core.py": ["`fedsilo silo start --kit KIT`"],
+    "orchestrator/_dispatch.py": ["`fedsilo silo start --kit KIT`"],
     # a command for the machine that holds the federation's CA
     "orchestrator/_members.py": ["(fedsilo ca sign)"],
     # a command's name in a sentence that names the kit and the reply to give it
