@@ -128,20 +128,30 @@ def _model(fed: Federation, job_id: str, folder: Path) -> str:
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
-def test_a_job_resumes_at_its_last_closed_round_with_the_same_model(
-    federation: tuple[Federation, Orchestrator], tmp_path: Path
-) -> None:
-    fed, orchestrator = federation
-    reference = _submit(fed, tmp_path / "reference", strategy=FEDADAM)
+def _cut_and_resumed(
+    fed: Federation, orchestrator: Orchestrator, folder: Path, **overrides: str
+) -> JobInfo:
+    """Run the job once whole, then again with the orchestrator killed in round 2 and
+    started again; the second ends with the first one's model, every round trained once."""
+    reference = _submit(fed, folder / "reference", **overrides)
     assert _wait(fed, reference).state is JobState.SUCCEEDED
-    job_id = _submit(fed, tmp_path / "cut", strategy=FEDADAM)
+    job_id = _submit(fed, folder / "cut", **overrides)
     _at_round(fed, job_id, 2)
     orchestrator.kill()
     orchestrator.start()
     info = _wait(fed, job_id)
     assert info.state is JobState.SUCCEEDED, info.error
-    assert _model(fed, job_id, tmp_path) == _model(fed, reference, tmp_path)
+    assert _model(fed, job_id, folder) == _model(fed, reference, folder)
     assert [r.round for r in info.history if r.train] == [1, 2, 3]
+    return info
+
+
+def test_a_job_resumes_at_its_last_closed_round_with_the_same_model(
+    federation: tuple[Federation, Orchestrator], tmp_path: Path
+) -> None:
+    fed, orchestrator = federation
+    info = _cut_and_resumed(fed, orchestrator, tmp_path, strategy=FEDADAM)
+    job_id = info.id
     entries = read_log(audit_path(fed.workspace.kit("orchestrator").storage_path))
     resumed = [e.data for e in entries if e.event == "job.resumed"]
     assert resumed == [{"job_id": job_id, "round": 1}]
@@ -151,17 +161,8 @@ def test_a_secure_job_resumes_under_new_masks_with_the_same_model(
     federation: tuple[Federation, Orchestrator], tmp_path: Path
 ) -> None:
     fed, orchestrator = federation
-    secure = "{secure_aggregation: {}}"
-    reference = _submit(fed, tmp_path / "reference", privacy=secure)
-    assert _wait(fed, reference).state is JobState.SUCCEEDED
-    job_id = _submit(fed, tmp_path / "cut", privacy=secure)
-    _at_round(fed, job_id, 2)
-    orchestrator.kill()
-    orchestrator.start()
-    info = _wait(fed, job_id)
-    assert info.state is JobState.SUCCEEDED, info.error
-    assert _model(fed, job_id, tmp_path) == _model(fed, reference, tmp_path)
-    assert [r.round for r in info.history if r.train] == [1, 2, 3]
+    info = _cut_and_resumed(fed, orchestrator, tmp_path, privacy="{secure_aggregation: {}}")
+    job_id = info.id
     assert all(r.privacy["secure_aggregation_silos"] == 3 for r in info.history)
     for silo in fed.workspace.silo_names:
         entries = read_log(audit_path(fed.workspace.kit(silo).storage_path))
