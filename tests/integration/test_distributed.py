@@ -97,15 +97,23 @@ def _submit(fed: Federation, folder: Path, *, rounds: int = 2, extra: str = "") 
         return client.submit(spec, code_dir, signing_key=fed.key)
 
 
-def _rank_processes() -> set[int]:
+def _rank_processes(*, launchers: bool = False) -> set[int]:
+    """The ranks now running; with ``launchers``, torch's launchers of them too.
+
+    A launcher's command line names the rank module as well (it is its argument), so a
+    rank is told from its launcher by the launcher's own module.
+    """
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if b"fedsilo.silo._rank" in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
+            if b"fedsilo.silo._rank" not in cmdline:
+                continue
+            if launchers or b"torch.distributed.run" not in cmdline:
+                found.add(int(entry.name))
     return found
 
 
@@ -135,20 +143,20 @@ def test_a_two_rank_job_gives_its_simulations_model(federation: Federation, tmp_
 
 
 def test_cancelling_a_two_rank_job_stops_every_rank(federation: Federation, tmp_path: Path) -> None:
-    before = _rank_processes()
+    before = _rank_processes(launchers=True)
     job_id = _submit(federation, tmp_path / "long", rounds=1, extra=", extra: {sleep: 600}")
     deadline = time.monotonic() + 180
     while len(_rank_processes() - before) < 4 and time.monotonic() < deadline:
         time.sleep(0.2)
-    ranks = _rank_processes() - before
-    assert len(ranks) == 4, "two silos should each run two ranks"
+    assert len(_rank_processes() - before) == 4, "two silos should each run two ranks"
+    ranks = _rank_processes(launchers=True) - before  # and a launcher each
     with OrchestratorClient(federation.submitter) as client:
         while client.job(job_id).current_round < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
         started = time.monotonic()
         assert client.cancel(job_id)
-        while _rank_processes() & ranks and time.monotonic() - started < 10:
+        while _rank_processes(launchers=True) & ranks and time.monotonic() - started < 10:
             time.sleep(0.05)
-        assert not _rank_processes() & ranks, "ranks outlived the cancel"
+        assert not _rank_processes(launchers=True) & ranks, "ranks outlived the cancel"
         assert time.monotonic() - started < 5
         assert client.wait(job_id, timeout=30).state is JobState.CANCELLED
