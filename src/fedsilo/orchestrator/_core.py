@@ -339,6 +339,11 @@ class Orchestrator:
             )
         return run
 
+    def track_open(self) -> None:
+        """Open the MLflow store in the background as the orchestrator starts (queued)."""
+        if self._tracking is not None:
+            self._tracking.open()
+
     def track_start(self, job_id: str, spec: JobSpec, submitter: str) -> None:
         """Open the job's MLflow run as the job starts (queued: never blocks, never fails it)."""
         if self._tracking is not None:

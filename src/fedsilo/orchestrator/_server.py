@@ -62,6 +62,7 @@ def build(kit: Kit, *, database_url: str | None = None) -> tuple[Any, Orchestrat
     )
 
     def on_startup() -> None:
+        engine.track_open()
         resumed, failed = engine.resume_unfinished()
         if resumed:
             log.warning("%d job(s) an earlier orchestrator left running resumed", len(resumed))

@@ -23,6 +23,7 @@ with another value) is logged, so the run is complete even if a round's logging 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -112,6 +113,24 @@ class LiveTracking:
             self._executor.submit(guarded)
         except RuntimeError:  # closed meanwhile (the orchestrator is stopping)
             log.warning("could not track job %s in MLflow (%s): tracking has stopped", job_id, what)
+
+    def open(self) -> None:
+        """Open the store now, on the tracking thread, before any job needs it.
+
+        The first opening of a store imports MLflow and creates its tables (seconds of
+        CPU); done as the orchestrator starts, it is not paid while a first job's rounds run.
+        A store that cannot be opened is logged here and tried again by the first job.
+        """
+
+        def work() -> None:
+            try:
+                _ = self.tracker.client
+            except Exception as exc:
+                log.warning("could not open the MLflow store (the first job tries again): %s", exc)
+
+        if not self._closed.is_set():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self._executor.submit(work)
 
     def start(
         self,

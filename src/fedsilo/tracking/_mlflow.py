@@ -18,6 +18,7 @@ import threading
 import warnings
 from typing import TYPE_CHECKING
 
+from fedsilo._migrating import MIGRATIONS
 from fedsilo.errors import FedsiloError
 
 if TYPE_CHECKING:
@@ -65,11 +66,15 @@ def _import_stores() -> None:
 
 
 def mlflow_client(tracking_uri: str) -> MlflowClient:
-    """An ``MlflowClient`` bound to ``tracking_uri``: no global (fluent) MLflow state."""
+    """An ``MlflowClient`` bound to ``tracking_uri``: no global (fluent) MLflow state.
+
+    Opening a store may migrate its schema, under :data:`~fedsilo._migrating.MIGRATIONS`.
+    """
     _import_stores()
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    with MIGRATIONS:
+        return MlflowClient(tracking_uri=tracking_uri)
 
 
 def wrap_mlflow_errors(what: str, exc: Exception) -> Exception:

@@ -39,6 +39,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from fedsilo import __version__
+from fedsilo._migrating import MIGRATIONS
 from fedsilo.errors import ConfigError
 
 __all__ = [
@@ -132,7 +133,7 @@ def _migrate(connection: Connection, destination: str) -> None:
     context = MigrationContext.configure(
         connection, opts={"version_table": VERSION_TABLE, "fn": steps}
     )
-    with Operations.context(context):
+    with MIGRATIONS, Operations.context(context):  # alembic's proxies are process-wide
         context.run_migrations()
 
 
