@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsilo.api import JobState, OrchestratorClient
+from fedsilo.api import JobInfo, JobState, OrchestratorClient
 from fedsilo.config import load_kit
 from fedsilo.errors import (
     CertificateRefused,
@@ -36,11 +36,19 @@ def test_fl_job_gives_the_model_the_simulation_gives(running: Federation) -> Non
     spec, code_dir = load_job(job_file)
     with OrchestratorClient(running.submitter) as client:
         job_id = client.submit(spec, code_dir, signing_key=running.key)
-        info = client.wait(job_id, timeout=120)
+        followed: list[JobInfo] = []
+        info = client.wait(job_id, timeout=120, on_update=followed.append)
         assert info.state is JobState.SUCCEEDED, info.error
         model = running.scratch / "model.safetensors"
         digest = client.download_model(job_id, model)
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+
+    # followed while it ran, the job showed each round as its finished record does: a
+    # round's evaluation, which comes with the next round, reached the round shown earlier
+    assert len(followed) > 3
+    for seen in followed:
+        for r in seen.history[:-1]:
+            assert r == info.history[r.round - 1], f"round {r.round} as shown while running"
 
     # every round has every silo's evaluation of the global model and its training metrics
     assert [r.round for r in info.history] == [1, 2, 3]

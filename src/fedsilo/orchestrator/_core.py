@@ -66,6 +66,10 @@ class _LiveJob:
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     info: JobInfo | None = None
+    # the history as last read, by round, and the first round whose records changed since
+    # (None: none did): a reading reads again only the rounds from there on
+    rounds: dict[int, RoundInfo] = field(default_factory=dict)
+    stale_from: int | None = 0
 
 
 class Orchestrator:
@@ -118,7 +122,7 @@ class Orchestrator:
             f"silo '{silo}' restarted its agent during its {message.kind.value} task of round "
             f"{message.round}; the task was handed to the new agent",
         )
-        self.touch(message.job_id)
+        self.touch(message.job_id, rounds=[message.round])
 
     # -- what a silo may fetch --------------------------------------------------------------
 
@@ -303,13 +307,30 @@ class Orchestrator:
         self.store.update_job(job_id, **values)
         self.touch(job_id)
 
-    def touch(self, job_id: str) -> None:
+    def touch(self, job_id: str, *, rounds: Iterable[int] = ()) -> None:
+        """Wake whoever waits on the job's record, which changed; ``rounds``: the rounds
+        whose history records (metrics, notes, times) changed with it."""
         live = self._live.get(job_id)
         if live is not None:
+            self.history_changed(job_id, rounds)
             live.version += 1
             live.info = None
             live.changed.set()
             live.changed = asyncio.Event()
+
+    def history_changed(self, job_id: str, rounds: Iterable[int]) -> None:
+        """Note that the history records of ``rounds`` changed, so the next reading of the
+        job reads them again (without waking whoever waits: the next :meth:`touch` does).
+
+        Every write of a running job's metrics, notes or round times says so here or
+        through :meth:`touch`; the rounds before the first changed one are not read again.
+        """
+        live = self._live.get(job_id)
+        first = min(rounds, default=None)
+        if live is None or first is None:
+            return
+        live.stale_from = first if live.stale_from is None else min(live.stale_from, first)
+        live.info = None
 
     def publish_global(self, job_id: str, digest: str) -> None:
         """Let the job's silos fetch ``digest`` as a global model."""
@@ -397,53 +418,45 @@ class Orchestrator:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.changed.wait(), timeout=wait)
             live = self._live.get(job_id)
-        if live is not None and live.info is not None:
-            return live.info
-        info = self._read_job(job_id, live.version if live is not None else 1 << 30)
-        if live is not None:
-            live.info = info
-        return info
+        if live is None:
+            return self._read_job(job_id, 1 << 30)
+        if live.info is None:
+            # a running job's history grows by the round: only the rounds whose records
+            # changed since the last reading are read again, so following a long job
+            # costs the same in its last round as in its first
+            live.info = self._read_job(
+                job_id, live.version, known=live.rounds, since=live.stale_from
+            )
+            live.stale_from = None
+            if live.info is not None:
+                live.rounds = {r.round: r for r in live.info.history}
+        return live.info
 
-    def _read_job(self, job_id: str, version: int) -> JobInfo | None:
-        """A job's record as :class:`JobInfo`. A record that cannot be read as written
-        (a spec an older version wrote, a metric that is not a finite number) is read
-        leniently, what cannot be read left out and logged: one bad record never stops
-        ``status`` or ``job show`` from answering."""
+    def _read_job(
+        self,
+        job_id: str,
+        version: int,
+        *,
+        known: dict[int, RoundInfo] | None = None,
+        since: int | None = 0,
+    ) -> JobInfo | None:
+        """A job's record as :class:`JobInfo`; the rounds of its history before ``since``
+        taken from ``known``, the others read (``since`` None: every round from ``known``).
+
+        A record that cannot be read as written (a spec an older version wrote, a metric
+        that is not a finite number) is read leniently, what cannot be read left out and
+        logged: one bad record never stops ``status`` or ``job show`` from answering."""
         row = self.store.job(job_id)
         if row is None:
             return None
         silos, planned = _spec_facts(job_id, row.spec_json)
         raw = _raw_spec(row.spec_json)
         access = JobAccess.from_spec(row.submitter, raw)
-        history: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
-        for m in self.store.metrics(job_id):
-            phases = history.setdefault(m.round, {"train": {}, "evaluate": {}, "privacy": {}})
-            if m.phase in phases:
-                phases[m.phase][m.silo] = _finite_metrics(job_id, m.round, m.silo, m.metrics_json)
-        seconds = {
-            r.round: (r.finished_at - r.started_at) if r.finished_at else None
-            for r in self.store.rounds(job_id)
-        }
-        notes: dict[int, list[RoundNote]] = {}
-        for note in self.store.notes(job_id):
-            history.setdefault(note.round, {"train": {}, "evaluate": {}, "privacy": {}})
-            notes.setdefault(note.round, []).append(
-                RoundNote(silo=note.silo, kind=note.kind, text=note.text)
-            )
-        rounds = [
-            RoundInfo(
-                round=n,
-                seconds=seconds.get(n),
-                train=phases["train"],
-                evaluate=phases["evaluate"],
-                evaluate_aggregate=weighted_metrics(phases["evaluate"])
-                if phases["evaluate"]
-                else {},
-                privacy=next(iter(phases["privacy"].values()), {}),
-                notes=notes.get(n, []),
-            )
-            for n, phases in sorted(history.items())
-        ]
+        kept = sorted((known or {}).items())
+        if since is None:  # no round's records changed since ``known`` was read
+            rounds = [r for _, r in kept]
+        else:
+            rounds = [r for n, r in kept if n < since] + self._read_rounds(job_id, since)
         state, error = _state(row)
         return JobInfo(
             id=row.id,
@@ -464,6 +477,38 @@ class Orchestrator:
             shared_with=list(access.readers),
             outputs=_outputs(raw),
         )
+
+    def _read_rounds(self, job_id: str, since: int) -> list[RoundInfo]:
+        """The job's history from round ``since`` on, as its records stand."""
+        history: dict[int, dict[str, dict[str, dict[str, float]]]] = {}
+        for m in self.store.metrics(job_id, since=since):
+            phases = history.setdefault(m.round, {"train": {}, "evaluate": {}, "privacy": {}})
+            if m.phase in phases:
+                phases[m.phase][m.silo] = _finite_metrics(job_id, m.round, m.silo, m.metrics_json)
+        seconds = {
+            r.round: (r.finished_at - r.started_at) if r.finished_at else None
+            for r in self.store.rounds(job_id, since=since)
+        }
+        notes: dict[int, list[RoundNote]] = {}
+        for note in self.store.notes(job_id, since=since):
+            history.setdefault(note.round, {"train": {}, "evaluate": {}, "privacy": {}})
+            notes.setdefault(note.round, []).append(
+                RoundNote(silo=note.silo, kind=note.kind, text=note.text)
+            )
+        return [
+            RoundInfo(
+                round=n,
+                seconds=seconds.get(n),
+                train=phases["train"],
+                evaluate=phases["evaluate"],
+                evaluate_aggregate=weighted_metrics(phases["evaluate"])
+                if phases["evaluate"]
+                else {},
+                privacy=next(iter(phases["privacy"].values()), {}),
+                notes=notes.get(n, []),
+            )
+            for n, phases in sorted(history.items())
+        ]
 
     async def visible_jobs(
         self, visible: Callable[[JobAccess], View | None], *, limit: int = 50

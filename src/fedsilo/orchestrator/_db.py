@@ -434,20 +434,24 @@ class Store:
         with self.session() as s:
             _merge_metrics(s, job_id, metrics)
 
-    def rounds(self, job_id: str) -> list[RoundRow]:
+    def rounds(self, job_id: str, *, since: int = 0) -> list[RoundRow]:
+        """The job's rounds numbered ``since`` or later, in order."""
         with self.session() as s:
             return list(
                 s.scalars(
-                    select(RoundRow).where(RoundRow.job_id == job_id).order_by(RoundRow.round)
+                    select(RoundRow)
+                    .where(RoundRow.job_id == job_id, RoundRow.round >= since)
+                    .order_by(RoundRow.round)
                 )
             )
 
-    def metrics(self, job_id: str) -> list[MetricRow]:
+    def metrics(self, job_id: str, *, since: int = 0) -> list[MetricRow]:
+        """The job's metrics of rounds ``since`` or later, by round and silo."""
         with self.session() as s:
             return list(
                 s.scalars(
                     select(MetricRow)
-                    .where(MetricRow.job_id == job_id)
+                    .where(MetricRow.job_id == job_id, MetricRow.round >= since)
                     .order_by(MetricRow.round, MetricRow.silo)
                 )
             )
@@ -466,10 +470,15 @@ class Store:
                 )
             )
 
-    def notes(self, job_id: str) -> list[NoteRow]:
+    def notes(self, job_id: str, *, since: int = 0) -> list[NoteRow]:
+        """The job's notes on rounds ``since`` or later, in the order they were made."""
         with self.session() as s:
             return list(
-                s.scalars(select(NoteRow).where(NoteRow.job_id == job_id).order_by(NoteRow.id))
+                s.scalars(
+                    select(NoteRow)
+                    .where(NoteRow.job_id == job_id, NoteRow.round >= since)
+                    .order_by(NoteRow.id)
+                )
             )
 
     # -- blobs ------------------------------------------------------------------------------

@@ -193,7 +193,7 @@ class LiteralRun(_JobRun):
         if step.kind == StepKind.EVALUATE and result.eval_metrics is not None:
             metric = (step.round, step.silo, "evaluate", result.eval_metrics)
             self.orch.store.add_metrics(self.job_id, [metric])
-            self.orch.touch(self.job_id)
+            self.orch.touch(self.job_id, rounds=[step.round])
 
     async def step_info(self, step_id: str, wait: float) -> StepInfo:
         """A step's state; with ``wait``, once it finished or ``wait`` seconds have passed."""

@@ -237,6 +237,7 @@ class _JobRun:
         """Record a note on ``silo``'s update in the job's history and audit log."""
         log.warning("job %s, round %d: %s", self.job_id, round_, text)
         self.orch.store.add_note(self.job_id, round_, silo, kind, text)
+        self.orch.history_changed(self.job_id, [round_])
         self.orch.audit.append(
             f"update.{kind}", job_id=self.job_id, round=round_, silo=silo, **audit
         )
@@ -336,10 +337,11 @@ class _JobRun:
             self.job_id, round_, digest, self.metrics, checkpoint=checkpoint
         )
         self.orch.track_round(self.job_id, self.metrics)
+        changed = [round_, *(n for n, *_ in self.metrics)]
         self.metrics = []
         if digest is not None:
             self.orch.publish_global(self.job_id, digest)
-        self.orch.touch(self.job_id)
+        self.orch.touch(self.job_id, rounds=changed)
 
     def missed(self, round_: int, phase: str, silo: str, why: str) -> None:
         """Record that ``silo`` took no part in ``phase`` of ``round_``, and why."""
@@ -576,6 +578,7 @@ class _JobRun:
                 await asyncio.to_thread(
                     orch.store.finish_round, job_id, spec.rounds, digest, self.metrics
                 )
+                orch.history_changed(job_id, [spec.rounds, *(n for n, *_ in self.metrics)])
                 return digest
 
 
