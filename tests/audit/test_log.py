@@ -6,6 +6,7 @@ import datetime as dt
 import hashlib
 import json
 import multiprocessing
+import os
 import stat
 import threading
 from enum import Enum
@@ -263,3 +264,49 @@ def test_threads_appending_at_once_keep_one_chain(tmp_path: Path) -> None:
         thread.join()
     result = verify_log(path)
     assert result.ok and result.entries == 200, result.problem
+
+
+def test_a_batch_writes_each_entry_at_once_and_flushes_them_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", actor="silo-a")
+    flushed: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        flushed.append(log.path.read_bytes().count(b"\n"))  # entries in the file then
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    log.append("before")
+    with log.batch():
+        log.append("metrics.sent", round=1)
+        with log.batch():  # a batch inside a batch flushes with the outer one
+            log.append("output.uploaded", round=1)
+        assert log.path.read_bytes().count(b"\n") == 3  # written, not yet flushed
+        assert flushed == [1]
+    assert flushed == [1, 3]
+    with pytest.raises(RuntimeError), log.batch():
+        log.append("metrics.sent", round=2)
+        raise RuntimeError("the step failed")
+    assert flushed == [1, 3, 4]  # flushed also when the step raised
+    with log.batch():
+        pass
+    assert flushed == [1, 3, 4]  # nothing written, nothing to flush
+    log.append("after")
+    assert flushed == [1, 3, 4, 5]
+    assert verify_log(log.path).ok
+
+
+def test_another_threads_entries_are_flushed_one_by_one_during_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl", actor="silo-a")
+    flushes = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushes.append(fd), real_fsync(fd)))
+    with log.batch():
+        other = threading.Thread(target=lambda: log.append("heartbeat"))
+        other.start()
+        other.join()
+        assert len(flushes) == 1  # the other thread's entry did not wait for this batch

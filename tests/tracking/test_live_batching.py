@@ -112,3 +112,38 @@ def test_an_aggregate_recomputed_at_the_end_in_its_last_bits_is_not_logged_twice
         assert recorder.finished == ["succeeded"]
     finally:
         assert tracking.close(timeout=10)
+
+
+class _SlowRecorder(_Recorder):
+    """A store that takes ``seconds`` to log a batch."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.times: list[float] = []
+
+    def log_rounds(self, run: str, rounds: Entries) -> None:
+        time.sleep(self.seconds)
+        self.times.append(time.monotonic())
+        super().log_rounds(run, rounds)
+
+
+def test_a_slow_logging_spaces_the_next_one_out() -> None:
+    recorder = _SlowRecorder(0.05)
+    tracking = LiveTracking(recorder, interval=0.01)  # type: ignore[arg-type]
+    try:
+        tracking.start("job-1", "job", {}, submitter="alice")
+        tracking.rounds("job-1", _round(1))
+        assert recorder.logged.wait(10)
+        first = recorder.times[0]
+        for n in (2, 3):
+            tracking.rounds("job-1", _round(n))
+        time.sleep(0.4)  # far past the interval, within 20 times the logging's 0.05 s
+        assert recorder.batches == [[1]]
+        deadline = time.monotonic() + 10
+        while len(recorder.batches) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert recorder.batches == [[1], [2, 3]]
+        assert recorder.times[1] - first >= 0.9  # SHARE x 0.05 s from the first's start
+    finally:
+        tracking.close()

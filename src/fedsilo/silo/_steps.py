@@ -63,15 +63,18 @@ class Steps:
         trained = reply.train_metrics
         if trained is None:
             raise FedsiloError("the job worker's fit reported no training metrics")
-        train = self.metrics(task, session, trained)
-        evaluation = self.metrics(task, session, reply.eval_metrics)
-        samples = _samples(trained)
-        if secure:
-            masked = self.secure.mask(session, task, out, params, float(samples))
-            digest = self.upload(task, session, out, "model", data=masked, masked=True)
-            out.unlink(missing_ok=True)  # the plain update never leaves, nor stays around
-        else:
-            digest = self.upload(task, session, out, "model")
+        # the step's entries (metrics let out, the update uploaded) reach the disk together,
+        # before its result, which carries the metrics, leaves
+        with self.audit.batch():
+            train = self.metrics(task, session, trained)
+            evaluation = self.metrics(task, session, reply.eval_metrics)
+            samples = _samples(trained)
+            if secure:
+                masked = self.secure.mask(session, task, out, params, float(samples))
+                digest = self.upload(task, session, out, "model", data=masked, masked=True)
+                out.unlink(missing_ok=True)  # the plain update never leaves, nor stays around
+            else:
+                digest = self.upload(task, session, out, "model")
         params.unlink(missing_ok=True)
         return TaskResult(
             outcome=Outcome.DONE,

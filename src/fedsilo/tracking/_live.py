@@ -10,7 +10,9 @@ Rounds that close within ``interval`` seconds of a job's last logging are logged
 together, one MLflow batch per silo for all of them: a job of second-long rounds shows
 each round as it closes, and a job of very short rounds (tenths of a second, where one
 batch per silo and round would cost the federation more CPU than the rounds themselves)
-shows them at most ``interval`` late.
+shows them at most ``interval`` late. A logging that took long (many silos, a loaded
+store) spaces the next one out further, to ``SHARE`` times its own length, so tracking
+keeps to a small share of a busy machine.
 
 A round's metrics arrive as the orchestrator records them: ``(round, silo, phase,
 metrics)`` with phase ``train``, ``evaluate`` or ``privacy``, and silo ``*`` for what
@@ -54,6 +56,10 @@ RoundRecord = tuple[int, str, str, Mapping[str, float]]
 LIVE_INTERVAL = 1.0
 """Seconds between two loggings of a running job's rounds, at most one per interval."""
 
+SHARE = 20
+"""A running job's logging waits at least this many times as long as the last one took:
+on a busy machine, live tracking takes at most about 1/SHARE of the time."""
+
 _Entry = tuple[int, dict[str, dict[str, float]], dict[str, float]]  # round, per silo, aggregate
 
 _Key = tuple[int, str, str]  # (round, silo or "aggregate", metric)
@@ -91,7 +97,9 @@ class LiveTracking:
         self._lock = threading.Lock()
         self._pending: dict[str, list[RoundRecord]] = {}
         self._timers: dict[str, threading.Timer] = {}
-        self._last: dict[str, float] = {}
+        # when each job's next logging may start: ``interval`` after the last one began,
+        # or longer when that logging itself took long (see ``SHARE``)
+        self._next: dict[str, float] = {}
 
     def _submit(self, job_id: str, what: str, work: Callable[[], None]) -> None:
         def guarded() -> None:
@@ -167,7 +175,7 @@ class LiveTracking:
             self._pending.setdefault(job_id, []).extend(copied)
             if waiting:
                 return  # a logging of this job is already due; it takes these too
-            delay = self._last.get(job_id, -math.inf) + self.interval - time.monotonic()
+            delay = self._next.get(job_id, -math.inf) - time.monotonic()
             if delay > 0:
                 timer = threading.Timer(delay, self._due, args=(job_id,))
                 timer.daemon = True
@@ -183,18 +191,28 @@ class LiveTracking:
 
     def _log_pending(self, job_id: str) -> None:
         """On the tracking thread: log every round of ``job_id`` waiting, in one go."""
+        began = time.monotonic()
         with self._lock:
             copied = self._pending.pop(job_id, [])
-            self._last[job_id] = time.monotonic()
+            self._next[job_id] = began + self.interval
         live = self._jobs.get(job_id)
         if not copied or live is None:
             return  # not started here: the end of the job logs the whole history
-        if live.run is None:
-            live.run = self._start(live)
-        touched = sorted({n for n, *_ in copied})
-        for n, silo, phase, metrics in copied:
-            live.phases.setdefault(n, {}).setdefault(phase, {}).setdefault(silo, {}).update(metrics)
-        self._log(live, [(_round_info(n, live.phases[n]), live.phases[n]) for n in touched])
+        try:
+            if live.run is None:
+                live.run = self._start(live)
+            touched = sorted({n for n, *_ in copied})
+            for n, silo, phase, metrics in copied:
+                live.phases.setdefault(n, {}).setdefault(phase, {}).setdefault(silo, {}).update(
+                    metrics
+                )
+            self._log(live, [(_round_info(n, live.phases[n]), live.phases[n]) for n in touched])
+        finally:
+            # a logging that took long (many silos, a busy store) spaces the next one out,
+            # so that tracking never takes more than 1/SHARE of the federation's time
+            took = time.monotonic() - began
+            with self._lock:
+                self._next[job_id] = began + max(self.interval, SHARE * took)
 
     def finish(
         self,
@@ -215,7 +233,7 @@ class LiveTracking:
                 timer.cancel()
             self._log_pending(job_id)  # rounds held back for the interval, first
             with self._lock:
-                self._last.pop(job_id, None)
+                self._next.pop(job_id, None)
             live = self._jobs.pop(job_id, None)
             if live is None or live.run is None:
                 track_history(
