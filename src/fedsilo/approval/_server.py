@@ -31,7 +31,12 @@ from fedsilo.approval._queue import POLICY, ApprovalQueue, QueueEntry, QueueStat
 from fedsilo.audit import AuditLog, audit_path
 from fedsilo.config import Kit, Role, cert_fingerprint, load_kit
 from fedsilo.errors import HTTP_STATUS, ConfigError, FedsiloError
-from fedsilo.transport._http import StrictJSONRoute, error_response, invalid_request
+from fedsilo.transport._http import (
+    NO_TELEMETRY,
+    StrictJSONRoute,
+    error_response,
+    invalid_request,
+)
 from fedsilo.transport._tls import https_config, peer_fingerprint
 
 __all__ = ["AuditSink", "DecisionBody", "build_app", "queue_path", "serve", "server_config"]
@@ -151,7 +156,12 @@ def build_app(
     callers = _Callers(kit)
     queue = ApprovalQueue(queue_path(kit))
 
-    app = FastAPI(title=f"approval endpoint of silo '{silo}'", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title=f"approval endpoint of silo '{silo}'",
+        docs_url=None,
+        redoc_url=None,
+        telemetry=NO_TELEMETRY,
+    )
     app.router.route_class = StrictJSONRoute
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.state.queue = queue

@@ -42,7 +42,12 @@ from fedsilo.orchestrator._blobs import DigestMismatch, TooLarge, valid_digest
 from fedsilo.orchestrator._core import Orchestrator
 from fedsilo.orchestrator._literal import LiteralRun
 from fedsilo.orchestrator._members import Participant, Roster
-from fedsilo.transport._http import StrictJSONRoute, error_response, invalid_request
+from fedsilo.transport._http import (
+    NO_TELEMETRY,
+    StrictJSONRoute,
+    error_response,
+    invalid_request,
+)
 from fedsilo.transport._tls import peer_certificate, peer_fingerprint
 
 __all__ = ["Caller", "create_app"]
@@ -82,6 +87,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        telemetry=NO_TELEMETRY,
     )
     app.router.route_class = StrictJSONRoute
     app.add_exception_handler(RequestValidationError, invalid_request)

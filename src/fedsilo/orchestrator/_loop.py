@@ -235,9 +235,21 @@ class _JobRun:
 
     def note(self, round_: int, silo: str, kind: str, text: str, **audit: Any) -> None:
         """Record a note on ``silo``'s update in the job's history and audit log."""
+        self._write_note(round_, silo, kind, text, audit)
+        self.orch.history_changed(self.job_id, [round_])
+
+    async def note_aside(self, round_: int, silo: str, kind: str, text: str, **audit: Any) -> None:
+        """:meth:`note`, written on a worker thread: a note on every silo's update (each
+        sent back its global model unchanged) holds no other silo's request up while its
+        row is written and its audit entry flushed."""
+        await asyncio.to_thread(self._write_note, round_, silo, kind, text, audit)
+        self.orch.history_changed(self.job_id, [round_])
+
+    def _write_note(
+        self, round_: int, silo: str, kind: str, text: str, audit: dict[str, Any]
+    ) -> None:
         log.warning("job %s, round %d: %s", self.job_id, round_, text)
         self.orch.store.add_note(self.job_id, round_, silo, kind, text)
-        self.orch.history_changed(self.job_id, [round_])
         self.orch.audit.append(
             f"update.{kind}", job_id=self.job_id, round=round_, silo=silo, **audit
         )
@@ -258,7 +270,7 @@ class _JobRun:
         digest = path.name
         earlier = self.seen.get(digest)
         if digest == current_digest:
-            self.note(
+            await self.note_aside(
                 round_,
                 out.silo,
                 "unchanged",
@@ -266,7 +278,7 @@ class _JobRun:
                 digest=digest,
             )
         elif earlier is not None and earlier[0] == round_:
-            self.note(
+            await self.note_aside(
                 round_,
                 out.silo,
                 "duplicate",
@@ -275,7 +287,7 @@ class _JobRun:
             )
         elif earlier is not None:
             text = f"silo '{out.silo}' sent an update byte-identical to {earlier[1]}"
-            self.note(round_, out.silo, "replay", text, digest=digest)
+            await self.note_aside(round_, out.silo, "replay", text, digest=digest)
             raise JobFailed(
                 f"round {round_}: silo '{out.silo}' sent an update the orchestrator refuses: "
                 f"it is byte-identical to {earlier[1]} (a replay, not this round's training)"
@@ -300,7 +312,7 @@ class _JobRun:
             return path
         params = await asyncio.to_thread(lambda: dict(clipped(path, current, found.scale)))
         digest = await asyncio.to_thread(self.orch.blobs.put_parameters, params)
-        self.note(
+        await self.note_aside(
             round_,
             out.silo,
             "clipped",
