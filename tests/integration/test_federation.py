@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedsilo.api import JobInfo, JobState, OrchestratorClient
+from fedsilo.audit import audit_path, read_log
 from fedsilo.config import load_kit
 from fedsilo.errors import (
     CertificateRefused,
@@ -42,6 +43,11 @@ def test_fl_job_gives_the_model_the_simulation_gives(running: Federation) -> Non
         model = running.scratch / "model.safetensors"
         digest = client.download_model(job_id, model)
     assert hashlib.sha256(model.read_bytes()).hexdigest() == digest
+
+    # the model is small: each round's update left its silo with the result, not uploaded
+    log = read_log(audit_path(running.workspace.kit("silo-a").storage_path))
+    sent = [e.data for e in log if e.event == "output.uploaded" and e.data["job_id"] == job_id]
+    assert [e["round"] for e in sent if e.get("inline")] == [1, 2, 3]
 
     # followed while it ran, the job showed each round as its finished record does: a
     # round's evaluation, which comes with the next round, reached the round shown earlier

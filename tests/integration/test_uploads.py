@@ -27,6 +27,7 @@ import pytest
 from fedsilo.api import JobInfo, JobState, OrchestratorClient, Outcome, TaskResult
 from fedsilo.api._messages import FitTask, JobTask, PingTask, PrepareTask
 from fedsilo.audit import audit_path, read_log
+from fedsilo.errors import UploadCorrupted
 from fedsilo.jobs import load_job, unpack_bundle
 from fedsilo.runtime import processes, up
 from fedsilo.task import SiloRunner, load_task
@@ -45,6 +46,9 @@ class Impostor:
 
     fed: Federation
     forge: Forge | None = None
+    inline: bool = False  # send each update with its result, as an agent does a small one
+    mislabel: bool = False  # ... under the digest of other bytes, once
+    refusals: list[str] = field(default_factory=list)
     sent: dict[int, Params] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
     scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="impostor-")))
@@ -85,12 +89,26 @@ class Impostor:
             assert self.forge is not None
             update = self.forge(task.round, current, self)
             self.sent.setdefault(task.round, update)
-            return TaskResult(
+            if not self.inline:
+                digest, data = self._upload(client, update), None
+            else:
+                out = self.scratch / f"up-{time.monotonic_ns()}.safetensors"
+                digest, data = save_parameters(update, out), out.read_bytes()
+            result = TaskResult(
                 outcome=Outcome.DONE,
-                params_digest=self._upload(client, update),
+                params_digest=digest,
+                params=data,
                 num_samples=100,
                 train_metrics={"num_samples": 100.0},
             )
+            if self.mislabel:
+                self.mislabel = False
+                forged = result.model_copy(update={"params": data + b"\0" if data else b""})
+                try:
+                    client.send_result(task.task_id, forged)
+                except UploadCorrupted as exc:
+                    self.refusals.append(str(exc))
+            return result
         return TaskResult(outcome=Outcome.DONE)
 
     def _upload(self, client: OrchestratorClient, params: Params) -> str:
@@ -186,6 +204,40 @@ def test_an_update_that_is_not_the_global_models_numbers_is_refused_naming_silo_
     refused = [e for e in orchestrator_audit(federation, info.id) if e["event"] == "update.refused"]
     assert refused and refused[0]["silo"] == "silo-b" and refused[0]["tensor"] == "0.weight"
     assert not info.has_model and info.current_round == 1  # nothing was aggregated
+
+
+def test_an_update_sent_with_its_result_is_vetted_as_an_upload_is(
+    fed: tuple[Federation, Impostor],
+) -> None:
+    federation, impostor = fed
+    impostor.inline = True
+    try:
+        info = run(federation, impostor, "inline-nan", CASES["nan"][0])
+    finally:
+        impostor.inline = False
+    assert info.state is JobState.FAILED, info
+    error = info.error or ""
+    assert "silo 'silo-b'" in error and "not finite (NaN)" in error, error
+    assert "tensor '0.weight'" in error, error
+
+
+def test_an_update_sent_with_its_result_under_another_digest_is_refused_and_audited(
+    fed: tuple[Federation, Impostor],
+) -> None:
+    federation, impostor = fed
+    impostor.inline, impostor.mislabel, impostor.refusals = True, True, []
+    try:
+        info = run(federation, impostor, "inline-mislabelled", lambda _r, c, _i: trained(c))
+    finally:
+        impostor.inline = False
+    # the forged result was refused, naming the digest; the honest one sent next was taken
+    assert len(impostor.refusals) == 1 and "does not match its digest" in impostor.refusals[0]
+    assert info.state is JobState.SUCCEEDED, info.error
+    entries = read_log(audit_path(federation.workspace.kit("orchestrator").storage_path))
+    refused = [e.data for e in entries if e.event == "upload.refused"]
+    assert refused and refused[-1]["caller"] == "silo-b"
+    blobs = federation.workspace.kit("orchestrator").storage_path / "blobs"
+    assert not any(p.name == str(refused[-1]["reason"]).split()[-1] for p in blobs.iterdir())
 
 
 def test_an_earlier_rounds_update_sent_again_is_refused_and_named_in_the_history(

@@ -13,6 +13,7 @@ from fedsilo.privacy._spec import MaskPlan, PrivacySpec
 
 __all__ = [
     "EXPIRY_WARNING_DAYS",
+    "INLINE_PARAMS_MAX",
     "AddMemberRequest",
     "AggregateRequest",
     "CertificateInfo",
@@ -56,7 +57,10 @@ __all__ = [
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # bytes travel as base64 in JSON (a small model's parameters, in a task or a result)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
 
 
 class TaskKind(StrEnum):
@@ -89,6 +93,14 @@ _HEX64 = r"^[0-9a-f]{64}$"
 # a secure-aggregation message (JSON) relayed in a task or a result: shares for 100 silos
 # over 1,000 rounds fit, base64 included
 _SECAGG_MAX = 64 * 1024 * 1024
+INLINE_PARAMS_MAX = 64 * 1024
+"""The largest parameter file (bytes) that travels inside a task or a result instead of
+as a download or an upload of its own: each round of a small model then costs a silo two
+requests, not four."""
+
+InlineParams = Annotated[bytes, Field(max_length=INLINE_PARAMS_MAX)]
+"""A parameter file's bytes, sent inline (base64 in JSON); ``params_digest`` names it."""
+
 # ids become folder names in a silo's storage: nothing that could climb out of it
 _SAFE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _METRIC = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
@@ -161,12 +173,15 @@ class FitTask(_JobTask):
     """Train one round from the global model ``params_digest`` (evaluating it first from
     round 2 on). ``bundle_digest`` is the job's: an agent that takes the job up again
     refuses a task of another bundle. Under secure aggregation ``mask_weight`` and
-    ``mask_plan`` are the round's encoding of the masked update."""
+    ``mask_plan`` are the round's encoding of the masked update. ``params``, when the
+    model is at most :data:`INLINE_PARAMS_MAX` bytes, is the global model's file itself:
+    the silo checks it against ``params_digest`` and downloads nothing."""
 
     kind: Literal[TaskKind.FIT] = TaskKind.FIT
     round: int = Field(ge=1)
     bundle_digest: str = Field(pattern=_HEX64)
     params_digest: str = Field(pattern=_HEX64)
+    params: InlineParams | None = None  # the global model itself, when small
     evaluate_first: bool = False
     config: dict[str, FiniteFloat] = Field(default_factory=dict)
     mask_weight: float | None = Field(default=None, ge=0, allow_inf_nan=False)
@@ -179,6 +194,7 @@ class EvaluateTask(_JobTask):
     kind: Literal[TaskKind.EVALUATE] = TaskKind.EVALUATE
     bundle_digest: str = Field(pattern=_HEX64)
     params_digest: str = Field(pattern=_HEX64)
+    params: InlineParams | None = None  # the global model itself, when small
 
 
 class SecAggTask(_JobTask):
@@ -224,6 +240,10 @@ class TaskResult(_Msg):
     relay. ``limit`` names the limit a stopped step reached (``memory limit 2 GiB``,
     ``time limit 8 h a step``): its whole process tree was killed.
 
+    ``params``, for an update of at most :data:`INLINE_PARAMS_MAX` bytes, is the update's
+    file itself, sent with the result instead of uploaded first; ``params_digest`` names
+    it, and the orchestrator stores it only if its sha256 is that digest.
+
     ``error`` is the silo's own sentence, never text of task code; where the silo keeps the
     whole of a failure, ``error_id`` names it (the sentence says it too) and the silo's
     administrator reads it with ``fedsilo silo errors ID``. A silo that shares errors
@@ -236,6 +256,7 @@ class TaskResult(_Msg):
     error_id: str | None = Field(default=None, pattern=r"^e-[0-9a-f]{12}$")
     limit: str | None = Field(default=None, max_length=200)
     params_digest: str | None = Field(default=None, pattern=_HEX64)
+    params: InlineParams | None = None
     num_samples: int | None = Field(default=None, ge=0)
     train_metrics: dict[str, FiniteFloat] | None = None
     eval_metrics: dict[str, FiniteFloat] | None = None

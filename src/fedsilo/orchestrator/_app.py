@@ -1,6 +1,7 @@
 """The orchestrator's REST API (FastAPI). Identity comes from the client certificate only."""
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -201,6 +202,28 @@ def create_app(
         orchestrator.store.add_blob(digest, size, owner)
         return Response(status_code=201)
 
+    def receive_inline(result: TaskResult, owner: str) -> TaskResult:
+        """Store the update a result carries (a small one, sent inline rather than uploaded)
+        as an upload is stored: only if its sha256 is the digest the result names."""
+        data = result.params
+        assert data is not None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != result.params_digest:
+            orchestrator.audit.append(
+                "upload.refused",
+                caller=owner,
+                digest=result.params_digest,
+                reason=f"the update sent with a result has sha256 {digest}",
+            )
+            raise UploadCorrupted(
+                f"the update sent with the result does not match its digest "
+                f"{result.params_digest} (its sha256 is {digest}); send the result again"
+            )
+        if not orchestrator.blobs.has(digest):
+            orchestrator.blobs.put_bytes(data)
+            orchestrator.store.add_blob(digest, len(data), owner)
+        return result.model_copy(update={"params": None})
+
     # -- everyone ---------------------------------------------------------------------------
 
     @app.get("/v1/whoami")
@@ -249,6 +272,10 @@ def create_app(
     @app.post("/v1/agent/tasks/{task_id}/result", status_code=204)
     async def task_result(task_id: str, result: TaskResult, name: Name) -> None:
         orchestrator.dispatch.seen(name)
+        if not orchestrator.dispatch.holds(name, task_id):
+            raise HTTPException(409, f"task {task_id} is not open for silo '{name}'")
+        if result.params is not None:
+            result = receive_inline(result, name)
         if not orchestrator.dispatch.deliver(name, task_id, result):
             raise HTTPException(409, f"task {task_id} is not open for silo '{name}'")
 

@@ -38,6 +38,10 @@ __all__ = [
 
 log = logging.getLogger("fedsilo.orchestrator")
 
+# the fields a task's or a result's record leaves out: parameters sent inline (they are
+# blobs of their own once received, named by ``params_digest``)
+_INLINE = {"params"}
+
 HEARTBEAT_SECONDS = 1.0
 OFFLINE_AFTER_SECONDS = 5.0
 ONLINE_GRACE_SECONDS = 15.0
@@ -275,7 +279,8 @@ class Dispatch:
                     kind=message.kind.value,
                     round=message.round,
                     state="pending",
-                    message_json=message.model_dump_json(),
+                    # a small model's bytes travel with the task, not into its record
+                    message_json=message.model_dump_json(exclude=_INLINE),
                     created_at=now,
                 )
                 for silo, message in tasks
@@ -352,6 +357,10 @@ class Dispatch:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(remaining, HEARTBEAT_SECONDS * 2))
 
+    def holds(self, silo: str, task_id: str) -> bool:
+        """Whether task ``task_id`` is ``silo``'s and still waits for its result."""
+        return self._open.get(task_id) == silo
+
     def deliver(self, silo: str, task_id: str, result: TaskResult) -> bool:
         """Record a task's result; False when the task is unknown, not the silo's, or closed."""
         if self._open.get(task_id) != silo:
@@ -362,7 +371,7 @@ class Dispatch:
         self.store.finish_task(
             task_id,
             ok=result.ok,
-            result_json=result.model_dump_json(),
+            result_json=result.model_dump_json(exclude=_INLINE),
             assigned_at=self._assigned_at.pop(task_id, None),
         )
         waiter = self._waiters.pop(task_id, None)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedsilo.api._messages import (
+    INLINE_PARAMS_MAX,
     CheckTask,
     EvaluateTask,
     FitTask,
@@ -227,6 +228,13 @@ class _JobRun:
         finally:
             self.orch.dispatch.withdraw(pending)
 
+    def inline(self, digest: str) -> bytes | None:
+        """The global model ``digest``'s file, if small enough to send with each task."""
+        path = self.orch.blobs.path(digest)
+        if path.stat().st_size > INLINE_PARAMS_MAX:
+            return None
+        return path.read_bytes()
+
     def params_path(self, out: _Outcome) -> Path:
         digest = out.result.params_digest
         if digest is None or not self.orch.blobs.has(digest):
@@ -427,10 +435,13 @@ class _JobRun:
             detail = _SECURE_DETAIL.get(phase.name, f"round {phase.round}: unmasking the sum")
             orch.update_job(job_id, detail=detail)
         per_silo: dict[str, dict[str, Any]] = {}
+        inline = self.inline(digest) if phase.kind is not TaskKind.SECAGG else None
         for task in phase.tasks:
             fields: dict[str, Any] = {}
             if task.kind is not TaskKind.SECAGG:
                 fields["params_digest"] = digest
+                if inline is not None:
+                    fields["params"] = inline
             if task.kind is TaskKind.FIT:
                 fields.update(evaluate_first=task.evaluate_first)
                 if task.mask_plan is not None:

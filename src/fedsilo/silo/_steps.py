@@ -8,6 +8,9 @@ that may not leave is kept in the silo's catalog, as sensitive.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsilo.api import OrchestratorClient, Outcome, TaskResult
-from fedsilo.api._messages import EvaluateTask, FitTask, JobTask
+from fedsilo.api._messages import INLINE_PARAMS_MAX, EvaluateTask, FitTask, JobTask
 from fedsilo.audit import AuditLog
 from fedsilo.config import Classification
 from fedsilo.errors import ClassificationError, FedsiloError
@@ -69,16 +72,19 @@ class Steps:
             train = self.metrics(task, session, trained)
             evaluation = self.metrics(task, session, reply.eval_metrics)
             samples = _samples(trained)
+            inline = None
             if secure:
                 masked = self.secure.mask(session, task, out, params, float(samples))
                 digest = self.upload(task, session, out, "model", data=masked, masked=True)
                 out.unlink(missing_ok=True)  # the plain update never leaves, nor stays around
             else:
-                digest = self.upload(task, session, out, "model")
+                attached = self.attach(task, session, out, "model")
+                digest, inline = attached or (self.upload(task, session, out, "model"), None)
         params.unlink(missing_ok=True)
         return TaskResult(
             outcome=Outcome.DONE,
             params_digest=digest,
+            params=inline,
             num_samples=samples,
             train_metrics=train,
             eval_metrics=evaluation,
@@ -98,10 +104,25 @@ class Steps:
         )
 
     def _global(self, task: FitTask | EvaluateTask, session: JobSession) -> Path:
-        """The global model the task names, downloaded into the job's folder once."""
+        """The global model the task names, in the job's folder: as the task carries it
+        (a small model), else downloaded, once."""
         path = session.params / f"global-{task.params_digest}.safetensors"
-        if not path.exists():
+        if path.exists():
+            return path
+        if task.params is None:
             self.work.download_params(task.job_id, task.params_digest, path)
+            return path
+        actual = hashlib.sha256(task.params).hexdigest()
+        if actual != task.params_digest:
+            raise FedsiloError(
+                f"the global model sent with the {task.kind.value} task of round {task.round} "
+                f"has sha256 {actual}, not the {task.params_digest} it names; nothing of it "
+                "was used"
+            )
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".global-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(task.params)
+        os.replace(tmp, path)
         return path
 
     def upload(
@@ -119,6 +140,30 @@ class Steps:
         ``data``, if given, is what leaves in the file's stead (the masked form of the
         update under secure aggregation); a refused output keeps ``path`` in the silo.
         """
+        classification = self._clear(task, session, path, output)
+        digest = self.work.upload_params(path) if data is None else self.work.upload_bytes(data)
+        size = path.stat().st_size if data is None else sum(len(part) for part in data)
+        self._sent(task, output, digest, size, classification, **audit)
+        return digest
+
+    def attach(
+        self, task: JobTask, session: JobSession, path: Path, output: str
+    ) -> tuple[str, bytes] | None:
+        """``(digest, bytes)`` of an output file small enough to leave with the task's
+        result (at most :data:`INLINE_PARAMS_MAX` bytes), cleared to leave as an upload
+        is; ``None`` for a larger file, which is uploaded instead."""
+        if path.stat().st_size > INLINE_PARAMS_MAX:
+            return None
+        classification = self._clear(task, session, path, output)
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        self._sent(task, output, digest, len(data), classification, inline=True)
+        return digest, data
+
+    def _clear(self, task: JobTask, session: JobSession, path: Path, output: str) -> Classification:
+        """The output's classification, once it is cleared to leave: its classification
+        lets it (else it is kept here, in the catalog, and this raises) and, for the
+        model, it is the model the job declared."""
         assert session.clearance is not None
         classification = session.clearance.outputs[output]
         try:
@@ -137,8 +182,17 @@ class Steps:
             raise
         if output == "model":
             gate_parameters(self.audit, self.silo, task, session.clearance.model, path)
-        digest = self.work.upload_params(path) if data is None else self.work.upload_bytes(data)
-        size = path.stat().st_size if data is None else sum(len(part) for part in data)
+        return classification
+
+    def _sent(
+        self,
+        task: JobTask,
+        output: str,
+        digest: str,
+        size: int,
+        classification: Classification,
+        **audit: Any,
+    ) -> None:
         self.audit.append(
             "output.uploaded",
             job_id=task.job_id,
@@ -149,7 +203,6 @@ class Steps:
             classification=classification.value,
             **audit,
         )
-        return digest
 
     def metrics(
         self, task: JobTask, session: JobSession, metrics: dict[str, float] | None
