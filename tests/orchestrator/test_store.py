@@ -51,8 +51,11 @@ def test_a_job_its_tasks_rounds_and_metrics_survive_reopening(store_url: str) ->
         "g" * 64,
         [(1, LONGEST_SILO, "train", {"loss": 0.5}), (0, "silo-b", "evaluate", {"acc": 0.1})],
     )
-    # A metric recorded again (a silo's late evaluation) replaces the first.
-    store.add_metrics("job-1", [(0, "silo-b", "evaluate", {"acc": 0.2})])
+    # A metric recorded again (a silo's late evaluation) replaces the first, also when
+    # one call records the same key twice (the last one stands).
+    store.add_metrics(
+        "job-1", [(0, "silo-b", "evaluate", {"acc": 0.3}), (0, "silo-b", "evaluate", {"acc": 0.2})]
+    )
     store.update_job("job-1", state="succeeded", current_round=1, model_digest="m" * 64)
     store.close()
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -538,13 +539,32 @@ class Store:
 def _merge_metrics(
     session: Session, job_id: str, metrics: Sequence[tuple[int, str, str, dict[str, float]]]
 ) -> None:
-    for metric_round, silo, phase, values in metrics:
-        session.merge(
-            MetricRow(
-                job_id=job_id,
-                round=metric_round,
-                silo=silo,
-                phase=phase,
-                metrics_json=json.dumps(values),
-            )
-        )
+    """Record metrics, each replacing any recorded before under its (round, silo, phase):
+    one upsert for all of them (a round of 30 silos records 60), the last of a key kept."""
+    rows = {
+        (metric_round, silo, phase): {
+            "job_id": job_id,
+            "round": metric_round,
+            "silo": silo,
+            "phase": phase,
+            "metrics_json": json.dumps(values),
+        }
+        for metric_round, silo, phase, values in metrics
+    }
+    if not rows:
+        return
+    insert: sqlite.Insert | postgresql.Insert
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        insert = sqlite.insert(MetricRow)
+    elif dialect == "postgresql":
+        insert = postgresql.insert(MetricRow)
+    else:  # a database without ON CONFLICT: one merge a row
+        for row in rows.values():
+            session.merge(MetricRow(**row))
+        return
+    upsert = insert.on_conflict_do_update(
+        index_elements=["job_id", "round", "silo", "phase"],
+        set_={"metrics_json": insert.excluded.metrics_json},
+    )
+    session.execute(upsert, list(rows.values()))
