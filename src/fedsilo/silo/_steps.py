@@ -9,8 +9,6 @@ that may not leave is kept in the silo's catalog, as sensitive.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from fedsilo.api import OrchestratorClient, Outcome, TaskResult
 from fedsilo.api._messages import INLINE_PARAMS_MAX, EvaluateTask, FitTask, JobTask
 from fedsilo.audit import AuditLog
 from fedsilo.config import Classification
+from fedsilo.config._kit import write_atomic
 from fedsilo.errors import ClassificationError, FedsiloError
 from fedsilo.silo._declared import gate_parameters
 from fedsilo.silo._governance import check_leaving, check_metrics
@@ -119,10 +118,7 @@ class Steps:
                 f"has sha256 {actual}, not the {task.params_digest} it names; nothing of it "
                 "was used"
             )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".global-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(task.params)
-        os.replace(tmp, path)
+        write_atomic(path, task.params, mode=0o600)
         return path
 
     def upload(
